@@ -1,0 +1,111 @@
+// Deterministic tar streams: the same store paths give the same bytes on any machine, at any time.
+// Entries are sorted by name (bytewise), parents come first, mtime is fixed, owners are 0 with no names,
+// and modes come from the store's own rules (files 0444 or 0555, directories 0555), not from the host.
+import { createReadStream } from "node:fs";
+import { lstat, readdir, readlink } from "node:fs/promises";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import tar from "tar-stream";
+
+/** Nix's own timestamp for store contents (1 second after the epoch). */
+const FIXED_MTIME = new Date(1000);
+
+export type TarEntry =
+  | { name: string; type: "directory"; mode: number }
+  | { name: string; type: "symlink"; mode: number; target: string }
+  | { name: string; type: "file"; mode: number; size: number; source: string };
+
+/** What a root-filesystem layer holds, as the Nix expression describes it (nix/README.md). */
+export type RootfsEntry =
+  | { path: string; type: "directory"; mode?: string }
+  | { path: string; type: "symlink"; target: string };
+
+function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+export function sortEntries<T extends { name: string }>(entries: T[]): T[] {
+  return entries.sort((a, b) => compareBytes(a.name, b.name));
+}
+
+/** Every entry of the given store paths (relative names, "nix/store/..."), with nix/ and nix/store/ first. */
+export function storePathEntries(storePaths: readonly string[]): Promise<TarEntry[]> {
+  return storePathEntriesUnder("", storePaths);
+}
+
+/** The same, reading the store from under another root folder (a copied or mounted store, or a test's). */
+export async function storePathEntriesUnder(root: string, storePaths: readonly string[]): Promise<TarEntry[]> {
+  const entries: TarEntry[] = [
+    { name: "nix", type: "directory", mode: 0o555 },
+    { name: "nix/store", type: "directory", mode: 0o555 },
+  ];
+  for (const storePath of storePaths) {
+    if (!/^\/nix\/store\/[0-9a-z]{32}-[^/]+$/.test(storePath)) throw new Error(`not a store path: ${storePath}`);
+    await walk(root + storePath, storePath.slice(1), entries);
+  }
+  return sortEntries(entries);
+}
+
+async function walk(path: string, name: string, into: TarEntry[]): Promise<void> {
+  const info = await lstat(path);
+  if (info.isSymbolicLink()) {
+    into.push({ name, type: "symlink", mode: 0o777, target: await readlink(path) });
+  } else if (info.isDirectory()) {
+    into.push({ name, type: "directory", mode: 0o555 });
+    for (const child of await readdir(path)) await walk(join(path, child), `${name}/${child}`, into);
+  } else if (info.isFile()) {
+    into.push({ name, type: "file", mode: info.mode & 0o111 ? 0o555 : 0o444, size: info.size, source: path });
+  } else {
+    throw new Error(`${path} is neither a file, a directory nor a symlink; the Nix store holds nothing else`);
+  }
+}
+
+/** The entries of the root-filesystem layer. Directories are writable like any system's (0755, /tmp 1777). */
+export function rootfsEntries(rootfs: readonly RootfsEntry[]): TarEntry[] {
+  const entries = rootfs.map((entry): TarEntry => {
+    const name = entry.path.replace(/^\/+/, "");
+    if (entry.type === "directory") {
+      return { name, type: "directory", mode: entry.mode ? parseInt(entry.mode, 8) : 0o755 };
+    }
+    return { name, type: "symlink", mode: 0o777, target: entry.target };
+  });
+  return sortEntries(entries);
+}
+
+/** A tar stream of the entries, reading file contents one at a time as the consumer pulls. */
+export function tarStream(entries: readonly TarEntry[]): Readable {
+  const pack = tar.pack();
+  void (async () => {
+    try {
+      for (const entry of entries) {
+        const header = {
+          name: entry.name,
+          mode: entry.mode,
+          mtime: FIXED_MTIME,
+          uid: 0,
+          gid: 0,
+          uname: "",
+          gname: "",
+        };
+        if (entry.type === "file") {
+          const sink = pack.entry({ ...header, type: "file", size: entry.size });
+          await pipeline(createReadStream(entry.source), sink);
+        } else if (entry.type === "symlink") {
+          await new Promise<void>((resolve, reject) =>
+            pack.entry({ ...header, type: "symlink", linkname: entry.target }, (err) => (err ? reject(err) : resolve())),
+          );
+        } else {
+          await new Promise<void>((resolve, reject) =>
+            pack.entry({ ...header, type: "directory" }, (err) => (err ? reject(err) : resolve())),
+          );
+        }
+      }
+      pack.finalize();
+    } catch (error) {
+      pack.destroy(error instanceof Error ? error : new Error(String(error)));
+    }
+  })();
+  // tar-stream packs are streamx streams; wrap so Node's stream utilities see a Node Readable.
+  return Readable.from(pack as unknown as AsyncIterable<Buffer>);
+}

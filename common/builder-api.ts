@@ -1,0 +1,95 @@
+// The contract between the worker and the builder: request and response shapes, and request signing.
+// Every builder endpoint but /health requires a signature, so an exposed builder is not a free build farm.
+import { hmacSha256Hex, sha256Hex, type Digest } from "./digest.ts";
+import type { NixSystem } from "./image-name.ts";
+
+export const SIGNATURE_HEADER = "x-builder-signature";
+export const TIMESTAMP_HEADER = "x-builder-timestamp";
+/** How old a signed request may be; a captured request is useless after this. */
+export const SIGNATURE_MAX_AGE_SECONDS = 60;
+
+export interface ResolveRequest {
+  tag: string;
+}
+
+export interface ResolveResult {
+  /** What the tag points at now: a commit, or a content hash for a local package set. */
+  revision: string;
+  /** Where packages come from, for the image's org.opencontainers.image.source annotation. */
+  source: string;
+  /** Seconds the resolution may be reused; 0 never expires (pinned revisions). */
+  ttlSeconds: number;
+}
+
+export interface BuildRequest {
+  packages: string[];
+  system: NixSystem;
+  tag: string;
+  revision: string;
+}
+
+export interface BuiltManifest {
+  digest: Digest;
+  mediaType: string;
+  /** The manifest's exact bytes (JSON text); its digest is over these. */
+  body: string;
+}
+
+export interface BlobRef {
+  digest: Digest;
+  size: number;
+}
+
+export interface BuildResult {
+  imageKey: string;
+  revision: string;
+  manifests: { oci: BuiltManifest; docker: BuiltManifest };
+  config: BlobRef;
+  layers: BlobRef[];
+  /** Whether the builder's own cache answered (no Nix, no tarring). */
+  cached: boolean;
+}
+
+function signedMessage(method: string, pathAndQuery: string, timestamp: string, bodyHash: string): string {
+  return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${bodyHash}`;
+}
+
+export async function signRequest(
+  secret: string,
+  method: string,
+  pathAndQuery: string,
+  body: string,
+  now: number = Date.now(),
+): Promise<Record<string, string>> {
+  const timestamp = String(Math.floor(now / 1000));
+  const signature = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, timestamp, await sha256Hex(body)));
+  return { [SIGNATURE_HEADER]: signature, [TIMESTAMP_HEADER]: timestamp };
+}
+
+export type SignatureCheck = { ok: true } | { ok: false; reason: string };
+
+export async function verifyRequest(
+  secret: string,
+  method: string,
+  pathAndQuery: string,
+  body: string,
+  headers: { signature: string | undefined; timestamp: string | undefined },
+  now: number = Date.now(),
+): Promise<SignatureCheck> {
+  if (!headers.signature || !headers.timestamp) return { ok: false, reason: "the request is not signed" };
+  if (!/^\d{1,12}$/.test(headers.timestamp)) return { ok: false, reason: "the signature timestamp is malformed" };
+  const age = Math.abs(now / 1000 - Number(headers.timestamp));
+  if (age > SIGNATURE_MAX_AGE_SECONDS) {
+    return { ok: false, reason: `the signature is ${Math.round(age)} s old; requests are accepted for ${SIGNATURE_MAX_AGE_SECONDS} s (check both clocks)` };
+  }
+  const expected = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, headers.timestamp, await sha256Hex(body)));
+  if (!timingSafeEqualHex(expected, headers.signature)) return { ok: false, reason: "the signature does not match" };
+  return { ok: true };
+}
+
+function timingSafeEqualHex(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
+}

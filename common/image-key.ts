@@ -1,0 +1,10 @@
+// The cache key of an image: everything that decides its bytes, and nothing that moves (tags resolve first).
+import { sha256Hex } from "./digest.ts";
+import type { NixSystem } from "./image-name.ts";
+
+/** Bump when the layer format or layering changes, so old manifests are not served for new builds. */
+export const IMAGE_FORMAT_VERSION = 1;
+
+export async function imageKey(revision: string, system: NixSystem, packages: readonly string[]): Promise<string> {
+  return sha256Hex(JSON.stringify({ v: IMAGE_FORMAT_VERSION, revision, system, packages: [...packages].sort() }));
+}

@@ -1,0 +1,61 @@
+// Image names: every path component is a package (a nixpkgs attribute path); a few are meta-packages.
+// Parsing lives here so the worker and the builder agree on what an image is.
+
+/** The repository name grammar of the OCI distribution spec. */
+const NAME_GRAMMAR = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+
+/** Long names are refused before they reach Nix; the OCI spec lets registries cap them. */
+export const MAX_NAME_LENGTH = 255;
+
+export type NixSystem = "x86_64-linux" | "aarch64-linux";
+
+export const META_PACKAGES: Readonly<Record<string, readonly string[]>> = {
+  shell: ["bashInteractive", "coreutils", "moreutils", "nano"],
+};
+
+/** The meta-package that switches the target system. */
+export const ARM64_META = "arm64";
+
+export interface ImageRequest {
+  /** The packages to put into the image: meta-packages expanded, deduplicated, sorted. */
+  packages: string[];
+  system: NixSystem;
+}
+
+export type NameCheck = { ok: true; image: ImageRequest } | { ok: false; reason: string };
+
+export function isValidRepositoryName(name: string): boolean {
+  return name.length <= MAX_NAME_LENGTH && NAME_GRAMMAR.test(name);
+}
+
+export function parseImageName(name: string): NameCheck {
+  if (name.length > MAX_NAME_LENGTH) {
+    return { ok: false, reason: `repository names are at most ${MAX_NAME_LENGTH} characters` };
+  }
+  if (!NAME_GRAMMAR.test(name)) {
+    return {
+      ok: false,
+      reason: `"${name}" is not a repository name: use lower-case components of letters, digits, '.', '_' and '-', separated by '/'`,
+    };
+  }
+  let system: NixSystem = "x86_64-linux";
+  const packages = new Set<string>();
+  for (const component of name.split("/")) {
+    if (component === ARM64_META) {
+      system = "aarch64-linux";
+    } else if (component in META_PACKAGES) {
+      for (const pkg of META_PACKAGES[component]) packages.add(pkg);
+    } else {
+      packages.add(component);
+    }
+  }
+  if (packages.size === 0) {
+    return { ok: false, reason: `"${name}" names no package, only a meta-package that changes the system` };
+  }
+  return { ok: true, image: { packages: [...packages].sort(), system } };
+}
+
+/** OCI platform architecture for a Nix system. */
+export function architectureOf(system: NixSystem): "amd64" | "arm64" {
+  return system === "aarch64-linux" ? "arm64" : "amd64";
+}

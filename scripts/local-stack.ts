@@ -1,0 +1,142 @@
+// Starts the whole registry on one machine: the builder as a child process and the worker in workerd
+// (wrangler's local runtime, with a local R2 kept on disk). Used by `npm start` and by the tests.
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { unstable_startWorker } from "wrangler";
+
+export const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
+
+export interface StackOptions {
+  /** A local package set (NIXERY_PKGS_PATH); without it the builder follows a nixpkgs channel. */
+  pkgsPath?: string;
+  /** Worker port; 0 picks a free one. */
+  port: number;
+  /** Builder port; 0 picks a free one. */
+  builderPort: number;
+  /** The builder's blobs and caches. */
+  builderDataDir: string;
+  /** The worker's local R2 (and other local state). */
+  workerStateDir: string;
+  secret?: string;
+  /** Extra environment for the builder (NIX_CONFIG, NIXERY_LAYER_BUDGET, ...). */
+  builderEnv?: Record<string, string>;
+  /** Where the builder's log lines go besides the stack's own record of them. */
+  onBuilderLog?: (line: string) => void;
+}
+
+export interface Builder {
+  url: string;
+  process: ChildProcess;
+  /** Every line the builder has logged so far. */
+  logLines: string[];
+  stop(): Promise<void>;
+}
+
+export interface Stack {
+  /** e.g. http://127.0.0.1:8787 */
+  registryUrl: string;
+  /** e.g. 127.0.0.1:8787, as image references need it. */
+  registryHost: string;
+  builder: Builder;
+  secret: string;
+  stop(): Promise<void>;
+}
+
+/** Nix without substituters: offline, every build would otherwise wait on DNS for the binary cache. */
+export const OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-command";
+
+export async function startBuilder(options: Omit<StackOptions, "port" | "workerStateDir"> & { secret: string }): Promise<Builder> {
+  const tsx = fileURLToPath(new URL("../node_modules/.bin/tsx", import.meta.url));
+  const child = spawn(tsx, ["builder-service/main.ts"], {
+    cwd: PROJECT_ROOT,
+    env: {
+      ...process.env,
+      BUILDER_SECRET: options.secret,
+      BUILDER_HOST: "127.0.0.1",
+      BUILDER_PORT: String(options.builderPort),
+      BUILDER_DATA_DIR: options.builderDataDir,
+      ...(options.pkgsPath ? { NIXERY_PKGS_PATH: options.pkgsPath } : {}),
+      ...(options.pkgsPath && !process.env.NIX_CONFIG ? { NIX_CONFIG: OFFLINE_NIX_CONFIG } : {}),
+      ...options.builderEnv,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logLines: string[] = [];
+  const url = await new Promise<string>((resolve, reject) => {
+    let buffered = "";
+    const onLine = (line: string) => {
+      logLines.push(line);
+      options.onBuilderLog?.(line);
+      try {
+        const entry = JSON.parse(line) as { event?: string; url?: string };
+        if (entry.event === "listening" && entry.url) resolve(entry.url);
+      } catch {
+        // Not a log line of ours (e.g. a startup error): kept in logLines for the failure message.
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      buffered += chunk.toString("utf8");
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      lines.forEach(onLine);
+    };
+    child.stdout!.on("data", onData);
+    child.stderr!.on("data", onData);
+    child.on("exit", (code) => reject(new Error(`the builder exited with code ${code}:\n${logLines.join("\n")}`)));
+  });
+  return {
+    url,
+    process: child,
+    logLines,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once("exit", () => resolve());
+        child.kill("SIGTERM");
+      }),
+  };
+}
+
+export async function startStack(options: StackOptions): Promise<Stack> {
+  // Wrangler must not try to reach Cloudflare: there may be no network at all.
+  process.env.WRANGLER_SEND_METRICS ??= "false";
+  process.env.WRANGLER_SEND_ERROR_REPORTS ??= "false";
+  process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= "false";
+  const secret = options.secret ?? randomBytes(32).toString("hex");
+  const builder = await startBuilder({ ...options, secret });
+  try {
+    const worker = await unstable_startWorker({
+      config: `${PROJECT_ROOT}wrangler.toml`,
+      bindings: {
+        BUILDER_URL: { type: "plain_text", value: builder.url },
+        BUILDER_SECRET: { type: "secret_text", value: secret },
+      },
+      dev: {
+        // With the inspector on, wrangler opens hundreds of sockets per MB a worker fetches, and runs out of them.
+        inspector: false,
+        server: { hostname: "127.0.0.1", port: options.port },
+        persist: options.workerStateDir,
+        watch: false,
+        liveReload: false,
+        logLevel: "warn",
+        remote: false,
+      },
+    });
+    const url = await worker.url;
+    const registryUrl = url.origin;
+    return {
+      registryUrl,
+      registryHost: url.host,
+      builder,
+      secret,
+      stop: async () => {
+        await worker.dispose();
+        await builder.stop();
+      },
+    };
+  } catch (error) {
+    await builder.stop();
+    throw error;
+  }
+}

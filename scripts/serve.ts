@@ -1,0 +1,38 @@
+// Runs the registry in the foreground with the embedded defaults: local R2 under .wrangler/state,
+// builder blobs under .data/builder. Prints how to pull, logs builds, stops on Ctrl-C.
+import { join } from "node:path";
+import { PROJECT_ROOT, startStack } from "./local-stack.ts";
+
+const port = Number(process.env.PORT ?? 8787);
+const builderPort = Number(process.env.BUILDER_PORT ?? 8788);
+const pkgsPath = process.env.NIXERY_PKGS_PATH;
+
+const stack = await startStack({
+  pkgsPath,
+  port,
+  builderPort,
+  builderDataDir: process.env.BUILDER_DATA_DIR ?? join(PROJECT_ROOT, ".data/builder"),
+  workerStateDir: join(PROJECT_ROOT, ".wrangler/state"),
+  secret: process.env.BUILDER_SECRET,
+  onBuilderLog: (line) => console.log(`[builder] ${line}`),
+});
+
+const example = pkgsPath ? "hello" : "shell/hello";
+console.log(`
+Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, packages from ${pkgsPath ?? "nixpkgs (channel)"})
+
+  skopeo copy --src-tls-verify=false docker://${stack.registryHost}/${example}:latest oci:/tmp/img:latest
+  podman --runtime runc run --rm --tls-verify=false ${stack.registryHost}/${example} hello
+
+Any image name works: every path component is a package, e.g. ${stack.registryHost}/${pkgsPath ? "greeting/dataset" : "shell/git/python3"}.
+Ctrl-C stops both.
+`);
+
+let stopping = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    void stack.stop().then(() => process.exit(0));
+  });
+}

@@ -1,0 +1,164 @@
+// The builder's pure parts, without a running stack: tarballs, layering, request signing, names and ranges.
+import { execFileSync } from "node:child_process";
+import { mkdtemp, mkdir, writeFile, chmod, symlink, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
+import { parseDigest } from "../common/digest.ts";
+import { parseRange } from "../common/http-range.ts";
+import { parseImageName } from "../common/image-name.ts";
+import { classifyTag } from "../common/tag.ts";
+import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
+import { writeLayer } from "../builder-service/layer-pipeline.ts";
+import { LocalBlobStore } from "../builder-service/local-store.ts";
+import { rootfsEntries, storePathEntries, storePathEntriesUnder, type TarEntry } from "../builder-service/tarball.ts";
+import type { StorePathNode } from "../builder-service/closure.ts";
+import { validateBuildRequest } from "../builder-service/build-request.ts";
+
+const scratch = await mkdtemp(join(tmpdir(), "units-"));
+afterAll(() => rm(scratch, { recursive: true, force: true }));
+
+function node(name: string, references: string[] = [], narSize = 1000): StorePathNode {
+  const path = `/nix/store/${name.padEnd(32, "a").slice(0, 32)}-${name}`;
+  return { path, references: references.map((r) => `/nix/store/${r.padEnd(32, "a").slice(0, 32)}-${r}`), narSize, closureSize: narSize };
+}
+
+describe("layering", () => {
+  const graph = [node("glibc"), node("bash", ["glibc"]), node("hello", ["glibc", "bash"]), node("zlib", ["glibc"])];
+
+  it("orders dependencies before dependants, ties by name, whatever order Nix listed them in", () => {
+    const names = (g: StorePathNode[]) => topologicalOrder(g).map((n) => n.path.split("-").pop());
+    expect(names(graph)).toEqual(["glibc", "bash", "hello", "zlib"]);
+    expect(names([...graph].reverse())).toEqual(["glibc", "bash", "hello", "zlib"]);
+  });
+
+  it("gives each store path its own layer while the budget allows", () => {
+    expect(planLayers(graph, 100).map((l) => l.paths.length)).toEqual([1, 1, 1, 1]);
+  });
+
+  it("never exceeds the budget, counting the root-filesystem layer", () => {
+    const many = Array.from({ length: 300 }, (_, i) => node(`pkg${String(i).padStart(3, "0")}`, [], 1000 + i));
+    const layers = planLayers(many, 10);
+    expect(layers.length).toBe(9);
+    expect(layers.flatMap((l) => l.paths).sort()).toEqual(many.map((n) => n.path).sort());
+    expect(planLayers([...many].reverse(), 10)).toEqual(layers);
+  });
+});
+
+describe("tarballs", () => {
+  it("are the same bytes for the same tree whatever the host's modes and times, and list parents first", async () => {
+    const makeTree = async (dir: string, mode: number) => {
+      await mkdir(join(dir, "bin"), { recursive: true });
+      await writeFile(join(dir, "bin", "tool"), "#!/bin/sh\necho hi\n");
+      await chmod(join(dir, "bin", "tool"), mode);
+      await writeFile(join(dir, "README"), "data");
+      await symlink("bin/tool", join(dir, "link"));
+    };
+    // Two copies of one "store path" in different folders with different host modes.
+    const a = join(scratch, "a", "nix/store/00000000000000000000000000000000-demo");
+    const b = join(scratch, "b", "nix/store/00000000000000000000000000000000-demo");
+    await makeTree(a, 0o755);
+    await makeTree(b, 0o700);
+    const relocate = (entries: TarEntry[], from: string) =>
+      entries.map((e) => (e.type === "file" ? { ...e, source: e.source.replace(from, "") } : e));
+    const storeA = await storePathEntriesFromRoot(join(scratch, "a"));
+    const storeB = await storePathEntriesFromRoot(join(scratch, "b"));
+    expect(relocate(storeA, join(scratch, "a"))).toEqual(relocate(storeB, join(scratch, "b")));
+    const store = new LocalBlobStore(join(scratch, "blobs"));
+    await store.init();
+    const layerA = await writeLayer(storeA, store);
+    const layerB = await writeLayer(storeB, store);
+    expect(layerA).toEqual(layerB);
+    const listing = execFileSync("tar", ["-tvzf", join(scratch, "blobs/blobs/sha256", layerA.digest.slice(7))], { encoding: "utf8" });
+    const lines = listing.trim().split("\n");
+    expect(lines[0]).toMatch(/^dr-xr-xr-x 0\/0 +0 1970-01-01 00:00 nix\/?$/);
+    expect(lines.some((l) => /^-r-xr-xr-x 0\/0 .* nix\/store\/0{32}-demo\/bin\/tool$/.test(l))).toBe(true);
+    expect(lines.some((l) => /^-r--r--r-- 0\/0 .* nix\/store\/0{32}-demo\/README$/.test(l))).toBe(true);
+    expect(lines.some((l) => / nix\/store\/0{32}-demo\/link -> bin\/tool$/.test(l))).toBe(true);
+  });
+
+  it("refuses paths outside the store", async () => {
+    await expect(storePathEntries(["/etc"])).rejects.toThrow(/not a store path/);
+  });
+
+  it("root-filesystem entries keep /tmp sticky and sort parents first", () => {
+    const entries = rootfsEntries([
+      { path: "/tmp", type: "directory", mode: "1777" },
+      { path: "/bin/hello", type: "symlink", target: "/nix/store/x-hello/bin/hello" },
+      { path: "/bin", type: "directory" },
+    ]);
+    expect(entries.map((e) => [e.name, e.mode])).toEqual([
+      ["bin", 0o755],
+      ["bin/hello", 0o777],
+      ["tmp", 0o1777],
+    ]);
+  });
+});
+
+/** A tree laid out like /nix/store under another root: tests must not write into the real store. */
+function storePathEntriesFromRoot(root: string): Promise<TarEntry[]> {
+  return storePathEntriesUnder(root, ["/nix/store/00000000000000000000000000000000-demo"]);
+}
+
+describe("request signing", () => {
+  const secret = "0123456789abcdef0123456789abcdef";
+
+  it("accepts a fresh signature and refuses a wrong secret, another path, another body, or an old one", async () => {
+    const now = Date.now();
+    const headers = await signRequest(secret, "POST", "/build", '{"a":1}', now);
+    const given = { signature: headers[SIGNATURE_HEADER], timestamp: headers[TIMESTAMP_HEADER] };
+    expect(await verifyRequest(secret, "POST", "/build", '{"a":1}', given, now)).toEqual({ ok: true });
+    expect((await verifyRequest("another-secret-0123456789", "POST", "/build", '{"a":1}', given, now)).ok).toBe(false);
+    expect((await verifyRequest(secret, "POST", "/resolve", '{"a":1}', given, now)).ok).toBe(false);
+    expect((await verifyRequest(secret, "POST", "/build", '{"a":2}', given, now)).ok).toBe(false);
+    const old = await verifyRequest(secret, "POST", "/build", '{"a":1}', given, now + 5 * 60_000);
+    expect(old).toMatchObject({ ok: false, reason: expect.stringMatching(/old/) });
+    expect((await verifyRequest(secret, "POST", "/build", "", { signature: undefined, timestamp: undefined })).ok).toBe(false);
+  });
+});
+
+describe("names, tags, digests and ranges", () => {
+  it("expands meta-packages, sorts and deduplicates", () => {
+    expect(parseImageName("hello/git")).toEqual(parseImageName("git/hello"));
+    expect(parseImageName("shell/hello/coreutils")).toEqual({
+      ok: true,
+      image: { packages: ["bashInteractive", "coreutils", "hello", "moreutils", "nano"], system: "x86_64-linux" },
+    });
+    expect(parseImageName("arm64/hello")).toEqual({ ok: true, image: { packages: ["hello"], system: "aarch64-linux" } });
+    expect(parseImageName("Hello").ok).toBe(false);
+    expect(parseImageName("a//b").ok).toBe(false);
+    expect(parseImageName("arm64").ok).toBe(false);
+  });
+
+  it("classifies tags", () => {
+    expect(classifyTag("latest")).toEqual({ kind: "latest" });
+    expect(classifyTag("a".repeat(40))).toEqual({ kind: "commit", commit: "a".repeat(40) });
+    expect(classifyTag("nixos-24.05")).toEqual({ kind: "ref", ref: "nixos-24.05" });
+    expect(classifyTag("-bad")).toBeNull();
+    expect(classifyTag("x".repeat(129))).toBeNull();
+  });
+
+  it("checks digests", () => {
+    expect(parseDigest(`sha256:${"a".repeat(64)}`).ok).toBe(true);
+    expect(parseDigest("sha256:totallywrong").ok).toBe(false);
+    expect(parseDigest(`md5:${"a".repeat(32)}`)).toMatchObject({ ok: false, reason: expect.stringMatching(/not supported/) });
+  });
+
+  it("parses ranges the way RFC 9110 says", () => {
+    expect(parseRange("bytes=0-9", 100)).toEqual({ kind: "partial", start: 0, end: 9 });
+    expect(parseRange("bytes=90-", 100)).toEqual({ kind: "partial", start: 90, end: 99 });
+    expect(parseRange("bytes=-10", 100)).toEqual({ kind: "partial", start: 90, end: 99 });
+    expect(parseRange("bytes=50-500", 100)).toEqual({ kind: "partial", start: 50, end: 99 });
+    expect(parseRange("bytes=100-", 100)).toEqual({ kind: "unsatisfiable" });
+    expect(parseRange("bytes=0-1,5-6", 100)).toEqual({ kind: "whole" });
+    expect(parseRange(null, 100)).toEqual({ kind: "whole" });
+  });
+
+  it("the builder re-checks build requests", () => {
+    expect(validateBuildRequest({ packages: ["hello", "a.b"], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(true);
+    expect(validateBuildRequest({ packages: ['x"; builtins.exec'], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
+    expect(validateBuildRequest({ packages: ["hello"], system: "riscv", tag: "latest", revision: "abc" }).ok).toBe(false);
+    expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
+  });
+});
