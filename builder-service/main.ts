@@ -82,6 +82,14 @@ async function main(): Promise<void> {
   // Builds can take minutes; Node's default request timeout would cut them off.
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;
+  server.on("error", (error: NodeJS.ErrnoException) => {
+    const reason =
+      error.code === "EADDRINUSE"
+        ? `port ${config.port} on ${config.host} is already in use; set BUILDER_PORT to a free port`
+        : error.message;
+    console.error(`builder-service: cannot listen: ${reason}`);
+    process.exit(1);
+  });
   server.listen(config.port, config.host, () => {
     const address = server.address();
     const port = typeof address === "object" && address ? address.port : config.port;
