@@ -9,7 +9,7 @@ import {
   type ResolveRequest,
 } from "../common/builder-api.ts";
 import { parseDigest } from "../common/digest.ts";
-import { contentRange, parseRange } from "../common/http-range.ts";
+import { contentRange, parseRange, satisfyRange } from "../common/http-range.ts";
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
 import { classifyTag } from "../common/tag.ts";
 import type { BlobStore } from "./blob-store.ts";
@@ -95,28 +95,26 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       if (!digest.ok) return fail(400, "DIGEST_INVALID", digest.reason);
       const info = await deps.store.stat(digest.digest);
       if (!info) return fail(404, "BLOB_UNKNOWN", `blob ${digest.digest} is not in the builder's store`);
-      const range = parseRange(request.headers.get("range"), info.size);
-      if (range.kind === "unsatisfiable") {
-        return fail(416, "RANGE_INVALID", `range not satisfiable for a blob of ${info.size} bytes`);
+      const spec = parseRange(request.headers.get("range"));
+      const single = spec.kind === "from" || spec.kind === "suffix" ? spec : null;
+      const range = single ? satisfyRange(single, info.size) : null;
+      if (spec.kind === "invalid" || (single && !range)) {
+        const response = fail(416, "RANGE_INVALID", `range ${request.headers.get("range")} cannot be served from a blob of ${info.size} bytes`);
+        response.headers.set("content-range", contentRange(null, info.size));
+        return response;
       }
       const headers: Record<string, string> = {
         "content-type": "application/octet-stream",
         "docker-content-digest": digest.digest,
         "accept-ranges": "bytes",
+        "content-length": String(range ? range.end - range.start + 1 : info.size),
       };
-      if (range.kind === "partial") {
-        headers["content-range"] = contentRange(range.start, range.end, info.size);
-        headers["content-length"] = String(range.end - range.start + 1);
-      } else {
-        headers["content-length"] = String(info.size);
-      }
-      if (request.method === "HEAD") return new Response(null, { status: range.kind === "partial" ? 206 : 200, headers });
-      const stream = await deps.store.read(digest.digest, range.kind === "partial" ? range : undefined);
+      if (range) headers["content-range"] = contentRange(range, info.size);
+      const status = range ? 206 : 200;
+      if (request.method === "HEAD") return new Response(null, { status, headers });
+      const stream = await deps.store.read(digest.digest, range ?? undefined);
       if (!stream) return fail(404, "BLOB_UNKNOWN", `blob ${digest.digest} is not in the builder's store`);
-      return new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, {
-        status: range.kind === "partial" ? 206 : 200,
-        headers,
-      });
+      return new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, { status, headers });
     })
     .all("*", () => fail(404, "UNSUPPORTED", "no such builder endpoint; see common/builder-api.ts"));
 

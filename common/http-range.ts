@@ -1,30 +1,65 @@
-// HTTP Range requests for blobs (RFC 9110, single byte ranges): clients use them to resume pulls.
+// HTTP Range requests (RFC 9110 section 14) for blobs: one byte range, or the whole blob. Shared by the
+// worker (blobs from R2) and the builder (blobs from its store), so both answer a range the same way.
 
-export type RangeCheck =
-  /** No Range header, or one this server answers with the whole blob (several ranges, another unit). */
-  | { kind: "whole" }
-  | { kind: "partial"; start: number; end: number }
-  | { kind: "unsatisfiable" };
+export type RangeSpec =
+  /** No Range header, or a unit other than bytes (ignored, as RFC 9110 requires). */
+  | { kind: "none" }
+  /** Several ranges: the whole blob is served with 200, which the RFC allows. */
+  | { kind: "multiple" }
+  /** bytes=first-last or bytes=first- */
+  | { kind: "from"; first: number; last: number | null }
+  /** bytes=-length: the last length bytes */
+  | { kind: "suffix"; length: number }
+  /** The bytes unit with a range set that doesn't parse, or last < first: answered with 416. */
+  | { kind: "invalid" };
 
-export function parseRange(header: string | null | undefined, size: number): RangeCheck {
-  if (!header) return { kind: "whole" };
-  const match = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/.exec(header);
-  if (!match) return { kind: "whole" };
-  const [, first, last] = match;
-  if (first === "" && last === "") return { kind: "whole" };
-  if (first === "") {
-    // A suffix range: the last n bytes.
-    const length = Number(last);
-    if (length === 0 || size === 0) return { kind: "unsatisfiable" };
-    return { kind: "partial", start: Math.max(0, size - length), end: size - 1 };
+export type SatisfiedRange = { start: number; end: number } | null;
+
+const RANGE_HEADER = /^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(.*)$/;
+
+export function parseRange(header: string | null): RangeSpec {
+  if (header === null) return { kind: "none" };
+  const match = RANGE_HEADER.exec(header);
+  if (!match) return { kind: "invalid" };
+  const [, unit, set] = match;
+  if (unit.toLowerCase() !== "bytes") return { kind: "none" };
+  const specs = set.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  if (specs.length === 0) return { kind: "invalid" };
+  if (specs.length > 1) return { kind: "multiple" };
+  const spec = specs[0];
+  const from = /^(\d+)\s*-\s*(\d*)$/.exec(spec);
+  if (from) {
+    const first = Number(from[1]);
+    const last = from[2] === "" ? null : Number(from[2]);
+    if (!Number.isSafeInteger(first) || (last !== null && !Number.isSafeInteger(last))) return { kind: "invalid" };
+    if (last !== null && last < first) return { kind: "invalid" };
+    return { kind: "from", first, last };
   }
-  const start = Number(first);
-  if (start >= size) return { kind: "unsatisfiable" };
-  const end = last === "" ? size - 1 : Math.min(Number(last), size - 1);
-  if (end < start) return { kind: "whole" };
-  return { kind: "partial", start, end };
+  const suffix = /^-\s*(\d+)$/.exec(spec);
+  if (suffix) {
+    const length = Number(suffix[1]);
+    return Number.isSafeInteger(length) ? { kind: "suffix", length } : { kind: "invalid" };
+  }
+  return { kind: "invalid" };
 }
 
-export function contentRange(start: number, end: number, size: number): string {
-  return `bytes ${start}-${end}/${size}`;
+/** The inclusive byte range to serve for a single-range spec, or null when it can't be satisfied. */
+export function satisfyRange(spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number }, size: number): SatisfiedRange {
+  if (spec.kind === "from") {
+    if (spec.first >= size) return null;
+    const end = spec.last === null ? size - 1 : Math.min(spec.last, size - 1);
+    return { start: spec.first, end };
+  }
+  if (spec.length === 0 || size === 0) return null;
+  return { start: Math.max(0, size - spec.length), end: size - 1 };
+}
+
+/** The spec back as a header value, to forward to the builder. */
+export function formatRange(spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number }): string {
+  return spec.kind === "from" ? `bytes=${spec.first}-${spec.last ?? ""}` : `bytes=-${spec.length}`;
+}
+
+/** The byte range actually served, for Content-Range on a 206 (or `bytes *\/size` on a 416). */
+export function contentRange(range: { start: number; end: number } | null, size: number): string {
+  return range ? `bytes ${range.start}-${range.end}/${size}` : `bytes */${size}`;
 }

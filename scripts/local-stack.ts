@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { unstable_startWorker } from "wrangler";
+import { startPlainHttpFront } from "./plain-http-front.ts";
 
 export const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -115,7 +116,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       dev: {
         // With the inspector on, wrangler opens hundreds of sockets per MB a worker fetches, and runs out of them.
         inspector: false,
-        server: { hostname: "127.0.0.1", port: options.port },
+        server: { hostname: "127.0.0.1", port: 0 },
         persist: options.workerStateDir,
         watch: false,
         liveReload: false,
@@ -123,14 +124,18 @@ export async function startStack(options: StackOptions): Promise<Stack> {
         remote: false,
       },
     });
-    const url = await worker.url;
-    const registryUrl = url.origin;
+    const workerUrl = await worker.url;
+    const front = await startPlainHttpFront(
+      { host: workerUrl.hostname, port: Number(workerUrl.port) },
+      { host: "127.0.0.1", port: options.port },
+    );
     return {
-      registryUrl,
-      registryHost: url.host,
+      registryUrl: `http://127.0.0.1:${front.port}`,
+      registryHost: `127.0.0.1:${front.port}`,
       builder,
       secret,
       stop: async () => {
+        await front.close();
         await worker.dispose();
         await builder.stop();
       },

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
 import { parseDigest } from "../common/digest.ts";
-import { parseRange } from "../common/http-range.ts";
+import { parseRange, satisfyRange } from "../common/http-range.ts";
 import { parseImageName } from "../common/image-name.ts";
 import { classifyTag } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
@@ -146,13 +146,21 @@ describe("names, tags, digests and ranges", () => {
   });
 
   it("parses ranges the way RFC 9110 says", () => {
-    expect(parseRange("bytes=0-9", 100)).toEqual({ kind: "partial", start: 0, end: 9 });
-    expect(parseRange("bytes=90-", 100)).toEqual({ kind: "partial", start: 90, end: 99 });
-    expect(parseRange("bytes=-10", 100)).toEqual({ kind: "partial", start: 90, end: 99 });
-    expect(parseRange("bytes=50-500", 100)).toEqual({ kind: "partial", start: 50, end: 99 });
-    expect(parseRange("bytes=100-", 100)).toEqual({ kind: "unsatisfiable" });
-    expect(parseRange("bytes=0-1,5-6", 100)).toEqual({ kind: "whole" });
-    expect(parseRange(null, 100)).toEqual({ kind: "whole" });
+    const served = (header: string | null, size: number) => {
+      const spec = parseRange(header);
+      if (spec.kind === "from" || spec.kind === "suffix") return satisfyRange(spec, size);
+      return spec.kind;
+    };
+    expect(served("bytes=0-9", 100)).toEqual({ start: 0, end: 9 });
+    expect(served("bytes=90-", 100)).toEqual({ start: 90, end: 99 });
+    expect(served("bytes=-10", 100)).toEqual({ start: 90, end: 99 });
+    expect(served("bytes=-500", 100)).toEqual({ start: 0, end: 99 });
+    expect(served("bytes=50-500", 100)).toEqual({ start: 50, end: 99 });
+    expect(served("bytes=100-", 100)).toBeNull();
+    expect(served("bytes=5-3", 100)).toBe("invalid");
+    expect(served("bytes=0-1,5-6", 100)).toBe("multiple");
+    expect(served("items=0-1", 100)).toBe("none");
+    expect(served(null, 100)).toBe("none");
   });
 
   it("the builder re-checks build requests", () => {

@@ -1,0 +1,98 @@
+// The worker: the pull side of the OCI distribution API, for images built from Nix on demand.
+//
+//   GET|HEAD /v2/                                  API version check
+//   GET|HEAD /v2/<name>/manifests/<tag|digest>     manifests.ts (builds on a miss, HEAD too)
+//   GET|HEAD /v2/<name>/blobs/<digest>             blobs.ts (Range; builder fallback copied into R2)
+//   GET|HEAD /v2/<name>/tags/list?n=&last=         tags.ts
+//   GET|HEAD /v2/<name>/referrers/<digest>         referrers.ts (always an empty index)
+//   other methods on /v2/...                       405 UNSUPPORTED (no push, no delete)
+//   GET|HEAD /                                     how to pull
+//
+// Routing looks at the path only (itty-router matches url.pathname), so containerd's `?ns=...` changes nothing.
+import { Router, type IRequest } from "itty-router";
+import { handleBlob } from "./blobs.ts";
+import type { Env } from "./env.ts";
+import { handleManifest } from "./manifests.ts";
+import { handleReferrers } from "./referrers.ts";
+import { describeError, errorResponse, finishResponse, jsonResponse, textResponse } from "./responses.ts";
+import { handleTagsList } from "./tags.ts";
+
+const PUSH_NOT_SUPPORTED = "this registry builds images itself from Nix; pushing and deleting are not supported";
+const ENDPOINTS =
+  "/v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest>, /v2/<name>/tags/list and /v2/<name>/referrers/<digest>";
+
+type Handler = (request: IRequest, env: Env, ctx: ExecutionContext) => Response | Promise<Response>;
+
+function apiBase(request: IRequest): Response {
+  return jsonResponse(request.method, 200, {});
+}
+
+function landing(request: IRequest): Response {
+  const host = new URL(request.url).host;
+  return textResponse(
+    request.method,
+    200,
+    [
+      "This is a container registry that builds images from Nix on demand.",
+      "",
+      "Every path component of an image name is a nixpkgs package; the tag picks the nixpkgs version.",
+      `  docker pull ${host}/shell/hello              bash, coreutils, moreutils, nano and hello`,
+      `  docker pull ${host}/shell/curl/jq:latest     the default channel, resolved to a commit`,
+      `  docker pull ${host}/hello:<40-hex commit>    a pinned nixpkgs commit`,
+      `  docker pull ${host}/arm64/hello              built for aarch64-linux`,
+      "",
+      "The first pull of a combination builds it; later pulls are served from the cache.",
+      "",
+    ].join("\n"),
+  );
+}
+
+function v2Fallback(request: IRequest): Response {
+  const method = request.method;
+  if (method !== "GET" && method !== "HEAD") {
+    return errorResponse(method, 405, "UNSUPPORTED", PUSH_NOT_SUPPORTED, { method }, { Allow: "GET, HEAD" });
+  }
+  const path = new URL(request.url).pathname;
+  return errorResponse(method, 404, "UNSUPPORTED", `${path} is not an endpoint of this registry; it serves ${ENDPOINTS}`, {
+    path,
+  });
+}
+
+function notFound(request: IRequest): Response {
+  const path = new URL(request.url).pathname;
+  return errorResponse(request.method, 404, "UNSUPPORTED", `nothing at ${path}; the registry API is under /v2/ (${ENDPOINTS})`, {
+    path,
+  });
+}
+
+const router = Router<IRequest, [Env, ExecutionContext]>();
+
+function getAndHead(path: string, handler: Handler): void {
+  router.get(path, handler);
+  router.head(path, handler);
+}
+
+getAndHead("/v2/", apiBase);
+getAndHead("/v2/:name+/manifests/:reference", handleManifest);
+getAndHead("/v2/:name+/blobs/:digest", handleBlob);
+getAndHead("/v2/:name+/tags/list", handleTagsList);
+getAndHead("/v2/:name+/referrers/:digest", handleReferrers);
+router.all("/v2/*", v2Fallback);
+getAndHead("/", landing);
+router.all("*", notFound);
+
+export default {
+  async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+    const method = request.method;
+    let response: Response;
+    try {
+      const routed: unknown = await router.fetch(request, env, ctx);
+      response = routed instanceof Response ? routed : notFound(request as IRequest);
+    } catch (error) {
+      const path = new URL(request.url).pathname;
+      console.error(`${method} ${path} failed`, error);
+      response = errorResponse(method, 500, "UNKNOWN", `${method} ${path} failed: ${describeError(error)}`);
+    }
+    return finishResponse(method, response);
+  },
+} satisfies ExportedHandler<Env>;

@@ -1,0 +1,107 @@
+// Tag -> package-set revision, through the resolutions/ cache in R2 and the builder's /resolve.
+import { resolveTag } from "./builder-client.ts";
+import type { Env } from "./env.ts";
+import { describeError, type Failure } from "./responses.ts";
+import type { RegistryStorage, StoredResolution } from "./storage.ts";
+
+export type ResolutionOutcome = { ok: true; resolution: StoredResolution } | { ok: false; failure: Failure };
+
+/** The TAG_CACHE_SECONDS override, or undefined when unset or not a non-negative integer. */
+export function tagCacheOverride(env: Env): number | undefined {
+  const raw = env.TAG_CACHE_SECONDS?.trim();
+  if (!raw) return undefined;
+  if (!/^\d+$/.test(raw)) {
+    console.warn(`ignoring TAG_CACHE_SECONDS="${raw}": not a non-negative integer`);
+    return undefined;
+  }
+  return Number(raw);
+}
+
+/**
+ * How long, in seconds, a resolution may be reused: null for forever (pinned: ttlSeconds 0), 0 for "never".
+ * TAG_CACHE_SECONDS replaces the builder's ttl for moving tags only.
+ */
+export function reuseSeconds(env: Env, resolution: { ttlSeconds: number }): number | null {
+  if (resolution.ttlSeconds === 0) return null;
+  return tagCacheOverride(env) ?? resolution.ttlSeconds;
+}
+
+export function isFresh(env: Env, resolution: StoredResolution, now: number = Date.now()): boolean {
+  const seconds = reuseSeconds(env, resolution);
+  if (seconds === null) return true;
+  const fetchedAt = Date.parse(resolution.fetchedAt);
+  if (Number.isNaN(fetchedAt)) return false;
+  return now - fetchedAt < seconds * 1000;
+}
+
+/** One /resolve call per tag at a time in this isolate. */
+const inFlight = new Map<string, Promise<ResolutionOutcome>>();
+
+async function fetchResolution(env: Env, storage: RegistryStorage, tag: string): Promise<ResolutionOutcome> {
+  try {
+    const outcome = await resolveTag(env, tag);
+    switch (outcome.kind) {
+      case "ok": {
+        const { revision, source, ttlSeconds } = outcome.value;
+        const resolution: StoredResolution = { revision, source, ttlSeconds, fetchedAt: new Date().toISOString() };
+        try {
+          await storage.putResolution(tag, resolution);
+        } catch (error) {
+          // The answer is still good for this request; the next one asks the builder again.
+          console.warn(`could not cache the resolution of tag ${tag}: ${describeError(error)}`);
+        }
+        return { ok: true, resolution };
+      }
+      case "error": {
+        if (outcome.status === 404) {
+          const first = outcome.body.errors[0];
+          if (first.code === "MANIFEST_UNKNOWN") {
+            return { ok: false, failure: { kind: "relay", status: 404, bodyText: outcome.bodyText } };
+          }
+          return {
+            ok: false,
+            failure: { kind: "error", status: 404, code: "MANIFEST_UNKNOWN", message: first.message, detail: first.detail },
+          };
+        }
+        return { ok: false, failure: { kind: "relay", status: outcome.status, bodyText: outcome.bodyText } };
+      }
+      case "unavailable":
+        return { ok: false, failure: { kind: "unavailable", reason: outcome.reason } };
+      case "broken":
+        return {
+          ok: false,
+          failure: { kind: "error", status: 500, code: "UNKNOWN", message: `resolving tag "${tag}" failed: ${outcome.reason}` },
+        };
+    }
+  } catch (error) {
+    return {
+      ok: false,
+      failure: { kind: "error", status: 500, code: "UNKNOWN", message: `resolving tag "${tag}" failed: ${describeError(error)}` },
+    };
+  }
+}
+
+/** Resolves a tag that classifyTag accepted. A stale cached answer is used when the builder can't be reached. */
+export async function resolveTagCached(
+  env: Env,
+  storage: RegistryStorage,
+  ctx: ExecutionContext,
+  tag: string,
+  options: { refresh?: boolean } = {},
+): Promise<ResolutionOutcome> {
+  const cached = await storage.getResolution(tag);
+  if (cached && isFresh(env, cached) && !options.refresh) return { ok: true, resolution: cached };
+
+  let pending = inFlight.get(tag);
+  if (!pending) {
+    pending = fetchResolution(env, storage, tag).finally(() => inFlight.delete(tag));
+    inFlight.set(tag, pending);
+  }
+  ctx.waitUntil(pending); // keep the shared call alive even if the request that started it goes away
+  const outcome = await pending;
+  if (!outcome.ok && outcome.failure.kind === "unavailable" && cached) {
+    console.warn(`builder unreachable (${outcome.failure.reason}); using the stale resolution of tag ${tag} from ${cached.fetchedAt}`);
+    return { ok: true, resolution: cached };
+  }
+  return outcome;
+}

@@ -1,0 +1,155 @@
+// Response helpers: the registry error format, JSON bodies, and the headers every response carries.
+import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
+
+export const API_VERSION_HEADER = "Docker-Distribution-API-Version";
+export const API_VERSION = "registry/2.0";
+
+/** Digest-addressed content never changes. */
+export const IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable";
+
+const encoder = new TextEncoder();
+
+export type HeaderMap = Record<string, string>;
+
+function baseHeaders(extra: HeaderMap | undefined): Headers {
+  const headers = new Headers(extra);
+  headers.set(API_VERSION_HEADER, API_VERSION);
+  return headers;
+}
+
+/** A response whose body is a small in-memory byte string; Content-Length is always set, HEAD gets no body. */
+export function bytesResponse(
+  method: string,
+  status: number,
+  body: Uint8Array,
+  headers: HeaderMap,
+): Response {
+  const h = baseHeaders(headers);
+  h.set("Content-Length", String(body.byteLength));
+  return new Response(method === "HEAD" ? null : body, { status, headers: h });
+}
+
+export function jsonResponse(method: string, status: number, value: unknown, headers: HeaderMap = {}): Response {
+  return bytesResponse(method, status, encoder.encode(JSON.stringify(value)), {
+    "Content-Type": "application/json",
+    ...headers,
+  });
+}
+
+export function textResponse(method: string, status: number, text: string, headers: HeaderMap = {}): Response {
+  return bytesResponse(method, status, encoder.encode(text), {
+    "Content-Type": "text/plain; charset=utf-8",
+    ...headers,
+  });
+}
+
+/** A registry error: `{"errors":[{"code","message","detail"}]}` as application/json. */
+export function errorResponse(
+  method: string,
+  status: number,
+  code: RegistryErrorCode,
+  message: string,
+  detail?: unknown,
+  headers: HeaderMap = {},
+): Response {
+  return jsonResponse(method, status, errorBody(code, message, detail), headers);
+}
+
+/** An error body produced by the builder, passed on byte for byte with its status. */
+export function relayedErrorResponse(method: string, status: number, bodyText: string, headers: HeaderMap = {}): Response {
+  return bytesResponse(method, status, encoder.encode(bodyText), { "Content-Type": "application/json", ...headers });
+}
+
+/** A streamed body of known length (an R2 object body or a FixedLengthStream's readable side). */
+export function streamResponse(
+  method: string,
+  status: number,
+  body: ReadableStream | null,
+  length: number,
+  headers: HeaderMap,
+): Response {
+  const h = baseHeaders(headers);
+  h.set("Content-Length", String(length));
+  if (method === "HEAD" && body) {
+    body.cancel().catch(() => undefined);
+    body = null;
+  }
+  return new Response(body, { status, headers: h });
+}
+
+/** A bodiless response (304). */
+export function emptyResponse(status: number, headers: HeaderMap): Response {
+  return new Response(null, { status, headers: baseHeaders(headers) });
+}
+
+export const BUILDER_RETRY_AFTER_SECONDS = 30;
+
+export function builderUnavailableResponse(method: string, reason: string): Response {
+  return errorResponse(
+    method,
+    503,
+    "BUILDER_UNAVAILABLE",
+    `the image builder can't be reached (${reason}); retry in ${BUILDER_RETRY_AFTER_SECONDS} seconds`,
+    undefined,
+    { "Retry-After": String(BUILDER_RETRY_AFTER_SECONDS) },
+  );
+}
+
+/** Makes sure a finished response carries the API version header and has no body for HEAD. */
+export function finishResponse(method: string, response: Response): Response {
+  let result = response;
+  try {
+    result.headers.set(API_VERSION_HEADER, API_VERSION);
+  } catch {
+    // Immutable headers (a response passed through from fetch): copy into a fresh response.
+    result = new Response(response.body, response);
+    result.headers.set(API_VERSION_HEADER, API_VERSION);
+  }
+  if (method === "HEAD" && result.body) {
+    result.body.cancel().catch(() => undefined);
+    result = new Response(null, { status: result.status, headers: result.headers });
+  }
+  return result;
+}
+
+/** Quoted entity tag for a digest. */
+export function etagOf(digest: string): string {
+  return `"${digest}"`;
+}
+
+/** Whether an If-None-Match header matches the entity tag (weak comparison, as RFC 9110 asks for it). */
+export function ifNoneMatchHits(request: Request, etag: string): boolean {
+  const header = request.headers.get("If-None-Match");
+  if (!header) return false;
+  if (header.trim() === "*") return true;
+  return header
+    .split(",")
+    .map((t) => t.trim().replace(/^W\//, ""))
+    .includes(etag);
+}
+
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message || error.name;
+  return String(error);
+}
+
+/**
+ * A failure as plain data, so that one outcome can be shared by concurrent requests (a Response object belongs
+ * to the request that made it) and turned into a response by each of them.
+ */
+export type Failure =
+  /** A registry error body from the builder, relayed byte for byte with its status. */
+  | { kind: "relay"; status: number; bodyText: string }
+  | { kind: "error"; status: number; code: RegistryErrorCode; message: string; detail?: unknown }
+  | { kind: "unavailable"; reason: string };
+
+export function failureResponse(method: string, failure: Failure): Response {
+  switch (failure.kind) {
+    case "relay":
+      return relayedErrorResponse(method, failure.status, failure.bodyText);
+    case "error":
+      return errorResponse(method, failure.status, failure.code, failure.message, failure.detail);
+    case "unavailable":
+      return builderUnavailableResponse(method, failure.reason);
+  }
+}
