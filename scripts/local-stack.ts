@@ -63,6 +63,10 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  // However this process ends (Ctrl-C, an error, a test runner's exit), the builder must not outlive it.
+  const killOnExit = () => child.kill("SIGTERM");
+  process.once("exit", killOnExit);
+  child.once("exit", () => process.off("exit", killOnExit));
   const logLines: string[] = [];
   const url = await new Promise<string>((resolve, reject) => {
     let buffered = "";
