@@ -8,6 +8,7 @@ import { IMAGE_FORMAT_VERSION, imageKey } from "../common/image-key.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { storePathName } from "./closure.ts";
 import { planLayers } from "./layering.ts";
+import type { Popularity } from "./popularity.ts";
 import { writeLayer } from "./layer-pipeline.ts";
 import type { Logger } from "./log.ts";
 import { serialiseImage, type LayerDescription } from "./manifest.ts";
@@ -22,6 +23,8 @@ export interface ImageBuilderOptions {
   nix: NixRunner;
   log: Logger;
   layerBudget: number;
+  /** Which store paths are widely used, for layering past the budget (see layering.ts). */
+  popularity?: Popularity;
   /** Layers written at once; defaults to the machine's cores. */
   parallelism?: number;
 }
@@ -68,7 +71,7 @@ export class ImageBuilder {
     const closure = await nix.buildClosure(request.packages, nixSource, request.system);
     const built = performance.now();
 
-    const groups = planLayers(closure.graph, this.options.layerBudget);
+    const groups = planLayers(closure.graph, this.options.layerBudget, this.options.popularity);
     const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string }[] = groups.map((group) => ({
       id: group.paths.join("\n"),
       entries: () => storePathEntries(group.paths),

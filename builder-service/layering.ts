@@ -2,6 +2,7 @@
 // decides how much a pull of a second image costs; it must also be a pure function of the closure, so
 // that the same image gets the same manifest digest on any builder.
 import { storePathName, type StorePathNode } from "./closure.ts";
+import { popularityOf, type Popularity } from "./popularity.ts";
 
 export interface LayerGroup {
   /** Store paths of the layer, sorted. */
@@ -51,22 +52,33 @@ export function topologicalOrder(graph: readonly StorePathNode[]): StorePathNode
 
 /**
  * Groups store paths into at most `budget - 1` layers (the last layer of every image is its root filesystem).
- * Each store path gets a layer of its own while the budget allows, which shares the most between images;
- * past the budget the biggest paths keep their own layers and the rest share one.
+ *
+ * A layer is shared between two images only when it holds exactly the same store paths, so every path gets a
+ * layer of its own while the budget allows: then every path two images have in common is shared. Nixery
+ * instead always merges dominator subtrees, so small images share less. Past the budget, the paths with the
+ * most to gain from a layer of their own (popularity x size: likely in other images, and costly to pull twice)
+ * keep one, and the rest, mostly paths only this image needs, share the last store layer. Every choice is
+ * ordered by value, then by name, so the plan is a pure function of the closure and the popularity data.
  */
-export function planLayers(graph: readonly StorePathNode[], budget: number = DEFAULT_LAYER_BUDGET): LayerGroup[] {
+export function planLayers(
+  graph: readonly StorePathNode[],
+  budget: number = DEFAULT_LAYER_BUDGET,
+  popularity?: Popularity,
+): LayerGroup[] {
   if (budget < 2) throw new Error(`a layer budget of ${budget} leaves no room for store paths beside the root filesystem`);
   const ordered = topologicalOrder(graph);
   const storeLayers = budget - 1;
   if (ordered.length <= storeLayers) {
     return ordered.map((node) => ({ paths: [node.path], size: node.narSize }));
   }
-  const bySize = [...ordered].sort((a, b) => b.narSize - a.narSize || byName(a.path, b.path));
-  const own = new Set(bySize.slice(0, storeLayers - 1).map((node) => node.path));
+  const weights = popularityOf(graph, popularity);
+  const value = (node: StorePathNode) => weights.get(node.path)! * node.narSize;
+  const byValue = [...ordered].sort((a, b) => value(b) - value(a) || byName(a.path, b.path));
+  const own = new Set(byValue.slice(0, storeLayers - 1).map((node) => node.path));
   const rest = ordered.filter((node) => !own.has(node.path));
-  const groups: LayerGroup[] = [
-    { paths: rest.map((node) => node.path).sort(), size: rest.reduce((sum, node) => sum + node.narSize, 0) },
-  ];
+  const groups: LayerGroup[] = [];
   for (const node of ordered) if (own.has(node.path)) groups.push({ paths: [node.path], size: node.narSize });
+  // The image's own paths go last: the shared base layers come first, as in a Dockerfile-built image.
+  groups.push({ paths: rest.map((node) => node.path).sort(), size: rest.reduce((sum, node) => sum + node.narSize, 0) });
   return groups;
 }
