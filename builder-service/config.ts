@@ -1,7 +1,36 @@
 // The builder's configuration, all from the environment, checked at startup with errors that name the variable.
+// Every problem is reported at once, so a new deployment is fixed in one edit, not one restart per variable.
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** R2's and S3's smallest multipart part (all parts but the last); R2 also wants every part but the last equal. */
+export const MIN_PART_SIZE_BYTES = 5 * MiB;
+/** The largest single PUT R2 and S3 accept. */
+export const MAX_SINGLE_PUT_BYTES = 5 * GiB;
+export const DEFAULT_MULTIPART_THRESHOLD_BYTES = 64 * MiB;
+export const DEFAULT_PART_SIZE_BYTES = 64 * MiB;
+
+export interface S3StoreConfig {
+  kind: "s3";
+  /** Scheme, host and port only, e.g. https://<account id>.r2.cloudflarestorage.com. */
+  endpoint: string;
+  bucket: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  region: string;
+  /** Blobs larger than this go up as multipart uploads. */
+  multipartThresholdBytes: number;
+  /** Size of every multipart part but the last. */
+  partSizeBytes: number;
+  /** Parts of one blob uploaded at once. */
+  partConcurrency: number;
+  /** Tries per S3 request (first try included) before a transient error is given up on. */
+  maxAttempts: number;
+}
 
 export interface BuilderConfig {
   host: string;
@@ -15,6 +44,7 @@ export interface BuilderConfig {
   source:
     | { kind: "path"; path: string }
     | { kind: "channel"; channel: string; channelsUrl: string; archiveUrl: string };
+  store: { kind: "local" } | S3StoreConfig;
 }
 
 /** One row per variable: the README's configuration table is written from the same facts. */
@@ -22,7 +52,7 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["BUILDER_SECRET", "required: the secret shared with the worker (at least 16 characters)"],
   ["BUILDER_HOST", "address to listen on (default 127.0.0.1)"],
   ["BUILDER_PORT", "port to listen on (default 8788)"],
-  ["BUILDER_DATA_DIR", "where blobs and caches are kept (default ./.data/builder)"],
+  ["BUILDER_DATA_DIR", "where blobs and caches are kept; with the S3 store, where layers are spooled before upload (default ./.data/builder)"],
   ["NIXERY_PKGS_PATH", "serve this local package set (a folder with default.nix) instead of a channel"],
   ["NIXERY_CHANNEL", "the channel `latest` follows (default nixos-unstable)"],
   ["NIXERY_CHANNELS_URL", "channel service (default https://channels.nixos.org)"],
@@ -30,22 +60,107 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution is reused (default 300)"],
   ["NIX_TIMEOUT_SECONDS", "time limit for one Nix evaluation or build (default 600)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
+  ["BUILDER_STORE", "where blobs go: `local` (a folder under BUILDER_DATA_DIR, the default) or `s3` (R2 or any S3 API: the S3_* settings)"],
+  ["S3_ENDPOINT", "s3 store, required: the S3 API endpoint without the bucket, e.g. https://<account id>.r2.cloudflarestorage.com"],
+  ["S3_BUCKET", "s3 store, required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
+  ["S3_ACCESS_KEY_ID", "s3 store, required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
+  ["S3_SECRET_ACCESS_KEY", "s3 store, required: the secret access key that goes with S3_ACCESS_KEY_ID"],
+  ["S3_REGION", "s3 store: signing region (default auto, which is what R2 wants)"],
+  ["S3_MULTIPART_THRESHOLD_BYTES", "s3 store: blobs larger than this are uploaded in parts (default 67108864 = 64 MiB; 5 MiB to 5 GiB)"],
+  ["S3_PART_SIZE_BYTES", "s3 store: size of every part but the last (default 67108864 = 64 MiB; at least 5 MiB, R2's minimum)"],
+  ["S3_PART_CONCURRENCY", "s3 store: parts of one blob uploaded at once (default 4, 1 to 32)"],
+  ["S3_MAX_ATTEMPTS", "s3 store: tries per request on 5xx, 429 and dropped connections, with exponential backoff (default 5, 1 to 20)"],
 ];
 
 export class ConfigError extends Error {}
 
-function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new ConfigError(`${name}=${raw} is not a whole number from ${min} to ${max}`);
+/** Reads whole-number variables, collecting problems instead of stopping at the first. */
+function numberReader(env: NodeJS.ProcessEnv, problems: string[]) {
+  return (name: string, fallback: number, min: number, max: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name}=${raw} is not a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return value;
+  };
+}
+
+const S3_VARIABLES = [
+  "S3_ENDPOINT",
+  "S3_BUCKET",
+  "S3_ACCESS_KEY_ID",
+  "S3_SECRET_ACCESS_KEY",
+  "S3_REGION",
+  "S3_MULTIPART_THRESHOLD_BYTES",
+  "S3_PART_SIZE_BYTES",
+  "S3_PART_CONCURRENCY",
+  "S3_MAX_ATTEMPTS",
+] as const;
+
+/** S3 bucket names as R2 and S3 accept them (3 to 63 characters: lower-case letters, digits, '-' and '.'). */
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+function s3Config(env: NodeJS.ProcessEnv, problems: string[]): S3StoreConfig {
+  const number = numberReader(env, problems);
+  const required = (name: string, how: string): string => {
+    const value = (env[name] ?? "").trim();
+    if (!value) problems.push(`${name} is not set (needed with BUILDER_STORE=s3): ${how}`);
+    return value;
+  };
+  let endpoint = required("S3_ENDPOINT", "the S3 API endpoint, for R2 https://<account id>.r2.cloudflarestorage.com");
+  if (endpoint) {
+    let url: URL | undefined;
+    try {
+      url = new URL(endpoint);
+    } catch {
+      problems.push(`S3_ENDPOINT=${endpoint} is not a URL; for R2 it is https://<account id>.r2.cloudflarestorage.com`);
+    }
+    if (url && url.protocol !== "https:" && url.protocol !== "http:") {
+      problems.push(`S3_ENDPOINT=${endpoint} must start with https:// (or http:// for a local test server)`);
+    } else if (url && (url.pathname.replace(/\/+$/, "") !== "" || url.search || url.hash)) {
+      problems.push(
+        `S3_ENDPOINT=${endpoint} has a path; give the endpoint without the bucket (https://${url.host}) and the bucket in S3_BUCKET`,
+      );
+    } else if (url) {
+      endpoint = url.origin;
+    }
   }
-  return value;
+  const bucket = required("S3_BUCKET", "the bucket the worker's REGISTRY_BUCKET binding names (wrangler.toml)");
+  if (bucket && !BUCKET_NAME.test(bucket)) {
+    problems.push(`S3_BUCKET=${bucket} is not a bucket name (3 to 63 characters: a-z, 0-9, '-' and '.')`);
+  }
+  const accessKeyId = required("S3_ACCESS_KEY_ID", "an access key id (R2: create an API token with Object Read & Write)");
+  const secretAccessKey = required("S3_SECRET_ACCESS_KEY", "the secret access key of S3_ACCESS_KEY_ID");
+  const region = (env.S3_REGION ?? "").trim() || "auto";
+  const multipartThresholdBytes = number(
+    "S3_MULTIPART_THRESHOLD_BYTES",
+    DEFAULT_MULTIPART_THRESHOLD_BYTES,
+    MIN_PART_SIZE_BYTES,
+    MAX_SINGLE_PUT_BYTES,
+  );
+  const partSizeBytes = number("S3_PART_SIZE_BYTES", DEFAULT_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES, MAX_SINGLE_PUT_BYTES);
+  const partConcurrency = number("S3_PART_CONCURRENCY", 4, 1, 32);
+  const maxAttempts = number("S3_MAX_ATTEMPTS", 5, 1, 20);
+  return {
+    kind: "s3",
+    endpoint,
+    bucket,
+    accessKeyId,
+    secretAccessKey,
+    region,
+    multipartThresholdBytes,
+    partSizeBytes,
+    partConcurrency,
+    maxAttempts,
+  };
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig {
   const problems: string[] = [];
+  const number = numberReader(env, problems);
   const secret = env.BUILDER_SECRET ?? "";
   if (secret.length < 16) {
     problems.push(
@@ -54,19 +169,29 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
         : "BUILDER_SECRET is not set; set it to the same value as the worker's BUILDER_SECRET (openssl rand -hex 32)",
     );
   }
-  const numbers = (): Pick<BuilderConfig, "port" | "nixTimeoutSeconds" | "layerBudget" | "tagTtlSeconds"> => ({
-    port: integer(env, "BUILDER_PORT", 8788, 0, 65535),
-    nixTimeoutSeconds: integer(env, "NIX_TIMEOUT_SECONDS", 600, 1, 86_400),
-    layerBudget: integer(env, "NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125),
-    tagTtlSeconds: integer(env, "NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000),
-  });
-  let parsed: ReturnType<typeof numbers> | undefined;
-  try {
-    parsed = numbers();
-  } catch (error) {
-    problems.push((error as Error).message);
+  const port = number("BUILDER_PORT", 8788, 0, 65535);
+  const nixTimeoutSeconds = number("NIX_TIMEOUT_SECONDS", 600, 1, 86_400);
+  const layerBudget = number("NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125);
+  const tagTtlSeconds = number("NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000);
+
+  let store: BuilderConfig["store"] = { kind: "local" };
+  const storeKind = (env.BUILDER_STORE ?? "").trim();
+  if (storeKind === "s3") {
+    store = s3Config(env, problems);
+  } else if (storeKind !== "" && storeKind !== "local") {
+    problems.push(`BUILDER_STORE=${storeKind} is not a store; use local or s3`);
+  } else {
+    // S3 settings without BUILDER_STORE=s3 would silently keep blobs on this machine, out of the worker's reach.
+    const stray = S3_VARIABLES.filter((name) => (env[name] ?? "") !== "");
+    if (stray.length > 0) {
+      problems.push(
+        `${stray.join(", ")} ${stray.length === 1 ? "is" : "are"} set but BUILDER_STORE is ${storeKind || "not set (local)"}; ` +
+          "set BUILDER_STORE=s3 to write blobs into the bucket, or unset the S3_ variables",
+      );
+    }
   }
-  if (problems.length > 0 || !parsed) throw new ConfigError(problems.join("\n"));
+
+  if (problems.length > 0) throw new ConfigError(problems.join("\n"));
   const source: BuilderConfig["source"] = env.NIXERY_PKGS_PATH
     ? { kind: "path", path: resolve(env.NIXERY_PKGS_PATH) }
     : {
@@ -81,6 +206,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     dataDir: resolve(env.BUILDER_DATA_DIR || ".data/builder"),
     nixDir: fileURLToPath(new URL("../nix/", import.meta.url)),
     source,
-    ...parsed,
+    port,
+    nixTimeoutSeconds,
+    layerBudget,
+    tagTtlSeconds,
+    store,
   };
 }

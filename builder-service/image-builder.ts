@@ -40,10 +40,14 @@ export interface BuilderCounters {
   builds: number;
   layersWritten: number;
   layersReused: number;
+  /** Uncompressed tar bytes of the layers written (not of the reused ones). */
+  tarBytesWritten: number;
+  /** Compressed bytes stored for them. */
+  bytesStored: number;
 }
 
 export class ImageBuilder {
-  readonly counters: BuilderCounters = { builds: 0, layersWritten: 0, layersReused: 0 };
+  readonly counters: BuilderCounters = { builds: 0, layersWritten: 0, layersReused: 0, tarBytesWritten: 0, bytesStored: 0 };
   private readonly flights = new SingleFlight<BuildResult>();
   private readonly parallelism: number;
 
@@ -135,6 +139,8 @@ export class ImageBuilder {
     }
     const written = await writeLayer(await entries(), store);
     this.counters.layersWritten++;
+    this.counters.tarBytesWritten += written.tarSize;
+    this.counters.bytesStored += written.size;
     const fresh: LayerRecord = { digest: written.digest, diffId: written.diffId, size: written.size };
     await store.putRecord(recordName, new TextEncoder().encode(JSON.stringify(fresh)));
     return { ...fresh, comment };
