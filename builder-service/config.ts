@@ -61,7 +61,7 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIX_TIMEOUT_SECONDS", "time limit for one Nix evaluation or build (default 600)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
   ["BUILDER_STORE", "where blobs go: `local` (a folder under BUILDER_DATA_DIR, the default) or `s3` (R2 or any S3 API: the S3_* settings)"],
-  ["S3_ENDPOINT", "s3 store, required: the S3 API endpoint without the bucket, e.g. https://<account id>.r2.cloudflarestorage.com"],
+  ["S3_ENDPOINT", "s3 store, required: the S3 API endpoint without the bucket, e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com (R2)"],
   ["S3_BUCKET", "s3 store, required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
   ["S3_ACCESS_KEY_ID", "s3 store, required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
   ["S3_SECRET_ACCESS_KEY", "s3 store, required: the secret access key that goes with S3_ACCESS_KEY_ID"],

@@ -1,13 +1,15 @@
-// The builder-service command: `builder-service [--help]`, configured by environment (see config.ts).
+// The builder-service command: `builder-service [--help | --check]`, configured by environment (see config.ts).
 import { execFile } from "node:child_process";
 import { access, constants } from "node:fs/promises";
 import { promisify } from "node:util";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
 import { ImageBuilder } from "./image-builder.ts";
+import type { BlobStore } from "./blob-store.ts";
 import { LocalBlobStore } from "./local-store.ts";
-import { jsonLogger } from "./log.ts";
+import { jsonLogger, type Logger } from "./log.ts";
 import { NixRunner } from "./nix-runner.ts";
+import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
 import { ChannelSource } from "./sources/channel.ts";
 import { LocalPathSource } from "./sources/local-path.ts";
@@ -20,7 +22,14 @@ function usage(): string {
   return [
     "builder-service: builds container images with Nix for the nix-edge-registry worker.",
     "",
-    "Usage: builder-service [--help]",
+    "Usage: builder-service [--help | --check]",
+    "",
+    "  --check  check the settings, the package source, Nix and (BUILDER_STORE=s3) that the bucket takes",
+    "           writes, then exit: 0 when all is well, 2 for a setting to fix, 1 otherwise",
+    "",
+    "Reads its settings from the environment (under systemd: EnvironmentFile=/etc/nix-edge-registry/builder.env),",
+    "checks them and, with BUILDER_STORE=s3, that the bucket takes writes, then serves the worker until stopped.",
+    "Logs are JSON lines on stdout: one per request and one per build, with timings.",
     "",
     "Configuration (environment variables):",
     ...ENVIRONMENT_HELP.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`),
@@ -43,6 +52,30 @@ async function createSource(config: BuilderConfig): Promise<PackageSource> {
   });
 }
 
+/** The blob store the configuration asks for, ready to use; S3 problems at startup are reported like config errors. */
+async function createStore(config: BuilderConfig, log: Logger): Promise<BlobStore & { probe?: () => Promise<string | null> }> {
+  if (config.store.kind === "local") {
+    const store = new LocalBlobStore(`${config.dataDir}/store`);
+    await store.init();
+    return store;
+  }
+  const { kind: _kind, ...s3 } = config.store;
+  const store = new S3BlobStore({ ...s3, spoolDir: `${config.dataDir}/spool`, log });
+  await store.init();
+  try {
+    await store.check();
+  } catch (error) {
+    store.close();
+    if (error instanceof S3Error) {
+      const what = error.isConfiguration ? "the S3 store refused the builder" : "the S3 store cannot be reached";
+      console.error(`builder-service: cannot start: ${what}:\n${error.message}\n\nRun builder-service --help for every setting.`);
+      process.exit(error.isConfiguration ? 2 : 1);
+    }
+    throw error;
+  }
+  return store;
+}
+
 async function main(): Promise<void> {
   if (process.argv.includes("--help") || process.argv.includes("-h")) {
     console.log(usage());
@@ -59,9 +92,18 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = jsonLogger;
-  const store = new LocalBlobStore(`${config.dataDir}/store`);
-  await store.init();
+  const store = await createStore(config, log);
   const source = await createSource(config);
+  if (process.argv.includes("--check")) {
+    try {
+      const { stdout } = await execFileAsync("nix-build", ["--version"]);
+      console.log(`builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${stdout.trim()}`);
+      process.exit(0);
+    } catch {
+      console.error("builder-service: nix-build is not available to this user; install Nix (and on a multi-user install, start nix-daemon)");
+      process.exit(1);
+    }
+  }
   const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
   const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget });
   const readiness = async (): Promise<string | null> => {
@@ -75,7 +117,7 @@ async function main(): Promise<void> {
     } catch {
       return `the data folder ${config.dataDir} is not writable`;
     }
-    return null;
+    return store.probe ? store.probe() : null;
   };
   const handler = createBuilderHandler({ secret: config.secret, store, source, builder, log, readiness });
   const server = serveFetch(handler, (error) => log.error("response-failed", { error: String(error) }));

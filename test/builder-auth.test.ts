@@ -1,0 +1,106 @@
+// Issue "Production path": the builder serves only its worker. Every endpoint but /health and /ready wants an
+// HMAC-SHA256 signature over method, path and query, a timestamp and the body's hash (common/builder-api.ts);
+// a missing, wrong, foreign or stale signature gets 401 UNAUTHORIZED, so a captured request can't be replayed.
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SIGNATURE_HEADER, signRequest, TIMESTAMP_HEADER } from "../common/builder-api.ts";
+import { startBuilder, type Builder } from "../scripts/local-stack.ts";
+import { TEST_PKGS } from "./support/stack.ts";
+
+const secret = randomBytes(32).toString("hex");
+let builder: Builder;
+let scratch: string;
+
+const BUILD_BODY = JSON.stringify({ packages: ["hello"], system: "x86_64-linux", tag: "latest", revision: "0".repeat(40) });
+const BLOB_PATH = `/blobs/sha256:${"a".repeat(64)}`;
+
+const endpoints: { method: "GET" | "POST"; path: string; body: string }[] = [
+  { method: "POST", path: "/build", body: BUILD_BODY },
+  { method: "POST", path: "/resolve", body: JSON.stringify({ tag: "latest" }) },
+  { method: "GET", path: BLOB_PATH, body: "" },
+];
+
+async function call(method: string, path: string, body: string, headers: Record<string, string>): Promise<Response> {
+  return fetch(`${builder.url}${path}`, {
+    method,
+    headers: { "content-type": "application/json", ...headers },
+    body: method === "POST" ? body : undefined,
+  });
+}
+
+async function expectUnauthorized(response: Response, reason: RegExp): Promise<void> {
+  expect(response.status).toBe(401);
+  const body = (await response.json()) as { errors: { code: string; message: string }[] };
+  expect(body.errors[0].code).toBe("UNAUTHORIZED");
+  expect(body.errors[0].message).toMatch(reason);
+}
+
+beforeAll(async () => {
+  scratch = await mkdtemp(join(tmpdir(), "builder-auth-"));
+  builder = await startBuilder({ builderPort: 0, builderDataDir: join(scratch, "builder"), pkgsPath: TEST_PKGS, secret });
+});
+
+afterAll(async () => {
+  await builder?.stop();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
+
+describe("requests to the builder", () => {
+  for (const { method, path, body } of endpoints) {
+    describe(`${method} ${path.replace(/a{64}/, "<hex>")}`, () => {
+      it("without a signature: 401", async () => {
+        await expectUnauthorized(await call(method, path, body, {}), /not signed/);
+      });
+
+      it("with a signature that is not hex of the right message: 401", async () => {
+        const headers = await signRequest(secret, method, path, body);
+        headers[SIGNATURE_HEADER] = "0".repeat(64);
+        await expectUnauthorized(await call(method, path, body, headers), /does not match/);
+      });
+
+      it("signed with another secret: 401", async () => {
+        await expectUnauthorized(await call(method, path, body, await signRequest(`${secret}-other`, method, path, body)), /does not match/);
+      });
+
+      it("correctly signed 5 minutes ago (a replay): 401", async () => {
+        const old = await signRequest(secret, method, path, body, Date.now() - 5 * 60_000);
+        await expectUnauthorized(await call(method, path, body, old), /(299|300|301) s old; requests are accepted for 60 s/);
+      });
+
+      it("signed for a moment in the future beyond the window: 401", async () => {
+        const future = await signRequest(secret, method, path, body, Date.now() + 5 * 60_000);
+        await expectUnauthorized(await call(method, path, body, future), /s old; requests are accepted for 60 s/);
+      });
+
+      it("correctly signed just now: not 401", async () => {
+        const response = await call(method, path, body, await signRequest(secret, method, path, body));
+        expect(response.status).not.toBe(401);
+        await response.body?.cancel();
+      });
+    });
+  }
+
+  it("a signature for one request does not carry over to another path, method or body", async () => {
+    const headers = await signRequest(secret, "POST", "/build", BUILD_BODY);
+    await expectUnauthorized(await call("POST", "/resolve", BUILD_BODY, headers), /does not match/);
+    await expectUnauthorized(await call("POST", "/build", BUILD_BODY.replace("hello", "curl"), headers), /does not match/);
+    const blobHeaders = await signRequest(secret, "GET", BLOB_PATH, "");
+    await expectUnauthorized(await call("GET", `${BLOB_PATH.slice(0, -1)}b`, "", blobHeaders), /does not match/);
+    // HEAD answers carry no body: the status alone.
+    expect((await call("HEAD", BLOB_PATH, "", blobHeaders)).status).toBe(401);
+  });
+
+  it("a malformed timestamp: 401", async () => {
+    const headers = await signRequest(secret, "POST", "/build", BUILD_BODY);
+    headers[TIMESTAMP_HEADER] = "yesterday";
+    await expectUnauthorized(await call("POST", "/build", BUILD_BODY, headers), /timestamp is malformed/);
+  });
+
+  it("/health and /ready need no signature", async () => {
+    expect((await fetch(`${builder.url}/health`)).status).toBe(200);
+    expect([200, 503]).toContain((await fetch(`${builder.url}/ready`)).status);
+  });
+});

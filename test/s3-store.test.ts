@@ -1,0 +1,312 @@
+// Issue "Production path": the builder's S3 blob store against a local S3 server that checks SigV4
+// signatures (s3rver) and, through the test front, bodies against their signed sha256 and Content-MD5.
+// No Nix here: blobs are made of random bytes, staged and committed the way layer-pipeline.ts does.
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { Digest } from "../common/digest.ts";
+import { ConfigError, loadConfig, type S3StoreConfig } from "../builder-service/config.ts";
+import type { Logger } from "../builder-service/log.ts";
+import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
+import { startTestS3, type TestS3 } from "./support/s3-server.ts";
+
+const MiB = 1024 * 1024;
+
+let s3: TestS3;
+let scratch: string;
+let logged: { level: string; event: string; fields: Record<string, unknown> }[] = [];
+
+const log: Logger = {
+  info: (event, fields = {}) => logged.push({ level: "info", event, fields }),
+  warn: (event, fields = {}) => logged.push({ level: "warn", event, fields }),
+  error: (event, fields = {}) => logged.push({ level: "error", event, fields }),
+};
+
+function storeConfig(overrides: Partial<S3StoreConfig> = {}): Omit<S3StoreConfig, "kind"> {
+  return {
+    endpoint: s3.endpoint,
+    bucket: s3.bucket,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
+    region: "auto",
+    multipartThresholdBytes: 5 * MiB,
+    partSizeBytes: 5 * MiB,
+    partConcurrency: 2,
+    maxAttempts: 3,
+    ...overrides,
+  };
+}
+
+let spoolCount = 0;
+async function newStore(overrides: Partial<S3StoreConfig> = {}, idleTimeoutMs?: number): Promise<S3BlobStore> {
+  const store = new S3BlobStore({ ...storeConfig(overrides), spoolDir: join(scratch, `spool-${spoolCount++}`), log, retryBaseMs: 20, idleTimeoutMs });
+  await store.init();
+  return store;
+}
+
+const digestOf = (bytes: Buffer): Digest => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+
+/** Stages and commits bytes the way layer-pipeline.ts does (in 64 KiB chunks). */
+async function writeBlob(store: S3BlobStore, bytes: Buffer, digest = digestOf(bytes)): Promise<Digest> {
+  const staged = await store.stage();
+  try {
+    await pipeline(Readable.from(chunks(bytes, 64 * 1024)), staged.sink);
+    await staged.commit(digest, bytes.length);
+  } catch (error) {
+    await staged.abort();
+    throw error;
+  }
+  return digest;
+}
+
+function* chunks(bytes: Buffer, size: number): Generator<Buffer> {
+  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size);
+}
+
+const hexOf = (digest: Digest) => digest.slice("sha256:".length);
+const requestsFor = (key: string) => s3.requests.filter((r) => r.key === key);
+
+beforeAll(async () => {
+  s3 = await startTestS3();
+  scratch = await mkdtemp(join(tmpdir(), "s3-store-test-"));
+});
+
+afterAll(async () => {
+  await s3?.stop();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  s3.faults.length = 0;
+  logged = [];
+});
+
+describe("the S3 blob store", () => {
+  it("stores a small blob with one signed PUT at blobs/sha256/<hex>, with the content type the worker serves blobs with", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(300 * 1024);
+    const digest = await writeBlob(store, bytes);
+    const key = `blobs/sha256/${hexOf(digest)}`;
+    const stored = await s3.get(key);
+    expect(stored?.bytes.equals(bytes)).toBe(true);
+    expect(stored?.contentType).toBe("application/octet-stream");
+    const puts = requestsFor(key).filter((r) => r.method === "PUT");
+    expect(puts).toHaveLength(1);
+    expect(puts[0].outcome).toBe(200);
+    expect(await store.stat(digest)).toEqual({ size: bytes.length });
+    // Read back whole and by range (the builder's /blobs fallback).
+    const whole = await store.read(digest);
+    expect(Buffer.concat(await whole!.toArray()).equals(bytes)).toBe(true);
+    const slice = await store.read(digest, { start: 10, end: 19 });
+    expect(Buffer.concat(await slice!.toArray()).equals(bytes.subarray(10, 20))).toBe(true);
+    expect(await store.stat(`sha256:${"0".repeat(64)}`)).toBeNull();
+    expect(await store.read(`sha256:${"0".repeat(64)}`)).toBeNull();
+    // The spool file is gone once committed.
+    expect(await readdir(join(scratch, `spool-${spoolCount - 1}`))).toEqual([]);
+  });
+
+  it("uploads a blob over the threshold as a multipart upload of equal 5 MiB parts, and the object is the digest's bytes", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(11 * MiB + 12345);
+    const started = performance.now();
+    const digest = await writeBlob(store, bytes);
+    const seconds = (performance.now() - started) / 1000;
+    const key = `blobs/sha256/${hexOf(digest)}`;
+    const requests = requestsFor(key);
+    expect(requests.filter((r) => r.method === "POST" && "uploads" in r.query)).toHaveLength(1);
+    const parts = requests.filter((r) => r.method === "PUT" && r.query.partNumber);
+    expect(parts.map((p) => [Number(p.query.partNumber), p.bodyBytes]).sort((a, b) => a[0] - b[0])).toEqual([
+      [1, 5 * MiB],
+      [2, 5 * MiB],
+      [3, MiB + 12345],
+    ]);
+    expect(requests.filter((r) => r.method === "POST" && r.query.uploadId)).toHaveLength(1);
+    const stored = await s3.get(key);
+    expect(stored && digestOf(stored.bytes)).toBe(digest);
+    expect(stored?.contentType).toBe("application/octet-stream");
+    expect(await s3.pendingUploads()).toEqual([]);
+    const upload = logged.find((l) => l.event === "s3-upload");
+    expect(upload?.fields).toMatchObject({ digest, size: bytes.length, parts: 3 });
+    console.log(`multipart upload of ${(bytes.length / MiB).toFixed(1)} MiB to s3rver (3 parts, 2 at a time): ${seconds.toFixed(2)} s including spooling, ${upload?.fields.mbPerSecond} MB/s for the upload`);
+  });
+
+  it("does not upload a blob that is already in the bucket", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(64 * 1024);
+    const digest = await writeBlob(store, bytes);
+    const key = `blobs/sha256/${hexOf(digest)}`;
+    const before = requestsFor(key).filter((r) => r.method === "PUT").length;
+    await writeBlob(await newStore(), bytes);
+    await store.putBytes(digest, bytes);
+    expect(requestsFor(key).filter((r) => r.method === "PUT").length).toBe(before);
+    expect(logged.some((l) => l.event === "s3-blob-present" && l.fields.digest === digest)).toBe(true);
+  });
+
+  it("retries a 503, a connection dropped in the middle of a part, and a body corrupted on the way, then succeeds", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(10 * MiB + 1);
+    const key = `blobs/sha256/${hexOf(digestOf(bytes))}`;
+    const isPart = (n: string) => (r: { method: string; key: string; query: Record<string, string> }) =>
+      r.key === key && r.method === "PUT" && r.query.partNumber === n;
+    s3.faults.push(
+      { match: isPart("1"), action: { kind: "status", status: 503, code: "ServiceUnavailable" }, times: 1 },
+      { match: isPart("2"), action: { kind: "drop-after", bytes: 2 * MiB }, times: 1 },
+      { match: isPart("3"), action: { kind: "corrupt" }, times: 1 },
+    );
+    const digest = await writeBlob(store, bytes);
+    const outcomes = (n: string) => requestsFor(key).filter(isPart(n)).map((r) => r.outcome);
+    expect(outcomes("1")).toEqual([503, 200]);
+    expect(outcomes("2")).toEqual(["dropped", 200]);
+    // The front checked the body against its signed sha256 and refused it, as R2 would.
+    expect(outcomes("3")).toEqual([400, 200]);
+    expect(digestOf((await s3.get(key))!.bytes)).toBe(digest);
+    expect(logged.filter((l) => l.event === "s3-retry")).toHaveLength(3);
+  });
+
+  it("gives up on a request that gets no answer, and tries it again", async () => {
+    const store = await newStore({}, 500);
+    const bytes = randomBytes(100 * 1024);
+    const key = `blobs/sha256/${hexOf(digestOf(bytes))}`;
+    s3.faults.push({ match: (r) => r.key === key && r.method === "PUT", action: { kind: "stall" }, times: 1 });
+    const started = performance.now();
+    const digest = await writeBlob(store, bytes);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(500);
+    expect(requestsFor(key).filter((r) => r.method === "PUT").map((r) => r.outcome)).toEqual(["dropped", 200]);
+    expect(logged.find((l) => l.event === "s3-retry")?.fields.reason).toMatch(/no answer for 0.5 s/);
+    expect(digestOf((await s3.get(key))!.bytes)).toBe(digest);
+  });
+
+  it("leaves no object under the digest when a multipart upload is interrupted, and aborts the upload", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(6 * MiB);
+    const digest = digestOf(bytes);
+    const key = `blobs/sha256/${hexOf(digest)}`;
+    // CompleteMultipartUpload never gets an answer: every try loses its connection.
+    s3.faults.push({ match: (r) => r.key === key && r.method === "POST" && r.query.uploadId !== undefined, action: { kind: "drop" }, times: Infinity });
+    await expect(writeBlob(store, bytes)).rejects.toThrow(/complete multipart upload of blobs\/sha256\/[0-9a-f]{64} .*gave up after 3 tries/);
+    expect(requestsFor(key).filter((r) => r.method === "POST" && r.query.uploadId)).toHaveLength(3);
+    expect(await s3.get(key)).toBeNull();
+    const aborts = requestsFor(key).filter((r) => r.method === "DELETE" && r.query.uploadId);
+    expect(aborts.map((r) => r.outcome)).toEqual([204]);
+    expect(await s3.pendingUploads()).toEqual([]);
+    expect(logged.some((l) => l.event === "s3-multipart-aborted" && l.fields.digest === digest)).toBe(true);
+    expect(await store.stat(digest)).toBeNull();
+  });
+
+  it("aborts the upload when a part keeps failing, and nothing is left under the digest", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(5 * MiB + 100);
+    const key = `blobs/sha256/${hexOf(digestOf(bytes))}`;
+    s3.faults.push({
+      match: (r) => r.key === key && r.method === "PUT" && r.query.partNumber === "2",
+      action: { kind: "status", status: 500, code: "InternalError" },
+      times: Infinity,
+    });
+    await expect(writeBlob(store, bytes)).rejects.toThrow(/upload part 2\/2 .*500 \(InternalError/);
+    expect(await s3.get(key)).toBeNull();
+    expect(requestsFor(key).filter((r) => r.method === "DELETE" && r.query.uploadId).map((r) => r.outcome)).toEqual([204]);
+    expect(await s3.pendingUploads()).toEqual([]);
+  });
+
+  it("refuses to upload bytes that do not hash to the digest they are committed under", async () => {
+    const store = await newStore();
+    const bytes = randomBytes(1000);
+    const wrong: Digest = `sha256:${"ab".repeat(32)}`;
+    await expect(writeBlob(store, bytes, wrong)).rejects.toThrow(/not to sha256:abab/);
+    expect(requestsFor(`blobs/sha256/${hexOf(wrong)}`)).toEqual([]);
+    await expect(store.putBytes(wrong, bytes)).rejects.toThrow(/not to sha256:abab/);
+  });
+
+  it("keeps the builder's records under builder-cache/, apart from the worker's images/", async () => {
+    const store = await newStore();
+    expect(await store.getRecord("images/abc.json")).toBeNull();
+    await store.putRecord("images/abc.json", new TextEncoder().encode('{"x":1}'));
+    expect(new TextDecoder().decode((await store.getRecord("images/abc.json"))!)).toBe('{"x":1}');
+    expect((await s3.list("builder-cache/images/")).map((o) => o.key)).toEqual(["builder-cache/images/abc.json"]);
+    expect(await s3.list("images/")).toEqual([]);
+  });
+
+  it("fails the startup check with an error that names the wrong setting", async () => {
+    await (await newStore()).check();
+    const wrongSecret = await newStore({ secretAccessKey: "not-the-secret" });
+    const error = await wrongSecret.check().then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(S3Error);
+    expect((error as S3Error).isConfiguration).toBe(true);
+    expect((error as S3Error).message).toMatch(/403 \(SignatureDoesNotMatch.*S3_SECRET_ACCESS_KEY is not the secret of S3_ACCESS_KEY_ID S3RVER/);
+    expect(await wrongSecret.probe()).toMatch(/403 Forbidden: the credentials were refused/);
+    await expect((await newStore({ accessKeyId: "NOBODY" })).check()).rejects.toThrow(/InvalidAccessKeyId.*S3_ACCESS_KEY_ID NOBODY is not known/);
+    await expect((await newStore({ bucket: "no-such-bucket" })).check()).rejects.toThrow(/NoSuchBucket.*bucket no-such-bucket does not exist/);
+    // Nothing listening: a network error, retried, then named.
+    await expect((await newStore({ endpoint: "http://127.0.0.1:9", maxAttempts: 2 })).check()).rejects.toThrow(
+      /nothing answers at S3_ENDPOINT .*gave up after 2 tries/,
+    );
+  });
+});
+
+describe("the S3 store's configuration", () => {
+  const base = { BUILDER_SECRET: "0123456789abcdef0123" };
+  const problems = (env: Record<string, string>) => {
+    try {
+      loadConfig(env);
+      return "";
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+      return (error as Error).message;
+    }
+  };
+
+  it("names every missing setting at once", () => {
+    const message = problems({ ...base, BUILDER_STORE: "s3" });
+    for (const name of ["S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) {
+      expect(message).toContain(`${name} is not set`);
+    }
+    expect(message.split("\n")).toHaveLength(4);
+  });
+
+  it("explains values that are wrong", () => {
+    const message = problems({
+      BUILDER_STORE: "s3",
+      S3_ENDPOINT: "https://abc.r2.cloudflarestorage.com/my-bucket",
+      S3_BUCKET: "My_Bucket",
+      S3_ACCESS_KEY_ID: "k",
+      S3_SECRET_ACCESS_KEY: "s",
+      S3_PART_SIZE_BYTES: "1048576",
+      S3_MULTIPART_THRESHOLD_BYTES: "8GiB",
+    });
+    expect(message).toContain("BUILDER_SECRET is not set");
+    expect(message).toContain("give the endpoint without the bucket (https://abc.r2.cloudflarestorage.com) and the bucket in S3_BUCKET");
+    expect(message).toContain("S3_BUCKET=My_Bucket is not a bucket name");
+    expect(message).toContain("S3_PART_SIZE_BYTES=1048576 is not a whole number from 5242880 to 5368709120");
+    expect(message).toContain("S3_MULTIPART_THRESHOLD_BYTES=8GiB is not a whole number");
+    expect(problems({ ...base, BUILDER_STORE: "r2" })).toContain("BUILDER_STORE=r2 is not a store; use local or s3");
+    expect(problems({ ...base, S3_BUCKET: "registry" })).toContain("S3_BUCKET is set but BUILDER_STORE is not set (local)");
+  });
+
+  it("reads a complete S3 configuration, with R2's region by default", () => {
+    const config = loadConfig({
+      ...base,
+      BUILDER_STORE: "s3",
+      S3_ENDPOINT: "https://abc.r2.cloudflarestorage.com/",
+      S3_BUCKET: "nix-edge-registry",
+      S3_ACCESS_KEY_ID: "key",
+      S3_SECRET_ACCESS_KEY: "secret",
+    });
+    expect(config.store).toEqual({
+      kind: "s3",
+      endpoint: "https://abc.r2.cloudflarestorage.com",
+      bucket: "nix-edge-registry",
+      accessKeyId: "key",
+      secretAccessKey: "secret",
+      region: "auto",
+      multipartThresholdBytes: 64 * MiB,
+      partSizeBytes: 64 * MiB,
+      partConcurrency: 4,
+      maxAttempts: 5,
+    });
+    expect(loadConfig(base).store).toEqual({ kind: "local" });
+  });
+});
