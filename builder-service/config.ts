@@ -1,5 +1,6 @@
 // The builder's configuration, all from the environment, checked at startup with errors that name the variable.
 // Every problem is reported at once, so a new deployment is fixed in one edit, not one restart per variable.
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
@@ -40,6 +41,8 @@ export interface BuilderConfig {
   nixDir: string;
   nixTimeoutSeconds: number;
   layerBudget: number;
+  /** Nixery-format popularity data for layering, if any (see popularity.ts). */
+  popularityPath: string | null;
   tagTtlSeconds: number;
   source:
     | { kind: "path"; path: string }
@@ -60,6 +63,7 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution is reused (default 300)"],
   ["NIX_TIMEOUT_SECONDS", "time limit for one Nix evaluation or build (default 600)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
+  ["NIXERY_POPULARITY_PATH", "popularity data for layering, Nixery's format {\"name-version\": count} (default: popularity.json in NIXERY_PKGS_PATH if there is one, else reference counts within each image)"],
   ["BUILDER_STORE", "where blobs go: `local` (a folder under BUILDER_DATA_DIR, the default) or `s3` (R2 or any S3 API: the S3_* settings)"],
   ["S3_ENDPOINT", "s3 store, required: the S3 API endpoint without the bucket, e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com (R2)"],
   ["S3_BUCKET", "s3 store, required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
@@ -158,6 +162,12 @@ function s3Config(env: NodeJS.ProcessEnv, problems: string[]): S3StoreConfig {
   };
 }
 
+function popularityPath(env: NodeJS.ProcessEnv): string | null {
+  if (env.NIXERY_POPULARITY_PATH) return resolve(env.NIXERY_POPULARITY_PATH);
+  const beside = env.NIXERY_PKGS_PATH ? resolve(env.NIXERY_PKGS_PATH, "popularity.json") : null;
+  return beside && existsSync(beside) ? beside : null;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig {
   const problems: string[] = [];
   const number = numberReader(env, problems);
@@ -209,6 +219,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     port,
     nixTimeoutSeconds,
     layerBudget,
+    popularityPath: popularityPath(env),
     tagTtlSeconds,
     store,
   };

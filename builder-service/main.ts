@@ -9,6 +9,7 @@ import type { BlobStore } from "./blob-store.ts";
 import { LocalBlobStore } from "./local-store.ts";
 import { jsonLogger, type Logger } from "./log.ts";
 import { NixRunner } from "./nix-runner.ts";
+import { loadPopularity } from "./popularity.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
 import { ChannelSource } from "./sources/channel.ts";
@@ -105,7 +106,8 @@ async function main(): Promise<void> {
     }
   }
   const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
-  const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget });
+  const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
+  const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
   const readiness = async (): Promise<string | null> => {
     try {
       await execFileAsync("nix-build", ["--version"]);
