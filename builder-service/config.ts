@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
+import { CHANNEL_NAME } from "./sources/channel.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -46,6 +47,7 @@ export interface BuilderConfig {
   tagTtlSeconds: number;
   source:
     | { kind: "path"; path: string }
+    | { kind: "git"; url: string; branch: string | null }
     | { kind: "channel"; channel: string; channelsUrl: string; archiveUrl: string };
   store: { kind: "local" } | S3StoreConfig;
 }
@@ -56,11 +58,13 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["BUILDER_HOST", "address to listen on (default 127.0.0.1)"],
   ["BUILDER_PORT", "port to listen on (default 8788)"],
   ["BUILDER_DATA_DIR", "where blobs and caches are kept; with the S3 store, where layers are spooled before upload (default ./.data/builder)"],
-  ["NIXERY_PKGS_PATH", "serve this local package set (a folder with default.nix) instead of a channel"],
+  ["NIXERY_PKGS_PATH", "serve this local package set (a folder with default.nix) instead of a channel; only the tag `latest`"],
+  ["NIXERY_PKGS_REPO", "serve a package set from this git repository (https://, ssh://, file://) instead of a channel: tags are `latest`, branch and git tag names, and 40-hex commits; a bare mirror is kept under BUILDER_DATA_DIR/git"],
+  ["NIXERY_PKGS_BRANCH", "with NIXERY_PKGS_REPO: the branch `latest` follows (default: the repository's default branch)"],
   ["NIXERY_CHANNEL", "the channel `latest` follows (default nixos-unstable)"],
   ["NIXERY_CHANNELS_URL", "channel service (default https://channels.nixos.org)"],
   ["NIXERY_ARCHIVE_URL", "source tarballs by commit (default https://github.com/NixOS/nixpkgs/archive)"],
-  ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution is reused (default 300)"],
+  ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution (latest, a channel, a branch) is reused before it is resolved again (default 300); commits are pinned forever"],
   ["NIX_TIMEOUT_SECONDS", "time limit for one Nix evaluation or build (default 600)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
   ["NIXERY_POPULARITY_PATH", "popularity data for layering, Nixery's format {\"name-version\": count} (default: popularity.json in NIXERY_PKGS_PATH if there is one, else reference counts within each image)"],
@@ -162,6 +166,35 @@ function s3Config(env: NodeJS.ProcessEnv, problems: string[]): S3StoreConfig {
   };
 }
 
+/** A branch name as git takes it (conservatively: no leading '-', no "..", no spaces or control characters). */
+const BRANCH_NAME = /^(?!-)(?!.*\.\.)(?!.*\/\/)[A-Za-z0-9._\/+-]+(?<![./])$/;
+
+function sourceConfig(env: NodeJS.ProcessEnv, problems: string[]): BuilderConfig["source"] {
+  const path = (env.NIXERY_PKGS_PATH ?? "").trim();
+  const repo = (env.NIXERY_PKGS_REPO ?? "").trim();
+  const branch = (env.NIXERY_PKGS_BRANCH ?? "").trim();
+  if (path && repo) {
+    problems.push("NIXERY_PKGS_PATH and NIXERY_PKGS_REPO are both set; a builder serves one package source: unset one");
+  }
+  if (branch && !repo) problems.push("NIXERY_PKGS_BRANCH is set but NIXERY_PKGS_REPO is not; it names a branch of that repository");
+  if (branch && !BRANCH_NAME.test(branch)) problems.push(`NIXERY_PKGS_BRANCH=${branch} is not a branch name`);
+  if (repo.startsWith("-") || /\s/.test(repo)) {
+    problems.push(`NIXERY_PKGS_REPO=${repo} is not a git URL (e.g. https://github.com/NixOS/nixpkgs or file:///srv/pkgs.git)`);
+  }
+  if (path) return { kind: "path", path: resolve(path) };
+  if (repo) return { kind: "git", url: repo, branch: branch || null };
+  const channel = env.NIXERY_CHANNEL || "nixos-unstable";
+  if (!CHANNEL_NAME.test(channel)) {
+    problems.push(`NIXERY_CHANNEL=${channel} is not a channel name (nixos-unstable, nixos-24.05, nixpkgs-unstable, ...)`);
+  }
+  return {
+    kind: "channel",
+    channel,
+    channelsUrl: env.NIXERY_CHANNELS_URL || "https://channels.nixos.org",
+    archiveUrl: env.NIXERY_ARCHIVE_URL || "https://github.com/NixOS/nixpkgs/archive",
+  };
+}
+
 function popularityPath(env: NodeJS.ProcessEnv): string | null {
   if (env.NIXERY_POPULARITY_PATH) return resolve(env.NIXERY_POPULARITY_PATH);
   const beside = env.NIXERY_PKGS_PATH ? resolve(env.NIXERY_PKGS_PATH, "popularity.json") : null;
@@ -201,15 +234,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     }
   }
 
+  const source = sourceConfig(env, problems);
+
   if (problems.length > 0) throw new ConfigError(problems.join("\n"));
-  const source: BuilderConfig["source"] = env.NIXERY_PKGS_PATH
-    ? { kind: "path", path: resolve(env.NIXERY_PKGS_PATH) }
-    : {
-        kind: "channel",
-        channel: env.NIXERY_CHANNEL || "nixos-unstable",
-        channelsUrl: env.NIXERY_CHANNELS_URL || "https://channels.nixos.org",
-        archiveUrl: env.NIXERY_ARCHIVE_URL || "https://github.com/NixOS/nixpkgs/archive",
-      };
   return {
     host: env.BUILDER_HOST || "127.0.0.1",
     secret,

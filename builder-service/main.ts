@@ -8,13 +8,14 @@ import { ImageBuilder } from "./image-builder.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { LocalBlobStore } from "./local-store.ts";
 import { jsonLogger, type Logger } from "./log.ts";
-import { NixRunner } from "./nix-runner.ts";
 import { loadPopularity } from "./popularity.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
 import { ChannelSource } from "./sources/channel.ts";
+import { ForeignSystemAwareNixRunner } from "./sources/foreign-systems.ts";
+import { GitRepoSource } from "./sources/git-repo.ts";
 import { LocalPathSource } from "./sources/local-path.ts";
-import type { PackageSource } from "./sources/package-source.ts";
+import { withResolutionLog, type PackageSource } from "./sources/package-source.ts";
 
 const execFileAsync = promisify(execFile);
 
@@ -39,10 +40,26 @@ function usage(): string {
   ].join("\n");
 }
 
-async function createSource(config: BuilderConfig): Promise<PackageSource> {
+/**
+ * The package source the configuration names, ready to serve. With `checkOnly` (--check) nothing is set up
+ * that takes long: a git repository is asked for its HEAD instead of being cloned.
+ */
+async function createSource(config: BuilderConfig, log: Logger, checkOnly: boolean): Promise<PackageSource> {
   if (config.source.kind === "path") {
     const source = new LocalPathSource(config.source.path, config.tagTtlSeconds);
     await source.check();
+    return source;
+  }
+  if (config.source.kind === "git") {
+    const source = new GitRepoSource({
+      url: config.source.url,
+      branch: config.source.branch,
+      dataDir: config.dataDir,
+      ttlSeconds: config.tagTtlSeconds,
+      log,
+    });
+    if (checkOnly) await source.check();
+    else await source.init();
     return source;
   }
   return new ChannelSource({
@@ -94,8 +111,15 @@ async function main(): Promise<void> {
   }
   const log = jsonLogger;
   const store = await createStore(config, log);
-  const source = await createSource(config);
-  if (process.argv.includes("--check")) {
+  const checkOnly = process.argv.includes("--check");
+  let source: PackageSource;
+  try {
+    source = await createSource(config, log, checkOnly);
+  } catch (error) {
+    console.error(`builder-service: cannot start: ${(error as Error).message}`);
+    process.exit(1);
+  }
+  if (checkOnly) {
     try {
       const { stdout } = await execFileAsync("nix-build", ["--version"]);
       console.log(`builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${stdout.trim()}`);
@@ -105,7 +129,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }
   }
-  const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
+  // Builds for a system Nix can't build here (arm64/... on x86_64) fail with a message saying what to configure.
+  const nix = new ForeignSystemAwareNixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
   const readiness = async (): Promise<string | null> => {
@@ -121,7 +146,7 @@ async function main(): Promise<void> {
     }
     return store.probe ? store.probe() : null;
   };
-  const handler = createBuilderHandler({ secret: config.secret, store, source, builder, log, readiness });
+  const handler = createBuilderHandler({ secret: config.secret, store, source: withResolutionLog(source, log), builder, log, readiness });
   const server = serveFetch(handler, (error) => log.error("response-failed", { error: String(error) }));
   // Builds can take minutes; Node's default request timeout would cut them off.
   server.requestTimeout = 0;

@@ -99,6 +99,11 @@ else
   run apt-get update -q
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nix-setup-systemd
 fi
+# git: the builder keeps a mirror of the package-set repository when NIXERY_PKGS_REPO is set.
+if ! command -v git >/dev/null 2>&1; then
+  say "installing git (for NIXERY_PKGS_REPO package sets)"
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q git
+fi
 unit_file() {
   for dir in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
     [ -f "$dir/$1" ] && return 0

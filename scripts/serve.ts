@@ -19,7 +19,7 @@ const stack = await startStack({
 
 const example = pkgsPath ? "hello" : "shell/hello";
 console.log(`
-Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, packages from ${pkgsPath ?? "nixpkgs (channel)"})
+Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, packages from ${pkgsPath ?? process.env.NIXERY_PKGS_REPO ?? `nixpkgs (${process.env.NIXERY_CHANNEL ?? "nixos-unstable"})`})
 
   skopeo copy --src-tls-verify=false docker://${stack.registryHost}/${example}:latest oci:/tmp/img:latest
   podman --runtime runc run --rm --tls-verify=false ${stack.registryHost}/${example} hello

@@ -14,7 +14,8 @@ export interface ChannelSourceOptions {
   ttlSeconds: number;
 }
 
-const CHANNEL_NAME = /^(nixos|nixpkgs)-[a-z0-9.-]+$/;
+/** Channel names as channels.nixos.org has them: nixos-unstable, nixos-24.05, nixpkgs-unstable, nixos-24.05-small... */
+export const CHANNEL_NAME = /^(nixos|nixpkgs)-[a-z0-9.-]+$/;
 
 export class ChannelSource implements PackageSource {
   readonly description: string;
@@ -26,7 +27,9 @@ export class ChannelSource implements PackageSource {
   async resolve(tag: string): Promise<ResolveResult | null> {
     const kind = classifyTag(tag);
     if (!kind) return null;
-    if (kind.kind === "commit") return { revision: kind.commit, source: this.description, ttlSeconds: 0 };
+    if (kind.kind === "commit") {
+      return (await this.archiveMissing(kind.commit)) ? null : { revision: kind.commit, source: this.description, ttlSeconds: 0 };
+    }
     const channel = kind.kind === "latest" ? this.options.defaultChannel : kind.ref;
     if (!CHANNEL_NAME.test(channel)) return null;
     const url = `${this.options.channelsUrl.replace(/\/$/, "")}/${channel}/git-revision`;
@@ -44,6 +47,24 @@ export class ChannelSource implements PackageSource {
   }
 
   async nixSource(revision: string): Promise<NixSource> {
-    return { kind: "tarball", url: `${this.options.archiveUrl.replace(/\/$/, "")}/${revision}.tar.gz` };
+    return { kind: "tarball", url: this.archiveOf(revision) };
+  }
+
+  private archiveOf(commit: string): string {
+    return `${this.options.archiveUrl.replace(/\/$/, "")}/${commit}.tar.gz`;
+  }
+
+  /**
+   * Whether the archive says it has no tarball for the commit (so the tag is a 404 and nothing is built).
+   * A HEAD request: GitHub answers 404 for a commit it doesn't know. Anything but a clear 404 (timeouts,
+   * 5xx, a server without HEAD) lets the commit through: the build then says what went wrong.
+   */
+  private async archiveMissing(commit: string): Promise<boolean> {
+    try {
+      const response = await fetch(this.archiveOf(commit), { method: "HEAD", redirect: "follow", signal: AbortSignal.timeout(15_000) });
+      return response.status === 404 || response.status === 410;
+    } catch {
+      return false;
+    }
   }
 }

@@ -7,8 +7,13 @@
 # no randomness; Nix sets every mtime to 1 anyway).
 #
 # The set is called the way nixpkgs is: `import ./. { system = ...; config = {}; overlays = []; }`.
-# `system` is the system of the derivations; the busybox binary is the host's, so only the host's
-# system can actually be built (an aarch64-linux derivation evaluates fine but needs an arm64 builder).
+# `system` is the system of the derivations. Builders always run the host's busybox; for another
+# system (aarch64-linux on an x86_64 host) the packages hold that system's static busybox instead,
+# taken from FOREIGN_BUSYBOX_DIR/<system>/busybox (nix/test-pkgs/fetch-foreign-busybox.sh puts
+# Debian's busybox-static:arm64 there). Nix builds such derivations only when told the host may
+# (`extra-platforms = aarch64-linux`; the builders are x86 programs, so no emulation is needed);
+# otherwise it says "a 'aarch64-linux' ... is required". Without the foreign busybox, the
+# foreign `busybox` package fails to build with a message saying how to get it.
 #
 # To add a package, see nix/README.md: write `mk { pname; version; script; }` below, where `script`
 # is busybox sh that fills $out, and refer to other packages with ${...} so the store paths reference
@@ -16,6 +21,12 @@
 { system ? builtins.currentSystem, ... }:
 
 let
+  hostSystem = builtins.currentSystem;
+  native = system == hostSystem;
+
+  # Where fetch-foreign-busybox.sh installs other systems' static busybox binaries.
+  foreignBusyboxDir = /usr/local/lib/nix-test-pkgs;
+
   # The host's static busybox, as a store directory holding just `busybox`. Importing the file on its
   # own would name it "<hash>-busybox", and busybox only acts as the multi-call binary (`busybox sh`)
   # when its program name starts with "busybox"; otherwise it looks for an applet of that name.
@@ -29,6 +40,17 @@ let
     else
       throw "nix/test-pkgs needs Debian's static busybox at /usr/bin/busybox (apt-get install busybox-static)";
 
+  # The target system's static busybox (a store folder holding `busybox`), or null when there is none.
+  targetBusybox =
+    if native then hostBusybox
+    else if builtins.pathExists (foreignBusyboxDir + "/${system}/busybox") then
+      builtins.path {
+        path = foreignBusyboxDir + "/${system}";
+        name = "busybox";
+        filter = p: t: baseNameOf p == "busybox";
+      }
+    else null;
+
   # mk { pname, version, script, ... }: a derivation built by `busybox sh -ec script`.
   # Extra attributes are passed on to the derivation (and so into the builder's environment).
   mk = { pname, version, script, useBootstrapBusybox ? false, ... }@args:
@@ -40,9 +62,30 @@ let
       inherit system;
       builder = "${hostBusybox}/busybox";
       args = [ "sh" "-ec" script ];
-      # The `busybox` package's bin/ has a link for every applet; it is built without it.
-      PATH = if useBootstrapBusybox then "/path-not-set" else "${self.busybox}/bin";
+      # The `busybox` package's bin/ has a link for every applet; it is built without it. Scripts run
+      # the host's applets (buildTools), while what they write refers to ${self.busybox}, the target's.
+      PATH = if useBootstrapBusybox then "/path-not-set" else "${buildTools}/bin";
     });
+
+  # The applets scripts run: the package set's own busybox, or for another system the host's.
+  buildTools = if native then self.busybox else (import ./. { system = hostSystem; }).busybox;
+
+  # The busybox package for another system: that system's binary, with applet links named after the
+  # host busybox's applets (the same Debian version has the same ones).
+  foreignBusyboxScript =
+    if targetBusybox == null then ''
+      echo "nix/test-pkgs: no static busybox for ${system} at ${toString foreignBusyboxDir}/${system}/busybox;" >&2
+      echo "run nix/test-pkgs/fetch-foreign-busybox.sh ${system} (as root) to build this package set for ${system}" >&2
+      exit 1
+    '' else ''
+      bb=${hostBusybox}/busybox
+      $bb mkdir -p $out/bin
+      $bb cp ${targetBusybox}/busybox $out/bin/busybox
+      for applet in $($bb --list); do
+        case $applet in busybox) continue ;; esac
+        $bb ln -s busybox $out/bin/$applet
+      done
+    '';
 
   self = {
     busybox = mk {
@@ -51,7 +94,7 @@ let
       # evaluation time, so the name says where it comes from instead.
       version = "static";
       useBootstrapBusybox = true;
-      script = ''
+      script = if !native then foreignBusyboxScript else ''
         bb=${hostBusybox}/busybox
         $bb mkdir -p $out/bin
         $bb cp $bb $out/bin/busybox
