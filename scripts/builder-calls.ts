@@ -1,6 +1,6 @@
-// Signed calls to a builder, as the worker makes them, for tests that talk to the builder directly.
-import { signRequest, type BuildResult, type ResolveResult } from "../../common/builder-api.ts";
-import type { NixSystem } from "../../common/image-name.ts";
+// Signed calls to a builder, as the worker makes them, for tests and the benchmark that talk to it directly.
+import { signRequest, type BuildResult, type ResolveResult } from "../common/builder-api.ts";
+import type { NixSystem } from "../common/image-name.ts";
 
 export async function signedFetch(builderUrl: string, secret: string, method: string, path: string, body = ""): Promise<Response> {
   const headers = await signRequest(secret, method, path, body);

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startBuilder, type Builder } from "../scripts/local-stack.ts";
-import { build, resolveLatest } from "./support/builder-calls.ts";
+import { build, resolveLatest } from "../scripts/builder-calls.ts";
 import { startTestStack, TEST_PKGS, type TestStack } from "./support/stack.ts";
 
 const secret = "build-cache-test-secret-0123456789";
