@@ -80,7 +80,9 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       }
       const resolved = await deps.source.resolve(body.tag);
       if (!resolved) {
-        return fail(404, "MANIFEST_UNKNOWN", `tag "${body.tag}" is not served by this registry's package source (${deps.source.description})`);
+        return fail(404, "MANIFEST_UNKNOWN", `tag "${body.tag}" is not served by this registry's package source (${deps.source.description})`, {
+          tag: body.tag,
+        });
       }
       return json(200, resolved);
     })

@@ -1,4 +1,4 @@
-// A TCP front for the local worker that turns TLS handshakes away at once. Registry clients (skopeo, podman,
+// A TCP front for the local worker that turns TLS handshakes away at once, with a plain HTTP answer. Registry clients (skopeo, podman,
 // containerd) try https first even for an "insecure" registry and fall back to http only when that fails;
 // workerd never answers a TLS hello, so each pull would first wait ~10 s for a handshake timeout.
 import net from "node:net";
@@ -19,7 +19,9 @@ export function startPlainHttpFront(target: { host: string; port: number }, list
     client.on("error", () => client.destroy());
     client.once("data", (first: Buffer) => {
       if (first[0] === TLS_HANDSHAKE) {
-        client.destroy();
+        // An HTTP answer, not just a closed socket: the docker CLI falls back to http only on "server gave
+        // HTTP response to HTTPS client"; skopeo and podman fall back on any error.
+        client.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
       }
       client.pause();

@@ -54,13 +54,12 @@ async function fetchResolution(env: Env, storage: RegistryStorage, tag: string):
       }
       case "error": {
         if (outcome.status === 404) {
+          // Always MANIFEST_UNKNOWN (a tag the source doesn't serve), with a detail naming the tag when the builder
+          // gave none, so the client gets code, message and detail.
           const first = outcome.body.errors[0];
-          if (first.code === "MANIFEST_UNKNOWN") {
-            return { ok: false, failure: { kind: "relay", status: 404, bodyText: outcome.bodyText } };
-          }
           return {
             ok: false,
-            failure: { kind: "error", status: 404, code: "MANIFEST_UNKNOWN", message: first.message, detail: first.detail },
+            failure: { kind: "error", status: 404, code: "MANIFEST_UNKNOWN", message: first.message, detail: first.detail ?? { tag } },
           };
         }
         return { ok: false, failure: { kind: "relay", status: outcome.status, bodyText: outcome.bodyText } };

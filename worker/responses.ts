@@ -90,7 +90,7 @@ export function builderUnavailableResponse(method: string, reason: string): Resp
     503,
     "BUILDER_UNAVAILABLE",
     `the image builder can't be reached (${reason}); retry in ${BUILDER_RETRY_AFTER_SECONDS} seconds`,
-    undefined,
+    { reason, retryAfterSeconds: BUILDER_RETRY_AFTER_SECONDS },
     { "Retry-After": String(BUILDER_RETRY_AFTER_SECONDS) },
   );
 }

@@ -26,14 +26,20 @@ export interface TestStack extends Stack {
 export async function startTestStack(options: { builderEnv?: Record<string, string>; pkgsPath?: string } = {}): Promise<TestStack> {
   const scratch = await mkdtemp(join(tmpdir(), "registry-test-"));
   const workerStateDir = join(scratch, "worker-state");
-  const stack = await startStack({
-    pkgsPath: options.pkgsPath ?? TEST_PKGS,
-    port: 0,
-    builderPort: 0,
-    builderDataDir: join(scratch, "builder"),
-    workerStateDir,
-    builderEnv: options.builderEnv,
-  });
+  let stack: Stack;
+  try {
+    stack = await startStack({
+      pkgsPath: options.pkgsPath ?? TEST_PKGS,
+      port: 0,
+      builderPort: 0,
+      builderDataDir: join(scratch, "builder"),
+      workerStateDir,
+      builderEnv: options.builderEnv,
+    });
+  } catch (error) {
+    await rm(scratch, { recursive: true, force: true });
+    throw error;
+  }
   return {
     ...stack,
     scratch,
