@@ -16,13 +16,13 @@
 // they keep their exact bytes and Content-Length.
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { getPlatformProxy } from "wrangler";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signRequest } from "../common/builder-api.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import type { RegistryErrorCode } from "../common/registry-errors.ts";
 import { PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { withWorkerR2 } from "./support/local-r2.ts";
 import { startTestStack, type TestStack } from "./support/stack.ts";
 
 let stack: TestStack;
@@ -87,21 +87,14 @@ async function fromBuilder(digest: string): Promise<Uint8Array> {
 /**
  * With the local package set only `latest` exists, so tags/list would never paginate. The worker lists a name's
  * tags from the markers `tags/<name>/<tag>` in R2, so a few are added here through the R2 binding (the same
- * local bucket the running worker uses, opened with getPlatformProxy as test/support/stack.ts's r2Keys does).
+ * local bucket the running worker uses, opened as test/support/local-r2.ts does).
  * `paged/sub` gets a marker too: it must not show up in the list of `paged`.
  */
 async function addTagMarkers(): Promise<void> {
-  const proxy = await getPlatformProxy<{ REGISTRY_BUCKET: { put(key: string, value: string): Promise<unknown> } }>({
-    configPath: join(PROJECT_ROOT, "wrangler.toml"),
-    persist: { path: join(stack.workerStateDir, "v3") },
-    remoteBindings: false,
+  await withWorkerR2(stack.workerStateDir, async (bucket) => {
+    for (const tag of PAGED_TAGS.filter((t) => t !== "latest")) await bucket.put(`tags/paged/${tag}`, "");
+    await bucket.put("tags/paged/sub/x1", "");
   });
-  try {
-    for (const tag of PAGED_TAGS.filter((t) => t !== "latest")) await proxy.env.REGISTRY_BUCKET.put(`tags/paged/${tag}`, "");
-    await proxy.env.REGISTRY_BUCKET.put("tags/paged/sub/x1", "");
-  } finally {
-    await proxy.dispose();
-  }
 }
 
 beforeAll(async () => {

@@ -5,8 +5,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { getPlatformProxy } from "wrangler";
 import { PROJECT_ROOT, startStack, type Stack } from "../../scripts/local-stack.ts";
+import { withWorkerR2 } from "./local-r2.ts";
 
 const execFileAsync = promisify(execFile);
 
@@ -58,24 +58,17 @@ export async function startTestStack(options: { builderEnv?: Record<string, stri
         }
       }).length;
     },
-    async r2Keys(prefix = "") {
-      const proxy = await getPlatformProxy<{ REGISTRY_BUCKET: R2BucketLike }>({
-        configPath: join(PROJECT_ROOT, "wrangler.toml"),
-        persist: { path: join(workerStateDir, "v3") },
-        remoteBindings: false,
-      });
-      try {
+    r2Keys(prefix = "") {
+      return withWorkerR2(workerStateDir, async (bucket) => {
         const keys: string[] = [];
         let cursor: string | undefined;
         do {
-          const page = await proxy.env.REGISTRY_BUCKET.list({ prefix, cursor });
+          const page = await bucket.list({ prefix, cursor });
           keys.push(...page.objects.map((o) => o.key));
           cursor = page.truncated ? page.cursor : undefined;
         } while (cursor);
         return keys.sort();
-      } finally {
-        await proxy.dispose();
-      }
+      });
     },
     async stop() {
       await stack.stop();
@@ -84,9 +77,6 @@ export async function startTestStack(options: { builderEnv?: Record<string, stri
   };
 }
 
-interface R2BucketLike {
-  list(options: { prefix?: string; cursor?: string }): Promise<{ objects: { key: string }[]; truncated: boolean; cursor?: string }>;
-}
 
 export interface CommandOutput {
   stdout: string;
