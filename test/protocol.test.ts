@@ -15,13 +15,11 @@
 // chunked, with no Content-Length. Manifest and blob media types are not in that list; the gzip rows check that
 // they keep their exact bytes and Content-Length.
 import { createHash } from "node:crypto";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signRequest } from "../common/builder-api.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import type { RegistryErrorCode } from "../common/registry-errors.ts";
-import { PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { withWorkerR2 } from "./support/local-r2.ts";
 import { startTestStack, type TestStack } from "./support/stack.ts";
 
