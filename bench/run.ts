@@ -11,6 +11,7 @@ import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
 import { build, resolveLatest } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startStack } from "../scripts/local-stack.ts";
+import { startPlainHttpFront } from "../scripts/plain-http-front.ts";
 import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
 
@@ -30,8 +31,8 @@ const CORPUS: string[][] = [
   ["openssl", "python3"],
   ["perl"],
   ["curl", "wget"],
-  ["python3", "sqlite3"],
-  ["gnumake", "patch", "diffutils"],
+  ["python3", "sqlite"],
+  ["gnumake", "gnupatch", "diffutils"],
   ["openssh", "git"],
 ];
 const PULL_RUNS = 5;
@@ -116,7 +117,11 @@ async function machine(): Promise<string> {
   return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${(await sh("nix-build", ["--version"])).trim()}`;
 }
 
+/** `npm run bench -- builds` or `-- pull` runs one half; no argument runs both. */
+const only = process.argv[2];
+
 async function main(): Promise<void> {
+  if (only !== undefined && only !== "builds" && only !== "pull") throw new Error(`unknown part "${only}": use builds or pull`);
   const scratch = await mkdtemp(join(os.tmpdir(), "bench-"));
   console.log(`Machine: ${await machine()}\n`);
 
@@ -127,9 +132,14 @@ async function main(): Promise<void> {
   const run = `${Date.now()}`;
   const floorPath = await saltedCopy(basePath, join(scratch, "floor-pkgs"), `floor-${run}`);
   const pkgsPath = await saltedCopy(basePath, join(scratch, "builder-pkgs"), `builder-${run}`);
+  if (only === undefined || only === "builds") await buildFigures(scratch, basePath, floorPath, pkgsPath);
+  if (only === undefined || only === "pull") await pullFigures(scratch, pkgsPath);
+  await rm(scratch, { recursive: true, force: true });
+}
+
+async function buildFigures(scratch: string, basePath: string, floorPath: string, pkgsPath: string): Promise<void> {
   const popularityFile = join(basePath, "popularity.json");
   const popularity: Popularity | undefined = await loadPopularity(popularityFile).catch(() => undefined);
-
   const secret = "benchmark-secret-0123456789abcdef";
   const builder = await startBuilder({ pkgsPath, builderPort: 0, builderDataDir: join(scratch, "builder"), secret });
   const counters = async () =>
@@ -195,7 +205,9 @@ async function main(): Promise<void> {
   } finally {
     await builder.stop();
   }
+}
 
+async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
   // 4. Warm pulls: the worker (R2) against CNCF distribution serving the same image.
   console.log(`\nWarm pull of curl with skopeo (${PULL_RUNS} runs each, median):`);
   const stack = await startStack({
@@ -223,11 +235,20 @@ async function main(): Promise<void> {
       dist.push(await pull(`${distribution.host}/curl:latest`));
     }
     const ratio = median(worker) / median(dist);
-    line("worker (wrangler dev, local R2)", seconds(median(worker)), `distribution ${seconds(median(dist))}`, `${ratio.toFixed(2)}x distribution's time, target <= 1x`);
+    line("worker (workerd, local R2)", seconds(median(worker)), `distribution ${seconds(median(dist))}`, `${ratio.toFixed(2)}x distribution's time, target <= 1x`);
+    // The local stack puts a TCP front before workerd (it turns TLS hellos away, see scripts/plain-http-front.ts);
+    // production has Cloudflare's edge there instead. The same front before distribution shows what it costs.
+    const front = await startPlainHttpFront({ host: "127.0.0.1", port: Number(distribution.host.split(":")[1]) }, { host: "127.0.0.1", port: 0 });
+    try {
+      const fronted: number[] = [];
+      for (let i = 0; i < PULL_RUNS; i++) fronted.push(await pull(`127.0.0.1:${front.port}/curl:latest`));
+      line("distribution behind the same local front", seconds(median(fronted)), `worker ${seconds(median(worker))}`, `worker at ${(median(worker) / median(fronted)).toFixed(2)}x`);
+    } finally {
+      await front.close();
+    }
   } finally {
     await distribution.stop();
     await stack.stop();
-    await rm(scratch, { recursive: true, force: true });
   }
 }
 

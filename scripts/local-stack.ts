@@ -1,12 +1,19 @@
 // Starts the whole registry on one machine: the builder as a child process and the worker in workerd
-// (wrangler's local runtime, with a local R2 kept on disk). Used by `npm start` and by the tests.
-import { spawn, type ChildProcess } from "node:child_process";
+// (Cloudflare's runtime, through Miniflare as wrangler dev runs it, with a local R2 kept on disk).
+// Used by `npm start` and by the tests.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { unstable_startWorker } from "wrangler";
+import { promisify } from "node:util";
+import { Miniflare, type MiniflareOptions } from "miniflare";
+import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { startPlainHttpFront } from "./plain-http-front.ts";
 
 export const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
+const execFileAsync = promisify(execFile);
 
 export interface StackOptions {
   /** A local package set (NIXERY_PKGS_PATH); without it the builder follows a nixpkgs channel. */
@@ -103,6 +110,49 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
   };
 }
 
+/**
+ * The worker, bundled as `wrangler deploy` bundles it, in workerd through Miniflare (what `wrangler dev` runs
+ * it with), minus wrangler dev's proxy in front: one hop less on every blob, and no file watcher that would
+ * reload the worker mid-test when a source file changes.
+ */
+async function startWorker(options: { stateDir: string; builderUrl: string; secret: string }): Promise<{ url: URL; dispose(): Promise<void> }> {
+  const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
+  try {
+    await execFileAsync(
+      fileURLToPath(new URL("../node_modules/.bin/wrangler", import.meta.url)),
+      ["deploy", "--dry-run", "--outdir", bundleDir, "--config", join(PROJECT_ROOT, "wrangler.toml")],
+      { cwd: PROJECT_ROOT, env: process.env },
+    );
+    const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
+    const miniflare = new Miniflare({
+      ...(workerOptions as Record<string, unknown>),
+      modules: true,
+      modulesRoot: bundleDir,
+      scriptPath: join(bundleDir, "index.js"),
+      bindings: {
+        ...(workerOptions.bindings as Record<string, unknown> | undefined),
+        BUILDER_URL: options.builderUrl,
+        BUILDER_SECRET: options.secret,
+      },
+      // The same layout wrangler dev and getPlatformProxy use: <state>/v3/r2.
+      r2Persist: join(options.stateDir, "v3", "r2"),
+      host: "127.0.0.1",
+      port: 0,
+    } as MiniflareOptions);
+    const url = await miniflare.ready;
+    return {
+      url,
+      dispose: async () => {
+        await miniflare.dispose();
+        await rm(bundleDir, { recursive: true, force: true });
+      },
+    };
+  } catch (error) {
+    await rm(bundleDir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
 export async function startStack(options: StackOptions): Promise<Stack> {
   // Wrangler must not try to reach Cloudflare: there may be no network at all.
   process.env.WRANGLER_SEND_METRICS ??= "false";
@@ -111,24 +161,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   const secret = options.secret ?? randomBytes(32).toString("hex");
   const builder = await startBuilder({ ...options, secret });
   try {
-    const worker = await unstable_startWorker({
-      config: `${PROJECT_ROOT}wrangler.toml`,
-      bindings: {
-        BUILDER_URL: { type: "plain_text", value: builder.url },
-        BUILDER_SECRET: { type: "secret_text", value: secret },
-      },
-      dev: {
-        // With the inspector on, wrangler opens hundreds of sockets per MB a worker fetches, and runs out of them.
-        inspector: false,
-        server: { hostname: "127.0.0.1", port: 0 },
-        persist: options.workerStateDir,
-        watch: false,
-        liveReload: false,
-        logLevel: "warn",
-        remote: false,
-      },
-    });
-    const workerUrl = await worker.url;
+    const worker = await startWorker({ stateDir: options.workerStateDir, builderUrl: builder.url, secret });
+    const workerUrl = worker.url;
     const front = await startPlainHttpFront(
       { host: workerUrl.hostname, port: Number(workerUrl.port) },
       { host: "127.0.0.1", port: options.port },

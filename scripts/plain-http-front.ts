@@ -25,7 +25,9 @@ export function startPlainHttpFront(target: { host: string; port: number }, list
         return;
       }
       client.pause();
-      const upstream = net.connect(target.port, target.host, () => {
+      // No Nagle delay on either side: small writes (headers, the ends of blobs) would otherwise wait for ACKs.
+      client.setNoDelay(true);
+      const upstream = net.connect({ port: target.port, host: target.host, noDelay: true }, () => {
         upstream.write(first);
         client.pipe(upstream);
         upstream.pipe(client);

@@ -1,6 +1,6 @@
 // Issue: a client pulls a Nix-built image through the worker and the builder, and it runs.
 // Everything is real: Nix builds the offline package set, the worker runs in workerd, skopeo pulls,
-// umoci unpacks, and the image's programs run in a chroot.
+// umoci unpacks, and the image's programs run in a container-like sandbox (bubblewrap).
 import { mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

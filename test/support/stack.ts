@@ -113,7 +113,19 @@ export async function pullAndUnpack(registryHost: string, image: string, into: s
   return join(bundle, "rootfs");
 }
 
-/** Runs a command inside an unpacked root filesystem. */
+/**
+ * Runs a command inside an unpacked root filesystem as a container runtime would: with /dev and /proc
+ * mounted and only the image's PATH (bubblewrap; git, for one, needs /dev/null).
+ */
 export async function runInRootfs(rootfs: string, command: string[]): Promise<CommandOutput> {
-  return run("chroot", [rootfs, ...command]);
+  return run("bwrap", [
+    "--bind", rootfs, "/",
+    "--dev", "/dev",
+    "--proc", "/proc",
+    "--clearenv",
+    "--setenv", "PATH", "/bin:/usr/bin:/sbin:/usr/sbin",
+    "--chdir", "/",
+    "--",
+    ...command,
+  ]);
 }
