@@ -35,7 +35,7 @@ const CORPUS: string[][] = [
   ["gnumake", "gnupatch", "diffutils"],
   ["openssh", "git"],
 ];
-const PULL_RUNS = 5;
+const PULL_RUNS = 9;
 
 const MiB = 1024 * 1024;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
@@ -228,6 +228,7 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     await pull(`${stack.registryHost}/curl:latest`); // builds, then fills R2
     await pull(`${stack.registryHost}/curl:latest`);
     await sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${stack.registryHost}/curl:latest`, `docker://${distribution.host}/curl:latest`]);
+    await pull(`${distribution.host}/curl:latest`); // both sides warm before anything is timed
     const worker: number[] = [];
     const dist: number[] = [];
     for (let i = 0; i < PULL_RUNS; i++) {
