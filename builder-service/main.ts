@@ -8,11 +8,11 @@ import { ImageBuilder } from "./image-builder.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { LocalBlobStore } from "./local-store.ts";
 import { jsonLogger, type Logger } from "./log.ts";
+import { NixRunner } from "./nix-runner.ts";
 import { loadPopularity } from "./popularity.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
 import { ChannelSource } from "./sources/channel.ts";
-import { ForeignSystemAwareNixRunner } from "./sources/foreign-systems.ts";
 import { GitRepoSource } from "./sources/git-repo.ts";
 import { LocalPathSource } from "./sources/local-path.ts";
 import { withResolutionLog, type PackageSource } from "./sources/package-source.ts";
@@ -130,7 +130,7 @@ async function main(): Promise<void> {
     }
   }
   // Builds for a system Nix can't build here (arm64/... on x86_64) fail with a message saying what to configure.
-  const nix = new ForeignSystemAwareNixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
+  const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
   const readiness = async (): Promise<string | null> => {

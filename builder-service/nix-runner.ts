@@ -87,6 +87,26 @@ function run(command: string, args: string[], options: NixRunnerOptions): Promis
   });
 }
 
+// Images for another system than the builder's (`arm64/...` on an x86_64 builder): Nix builds them only with
+// a remote builder for that system, or emulation (qemu-user through binfmt) announced with `extra-platforms`.
+// Most nixpkgs packages need neither (cache.nixos.org has them built); when a derivation must be built here
+// and nothing can, Nix's "a 'aarch64-linux' with features {} is required" becomes a message saying what to do.
+const REQUIRED_SYSTEM = /a '([A-Za-z0-9_-]+)' with features \{[^}]*\} is required to build '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv', but I am a '([A-Za-z0-9_-]+)'/;
+
+/** The message for Nix's "a 'SYSTEM' ... is required to build" failure, or null for any other failure. */
+export function unsupportedSystemMessage(logTail: string): string | null {
+  const match = REQUIRED_SYSTEM.exec(logTail);
+  if (!match) return null;
+  const [, wanted, derivation, host] = match;
+  return (
+    `this builder cannot build packages for ${wanted}: Nix here runs on ${host} and has no ${wanted} builder ` +
+    `(needed for ${derivation}, which no binary cache had). ` +
+    `To serve ${wanted} images, give the builder's Nix one of: a remote builder for ${wanted} ` +
+    `(nix.conf: builders = ssh://user@host ${wanted}), or qemu-user emulation (Debian: apt-get install ` +
+    `qemu-user-static binfmt-support) with nix.conf extra-platforms = ${wanted}; or run a builder on a ${wanted} machine`
+  );
+}
+
 function tail(text: string, lines: number): string {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
@@ -151,6 +171,8 @@ export class NixRunner {
       );
     }
     if (result.code === 0) return;
+    const unsupported = unsupportedSystemMessage(result.stderrTail);
+    if (unsupported) throw new NixBuildError(unsupported, [], log);
     const failed = [...result.stderrTail.matchAll(/builder for '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv' failed/g)].map(
       (match) => match[1],
     );
