@@ -6,6 +6,7 @@ import type { BuildRequest, BuildResult } from "../common/builder-api.ts";
 import { sha256Hex, type Digest } from "../common/digest.ts";
 import { IMAGE_FORMAT_VERSION, imageKey } from "../common/image-key.ts";
 import type { BlobStore } from "./blob-store.ts";
+import { mapWithLimit } from "./bounded-map.ts";
 import { storePathName } from "./closure.ts";
 import { planLayers } from "./layering.ts";
 import type { Popularity } from "./popularity.ts";
@@ -145,17 +146,4 @@ export class ImageBuilder {
     await store.putRecord(recordName, new TextEncoder().encode(JSON.stringify(fresh)));
     return { ...fresh, comment };
   }
-}
-
-async function mapWithLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index]);
-    }
-  });
-  await Promise.all(workers);
-  return results;
 }

@@ -31,6 +31,7 @@ import { finished } from "node:stream/promises";
 import { AwsV4Signer } from "aws4fetch";
 import type { Digest } from "../common/digest.ts";
 import { assertRecordName, type BlobInfo, type BlobStore, type ByteRange, type StagedBlob } from "./blob-store.ts";
+import { mapWithLimit } from "./bounded-map.ts";
 import { MAX_SINGLE_PUT_BYTES, MIN_PART_SIZE_BYTES, type S3StoreConfig } from "./config.ts";
 import type { Logger } from "./log.ts";
 
@@ -613,25 +614,4 @@ async function collect(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** Runs work over items, `limit` at a time; on a failure starts nothing new, waits for what runs, then throws. */
-async function mapWithLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  let firstError: { error: unknown } | null = null;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length && !firstError) {
-      const index = next++;
-      try {
-        results[index] = await work(items[index]);
-      } catch (error) {
-        firstError ??= { error };
-      }
-    }
-  });
-  // Waiting for parts still in flight keeps one from landing after the upload is aborted.
-  await Promise.all(workers);
-  if (firstError) throw (firstError as { error: unknown }).error;
-  return results;
 }
