@@ -162,11 +162,14 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   const builder = await startBuilder({ ...options, secret });
   try {
     const worker = await startWorker({ stateDir: options.workerStateDir, builderUrl: builder.url, secret });
-    const workerUrl = worker.url;
     const front = await startPlainHttpFront(
-      { host: workerUrl.hostname, port: Number(workerUrl.port) },
+      { host: worker.url.hostname, port: Number(worker.url.port) },
       { host: "127.0.0.1", port: options.port },
-    );
+    ).catch(async (error: unknown) => {
+      // A taken PORT must not leave workerd running behind it.
+      await worker.dispose();
+      throw error;
+    });
     return {
       registryUrl: `http://127.0.0.1:${front.port}`,
       registryHost: `127.0.0.1:${front.port}`,

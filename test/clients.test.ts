@@ -1,10 +1,9 @@
 // Issue: real clients pull from the registry, each getting the manifest flavour it asked for, and the digest a
 // client reports is the registry's Docker-Content-Digest.
 //
-// skopeo and podman talk to the stack as started (its TCP front turns TLS away, they fall back to http). The
-// docker CLI goes through a recording front (test/support/recording-front.ts) that answers TLS with a plain HTTP
-// 400 instead: the docker CLI only falls back to http on "server gave HTTP response to HTTPS client" (see there).
-// The recording front also tells which Accept header each client sends.
+// skopeo and podman talk to the stack as started (its TCP front answers a TLS hello with a plain HTTP 400, and
+// they fall back to http). The docker CLI goes through a recording front (test/support/recording-front.ts),
+// which answers TLS the same way and also tells which Accept header each client sends.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtemp, readFile } from "node:fs/promises";

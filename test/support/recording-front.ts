@@ -3,9 +3,8 @@
 //   client got the manifest flavour its Accept header asked for;
 // - it answers a TLS ClientHello with a plain "HTTP/1.1 400", the way a plain-HTTP server does. Go's net/http
 //   turns that into "server gave HTTP response to HTTPS client", which is the one error on which the docker CLI
-//   (`docker manifest inspect --insecure`) falls back from https to http. The stack's own front
-//   (scripts/plain-http-front.ts) closes the connection instead, which skopeo and podman accept but the docker
-//   CLI reports as "error pinging v2 registry: ... EOF" and gives up.
+//   (`docker manifest inspect --insecure`) falls back from https to http, as the stack's own front
+//   (scripts/plain-http-front.ts) does at the TCP level.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 
