@@ -11,7 +11,6 @@ import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
 import { build, resolveLatest } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startStack } from "../scripts/local-stack.ts";
-import { startPlainHttpFront } from "../scripts/plain-http-front.ts";
 import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
 
@@ -35,7 +34,7 @@ const CORPUS: string[][] = [
   ["gnumake", "gnupatch", "diffutils"],
   ["openssh", "git"],
 ];
-const PULL_RUNS = 9;
+const PULL_RUNS = 11;
 
 const MiB = 1024 * 1024;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
@@ -208,15 +207,21 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
 }
 
 async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
-  // 4. Warm pulls: the worker (R2) against CNCF distribution serving the same image.
-  console.log(`\nWarm pull of curl with skopeo (${PULL_RUNS} runs each, median):`);
-  const stack = await startStack({
-    pkgsPath,
-    port: 0,
-    builderPort: 0,
-    builderDataDir: join(scratch, "stack-builder"),
-    workerStateDir: join(scratch, "worker-state"),
-  });
+  // 4. Warm pulls: the worker (R2) against CNCF distribution serving the same image, runs interleaved.
+  console.log(`\nWarm pull of curl with skopeo (${PULL_RUNS} runs each, interleaved, median):`);
+  const stackIn = (name: string, tls: boolean) =>
+    startStack({
+      pkgsPath,
+      port: 0,
+      builderPort: 0,
+      builderDataDir: join(scratch, `${name}-builder`),
+      workerStateDir: join(scratch, `${name}-worker`),
+      tls,
+    });
+  // With tls, clients speak https to workerd itself, as they speak it to the edge; the plain-http stack (npm
+  // start's default) has the TCP front of scripts/plain-http-front.ts before workerd, which the edge doesn't.
+  const edgeLike = await stackIn("tls", true);
+  const plain = await stackIn("plain", false);
   const distribution = await startDistribution(scratch);
   try {
     const pull = async (reference: string) => {
@@ -225,31 +230,32 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
       await rm(dir, { recursive: true, force: true });
       return result.ms;
     };
-    await pull(`${stack.registryHost}/curl:latest`); // builds, then fills R2
-    await pull(`${stack.registryHost}/curl:latest`);
-    await sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${stack.registryHost}/curl:latest`, `docker://${distribution.host}/curl:latest`]);
-    await pull(`${distribution.host}/curl:latest`); // both sides warm before anything is timed
-    const worker: number[] = [];
-    const dist: number[] = [];
+    const sides = {
+      tls: `${edgeLike.registryHost}/curl:latest`,
+      plain: `${plain.registryHost}/curl:latest`,
+      distribution: `${distribution.host}/curl:latest`,
+    };
+    for (const reference of [sides.tls, sides.plain]) {
+      await pull(reference); // builds, then fills R2
+      await pull(reference);
+    }
+    await sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${sides.plain}`, `docker://${sides.distribution}`]);
+    await pull(sides.distribution); // every side warm before anything is timed
+    const times = { tls: [] as number[], plain: [] as number[], distribution: [] as number[] };
     for (let i = 0; i < PULL_RUNS; i++) {
-      worker.push(await pull(`${stack.registryHost}/curl:latest`));
-      dist.push(await pull(`${distribution.host}/curl:latest`));
+      for (const side of ["tls", "plain", "distribution"] as const) times[side].push(await pull(sides[side]));
     }
-    const ratio = median(worker) / median(dist);
-    line("worker (workerd, local R2)", seconds(median(worker)), `distribution ${seconds(median(dist))}`, `${ratio.toFixed(2)}x distribution's time, target <= 1x`);
-    // The local stack puts a TCP front before workerd (it turns TLS hellos away, see scripts/plain-http-front.ts);
-    // production has Cloudflare's edge there instead. The same front before distribution shows what it costs.
-    const front = await startPlainHttpFront({ host: "127.0.0.1", port: Number(distribution.host.split(":")[1]) }, { host: "127.0.0.1", port: 0 });
-    try {
-      const fronted: number[] = [];
-      for (let i = 0; i < PULL_RUNS; i++) fronted.push(await pull(`127.0.0.1:${front.port}/curl:latest`));
-      line("distribution behind the same local front", seconds(median(fronted)), `worker ${seconds(median(worker))}`, `worker at ${(median(worker) / median(fronted)).toFixed(2)}x`);
-    } finally {
-      await front.close();
-    }
+    const dist = median(times.distribution);
+    const spread = (values: number[]) => `${seconds(Math.min(...values))}-${seconds(Math.max(...values))}`;
+    line("CNCF distribution (plain http)", seconds(dist), `range ${spread(times.distribution)}`);
+    const tls = median(times.tls);
+    line("worker, https from workerd (as at the edge)", seconds(tls), `range ${spread(times.tls)}`, `${(tls / dist).toFixed(2)}x distribution's time, target <= 1x`);
+    const fronted = median(times.plain);
+    line("worker behind npm start's plain-http front", seconds(fronted), `range ${spread(times.plain)}`, `${(fronted / dist).toFixed(2)}x distribution's time`);
   } finally {
     await distribution.stop();
-    await stack.stop();
+    await edgeLike.stop();
+    await plain.stop();
   }
 }
 

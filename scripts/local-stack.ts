@@ -31,6 +31,11 @@ export interface StackOptions {
   builderEnv?: Record<string, string>;
   /** Where the builder's log lines go besides the stack's own record of them. */
   onBuilderLog?: (line: string) => void;
+  /**
+   * Serve https straight from workerd (Miniflare's self-signed certificate for localhost and 127.0.0.1), as the
+   * edge serves it, instead of plain http through the TCP front. Container clients then talk to workerd directly.
+   */
+  tls?: boolean;
 }
 
 export interface Builder {
@@ -42,7 +47,7 @@ export interface Builder {
 }
 
 export interface Stack {
-  /** e.g. http://127.0.0.1:8787 */
+  /** e.g. http://127.0.0.1:8787, or https://127.0.0.1:8787 with tls */
   registryUrl: string;
   /** e.g. 127.0.0.1:8787, as image references need it. */
   registryHost: string;
@@ -115,7 +120,14 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
  * it with), minus wrangler dev's proxy in front: one hop less on every blob, and no file watcher that would
  * reload the worker mid-test when a source file changes.
  */
-async function startWorker(options: { stateDir: string; builderUrl: string; secret: string }): Promise<{ url: URL; dispose(): Promise<void> }> {
+async function startWorker(options: {
+  stateDir: string;
+  builderUrl: string;
+  secret: string;
+  /** Where workerd listens: a free port for the front to forward to, or the registry's own port with tls. */
+  port: number;
+  tls: boolean;
+}): Promise<{ url: URL; dispose(): Promise<void> }> {
   const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
   try {
     await execFileAsync(
@@ -137,9 +149,13 @@ async function startWorker(options: { stateDir: string; builderUrl: string; secr
       // The same layout wrangler dev and getPlatformProxy use: <state>/v3/r2.
       r2Persist: join(options.stateDir, "v3", "r2"),
       host: "127.0.0.1",
-      port: 0,
+      port: options.port,
+      https: options.tls,
     } as MiniflareOptions);
-    const url = await miniflare.ready;
+    const url = await miniflare.ready.catch(async (error: unknown) => {
+      await miniflare.dispose().catch(() => undefined);
+      throw portTaken(error, options.port) ?? error;
+    });
     return {
       url,
       dispose: async () => {
@@ -153,6 +169,12 @@ async function startWorker(options: { stateDir: string; builderUrl: string; secr
   }
 }
 
+/** A clearer error for a port someone else holds, or undefined when that isn't what went wrong. */
+function portTaken(error: unknown, port: number): Error | undefined {
+  const text = String((error as Error)?.message ?? error);
+  return /EADDRINUSE|Address already in use/i.test(text) ? new Error(`port ${port} is already in use; set PORT to a free port`) : undefined;
+}
+
 export async function startStack(options: StackOptions): Promise<Stack> {
   // Wrangler must not try to reach Cloudflare: there may be no network at all.
   process.env.WRANGLER_SEND_METRICS ??= "false";
@@ -161,7 +183,20 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   const secret = options.secret ?? randomBytes(32).toString("hex");
   const builder = await startBuilder({ ...options, secret });
   try {
-    const worker = await startWorker({ stateDir: options.workerStateDir, builderUrl: builder.url, secret });
+    const tls = options.tls ?? false;
+    const worker = await startWorker({ stateDir: options.workerStateDir, builderUrl: builder.url, secret, port: tls ? options.port : 0, tls });
+    if (tls) {
+      return {
+        registryUrl: `https://127.0.0.1:${worker.url.port}`,
+        registryHost: `127.0.0.1:${worker.url.port}`,
+        builder,
+        secret,
+        stop: async () => {
+          await worker.dispose();
+          await builder.stop();
+        },
+      };
+    }
     const front = await startPlainHttpFront(
       { host: worker.url.hostname, port: Number(worker.url.port) },
       { host: "127.0.0.1", port: options.port },

@@ -6,6 +6,8 @@ import { PROJECT_ROOT, startStack } from "./local-stack.ts";
 const port = Number(process.env.PORT ?? 8787);
 const builderPort = Number(process.env.BUILDER_PORT ?? 8788);
 const pkgsPath = process.env.NIXERY_PKGS_PATH;
+// TLS=1: https from workerd itself with Miniflare's self-signed certificate, as the edge serves it.
+const tls = /^(1|true|yes)$/i.test(process.env.TLS ?? "");
 
 const stack = await startStack({
   pkgsPath,
@@ -15,6 +17,12 @@ const stack = await startStack({
   workerStateDir: join(PROJECT_ROOT, ".wrangler/state"),
   secret: process.env.BUILDER_SECRET,
   onBuilderLog: (line) => console.log(`[builder] ${line}`),
+  tls,
+}).catch((error: unknown) => {
+  // Startup problems (a taken port, a missing package set, Nix not working) are the user's to fix: the message says
+  // how, and a stack trace would only bury it.
+  console.error(`Could not start the registry: ${(error as Error).message ?? error}`);
+  process.exit(1);
 });
 
 const example = pkgsPath ? "hello" : "shell/hello";
@@ -23,6 +31,7 @@ Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, package
 
   skopeo copy --src-tls-verify=false docker://${stack.registryHost}/${example}:latest oci:/tmp/img:latest
   podman --runtime runc run --rm --tls-verify=false ${stack.registryHost}/${example} hello
+  curl ${tls ? "-k " : ""}${stack.registryUrl}/v2/${example}/manifests/latest
 
 Any image name works: every path component is a package, e.g. ${stack.registryHost}/${pkgsPath ? "greeting/dataset" : "shell/git/python3"}.
 Ctrl-C stops both.

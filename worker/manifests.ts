@@ -8,6 +8,7 @@ import { FLAVOUR_MEDIA_TYPE, OCI_MANIFEST } from "../common/media-types.ts";
 import { classifyTag } from "../common/tag.ts";
 import type { Env } from "./env.ts";
 import { buildOnce } from "./images.ts";
+import { isolateCached } from "./isolate-cache.ts";
 import { negotiateFlavour } from "./negotiation.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
 import { reuseSeconds } from "./resolutions.ts";
@@ -175,7 +176,7 @@ export async function handleManifest(request: IRequest, env: Env, ctx: Execution
   const name = checkName(request.method, request.params.name);
   if (!name.ok) return name.response;
   const reference = decodeParam(request.params.reference);
-  const storage = r2Storage(env.REGISTRY_BUCKET);
+  const storage = isolateCached(r2Storage(env.REGISTRY_BUCKET));
   if (reference.includes(":")) return manifestByDigest(request, storage, name.name, reference);
   return manifestByTag(request, env, ctx, storage, name.name, name.image, reference);
 }

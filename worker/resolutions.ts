@@ -1,6 +1,7 @@
 // Tag -> package-set revision, through the resolutions/ cache in R2 and the builder's /resolve.
 import { resolveTag } from "./builder-client.ts";
 import type { Env } from "./env.ts";
+import { LruMap } from "./isolate-cache.ts";
 import { describeError, type Failure } from "./responses.ts";
 import type { RegistryStorage, StoredResolution } from "./storage.ts";
 
@@ -37,6 +38,12 @@ export function isFresh(env: Env, resolution: StoredResolution, now: number = Da
 /** One /resolve call per tag at a time in this isolate. */
 const inFlight = new Map<string, Promise<ResolutionOutcome>>();
 
+/**
+ * The last resolution of each tag this isolate saw: a warm pull needs no R2 read for it while it is fresh. Once
+ * stale, R2 is asked again before the builder, since another isolate may have refreshed it meanwhile.
+ */
+const remembered = new LruMap<string, StoredResolution>(256);
+
 async function fetchResolution(env: Env, storage: RegistryStorage, tag: string): Promise<ResolutionOutcome> {
   try {
     const outcome = await resolveTag(env, tag);
@@ -44,6 +51,7 @@ async function fetchResolution(env: Env, storage: RegistryStorage, tag: string):
       case "ok": {
         const { revision, source, ttlSeconds } = outcome.value;
         const resolution: StoredResolution = { revision, source, ttlSeconds, fetchedAt: new Date().toISOString() };
+        remembered.set(tag, resolution);
         try {
           await storage.putResolution(tag, resolution);
         } catch (error) {
@@ -88,8 +96,15 @@ export async function resolveTagCached(
   tag: string,
   options: { refresh?: boolean } = {},
 ): Promise<ResolutionOutcome> {
+  if (!options.refresh) {
+    const known = remembered.get(tag);
+    if (known && isFresh(env, known)) return { ok: true, resolution: known };
+  }
   const cached = await storage.getResolution(tag);
-  if (cached && isFresh(env, cached) && !options.refresh) return { ok: true, resolution: cached };
+  if (cached && isFresh(env, cached) && !options.refresh) {
+    remembered.set(tag, cached);
+    return { ok: true, resolution: cached };
+  }
 
   let pending = inFlight.get(tag);
   if (!pending) {

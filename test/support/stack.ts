@@ -23,7 +23,9 @@ export interface TestStack extends Stack {
   r2Keys(prefix?: string): Promise<string[]>;
 }
 
-export async function startTestStack(options: { builderEnv?: Record<string, string>; pkgsPath?: string } = {}): Promise<TestStack> {
+export async function startTestStack(
+  options: { builderEnv?: Record<string, string>; pkgsPath?: string; tls?: boolean } = {},
+): Promise<TestStack> {
   const scratch = await mkdtemp(join(tmpdir(), "registry-test-"));
   const workerStateDir = join(scratch, "worker-state");
   let stack: Stack;
@@ -35,6 +37,7 @@ export async function startTestStack(options: { builderEnv?: Record<string, stri
       builderDataDir: join(scratch, "builder"),
       workerStateDir,
       builderEnv: options.builderEnv,
+      tls: options.tls,
     });
   } catch (error) {
     await rm(scratch, { recursive: true, force: true });

@@ -1,0 +1,76 @@
+// An in-memory layer over the registry's storage for what never changes once written: manifests (content-addressed)
+// and image records (keyed by a hash of their inputs). A warm manifest pull then costs no R2 read at all, where it
+// would otherwise wait on two in a row; at the edge each is a round trip to the bucket's region.
+//
+// Memory lives as long as the isolate and is bounded; blobs and everything mutable (tags, markers) pass through.
+import type { ImageRecord, ObjectInfo, RegistryStorage, StoredManifest } from "./storage.ts";
+
+/** A Map that forgets its least recently used entries past a limit. */
+export class LruMap<K, V> {
+  private readonly entries = new Map<K, V>();
+
+  constructor(private readonly limit: number) {}
+
+  get(key: K): V | undefined {
+    const value = this.entries.get(key);
+    if (value === undefined) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    return value;
+  }
+
+  set(key: K, value: V): void {
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    while (this.entries.size > this.limit) {
+      const oldest = this.entries.keys().next();
+      if (oldest.done) break;
+      this.entries.delete(oldest.value);
+    }
+  }
+}
+
+/** Manifests are a few KiB each: 512 of them stay well under a megabyte or two of an isolate's 128 MB. */
+const manifests = new LruMap<string, StoredManifest>(512);
+const images = new LruMap<string, ImageRecord>(1024);
+
+/** Bytes this layer hands out are shared between requests: callers get their own copy. */
+const copyOf = (manifest: StoredManifest): StoredManifest => ({ mediaType: manifest.mediaType, bytes: manifest.bytes.slice() });
+
+export function isolateCached(inner: RegistryStorage): RegistryStorage {
+  return {
+    ...inner,
+
+    async headManifest(hex): Promise<ObjectInfo | null> {
+      const known = manifests.get(hex);
+      if (known) return { size: known.bytes.byteLength, contentType: known.mediaType };
+      return inner.headManifest(hex);
+    },
+
+    async getManifest(hex) {
+      const known = manifests.get(hex);
+      if (known) return copyOf(known);
+      const stored = await inner.getManifest(hex);
+      if (stored) manifests.set(hex, copyOf(stored));
+      return stored;
+    },
+
+    async putManifest(hex, body, mediaType) {
+      await inner.putManifest(hex, body, mediaType);
+      manifests.set(hex, { mediaType, bytes: new TextEncoder().encode(body) });
+    },
+
+    async getImage(key) {
+      const known = images.get(key);
+      if (known) return known;
+      const record = await inner.getImage(key);
+      if (record) images.set(key, record);
+      return record;
+    },
+
+    async putImage(key, record) {
+      await inner.putImage(key, record);
+      images.set(key, record);
+    },
+  };
+}
