@@ -1,9 +1,12 @@
 // Issue: a client pulls a Nix-built image through the worker and the builder, and it runs.
 // Everything is real: Nix builds the offline package set, the worker runs in workerd, skopeo pulls,
 // umoci unpacks, and the image's programs run in a container-like sandbox (bubblewrap).
+import { createHash } from "node:crypto";
 import { mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OCI_MANIFEST } from "../common/media-types.ts";
+import type { ImageManifest } from "../common/oci.ts";
 import { pullAndUnpack, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
 
 let stack: TestStack;
@@ -64,5 +67,52 @@ describe("pulling a Nix-built image end to end", () => {
     expect(body.errors[0].detail.log).toMatch(/broken on purpose/);
     expect(await stack.r2Keys("images/")).toEqual(imagesBefore);
     expect(await stack.r2Keys("manifests/")).toEqual(manifestsBefore);
+  });
+
+  it("copies a blob the builder serves into R2 whole, for a client that reads slowly and for one that hangs up", async () => {
+    const manifest = (await (
+      await fetch(`${stack.registryUrl}/v2/dataset/hello/manifests/latest`, { headers: { Accept: OCI_MANIFEST } })
+    ).json()) as ImageManifest;
+    const inR2 = async (digest: string) => (await stack.r2Keys(`blobs/sha256/${digest.slice(7)}`)).length === 1;
+    // Layers no earlier pull has brought into R2 (hello's are there already): dataset's 4 MiB and the root filesystem.
+    const fresh = [];
+    for (const layer of manifest.layers) if (!(await inR2(layer.digest))) fresh.push(layer);
+    const [largest, second] = fresh.sort((a, b) => b.size - a.size);
+    expect(second).toBeDefined();
+    // The client that hangs up gets the big one, so it leaves mid-blob; the slow reader the other.
+    const [slowOne, abandoned] = [second, largest];
+
+    // A slow reader: a pause after every chunk. It still gets every byte of the blob.
+    const slow = await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${slowOne.digest}`);
+    expect(slow.status).toBe(200);
+    const hash = createHash("sha256");
+    let received = 0;
+    const reader = slow.body!.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      hash.update(value);
+      received += value.byteLength;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect(received).toBe(slowOne.size);
+    expect(`sha256:${hash.digest("hex")}`).toBe(slowOne.digest);
+
+    // A client that hangs up as soon as the headers are in: the copy into R2 goes on without it.
+    const controller = new AbortController();
+    const gone = await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${abandoned.digest}`, { signal: controller.signal });
+    expect(gone.status).toBe(200);
+    controller.abort();
+
+    for (let i = 0; i < 100 && !((await inR2(largest.digest)) && (await inR2(second.digest))); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(await inR2(largest.digest)).toBe(true);
+    expect(await inR2(second.digest)).toBe(true);
+    // And R2 holds the right bytes: served from there now, with no builder request.
+    const blobRequests = stack.builderRequests("/blobs/");
+    const again = Buffer.from(await (await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${abandoned.digest}`)).arrayBuffer());
+    expect(`sha256:${createHash("sha256").update(again).digest("hex")}`).toBe(abandoned.digest);
+    expect(stack.builderRequests("/blobs/")).toBe(blobRequests);
   });
 });

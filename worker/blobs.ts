@@ -1,10 +1,12 @@
 // GET|HEAD /v2/<name>/blobs/<digest>: streamed from R2 with Range support; on a miss, streamed from the builder
-// and copied into R2 at the same time (FixedLengthStream + R2's sha256 check: a short or wrong copy never lands).
+// and copied into R2 at the same time, at the slower side's pace (FixedLengthStream + R2's sha256 check: a short or
+// wrong copy never lands).
 import type { IRequest } from "itty-router";
 import type { Digest } from "../common/digest.ts";
 import { isRegistryErrorBody } from "../common/registry-errors.ts";
 import { fetchBlob } from "./builder-client.ts";
 import type { Env } from "./env.ts";
+import { lockstepTee } from "./lockstep-tee.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
 import { formatRange, parseRange, satisfyRange, type RangeSpec } from "../common/http-range.ts";
 import {
@@ -228,9 +230,10 @@ async function serveFromBuilder(
     ctx.waitUntil(copies.get(hex) ?? Promise.resolve());
     return streamResponse(method, 200, fixedLength(response.body, length, `streaming ${digest} to the client stopped`), length, headers);
   }
-  // Stream to the client and into R2 at once. The R2 branch is length-checked (FixedLengthStream) and
+  // Stream to the client and into R2 at once, at the pace of the slower of the two (lockstep-tee.ts), so a slow
+  // client doesn't make the isolate hold the blob. The R2 branch is length-checked (FixedLengthStream) and
   // sha256-checked by R2 itself, so a broken or wrong transfer leaves nothing behind.
-  const [toClient, toR2] = response.body.tee();
+  const [toClient, toR2] = lockstepTee(response.body);
   const fixedForR2 = new FixedLengthStream(length);
   registerCopy(
     ctx,

@@ -3,32 +3,8 @@
 // would otherwise wait on two in a row; at the edge each is a round trip to the bucket's region.
 //
 // Memory lives as long as the isolate and is bounded; blobs and everything mutable (tags, markers) pass through.
+import { LruMap } from "./lru-map.ts";
 import type { ImageRecord, ObjectInfo, RegistryStorage, StoredManifest } from "./storage.ts";
-
-/** A Map that forgets its least recently used entries past a limit. */
-export class LruMap<K, V> {
-  private readonly entries = new Map<K, V>();
-
-  constructor(private readonly limit: number) {}
-
-  get(key: K): V | undefined {
-    const value = this.entries.get(key);
-    if (value === undefined) return undefined;
-    this.entries.delete(key);
-    this.entries.set(key, value);
-    return value;
-  }
-
-  set(key: K, value: V): void {
-    this.entries.delete(key);
-    this.entries.set(key, value);
-    while (this.entries.size > this.limit) {
-      const oldest = this.entries.keys().next();
-      if (oldest.done) break;
-      this.entries.delete(oldest.value);
-    }
-  }
-}
 
 /** Manifests are a few KiB each: 512 of them stay well under a megabyte or two of an isolate's 128 MB. */
 const manifests = new LruMap<string, StoredManifest>(512);

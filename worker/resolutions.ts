@@ -1,7 +1,7 @@
 // Tag -> package-set revision, through the resolutions/ cache in R2 and the builder's /resolve.
 import { resolveTag } from "./builder-client.ts";
 import type { Env } from "./env.ts";
-import { LruMap } from "./isolate-cache.ts";
+import { LruMap } from "./lru-map.ts";
 import { describeError, type Failure } from "./responses.ts";
 import type { RegistryStorage, StoredResolution } from "./storage.ts";
 
