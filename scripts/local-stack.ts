@@ -11,6 +11,7 @@ import { promisify } from "node:util";
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { startPlainHttpFront } from "./plain-http-front.ts";
+import { forwardWorkerdOutput } from "./workerd-output.ts";
 
 export const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const execFileAsync = promisify(execFile);
@@ -151,6 +152,7 @@ async function startWorker(options: {
       host: "127.0.0.1",
       port: options.port,
       https: options.tls,
+      handleRuntimeStdio: forwardWorkerdOutput,
     } as MiniflareOptions);
     const url = await miniflare.ready.catch(async (error: unknown) => {
       await miniflare.dispose().catch(() => undefined);
