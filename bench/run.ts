@@ -13,6 +13,7 @@ import { build, resolveLatest } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startStack } from "../scripts/local-stack.ts";
 import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
+import { wirePull } from "./wire-pull.ts";
 
 const execFileAsync = promisify(execFile);
 process.env.NIX_CONFIG ??= OFFLINE_NIX_CONFIG;
@@ -252,6 +253,18 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     line("worker, https from workerd (as at the edge)", seconds(tls), `range ${spread(times.tls)}`, `${(tls / dist).toFixed(2)}x distribution's time, target <= 1x`);
     const fronted = median(times.plain);
     line("worker behind npm start's plain-http front", seconds(fronted), `range ${spread(times.plain)}`, `${(fronted / dist).toFixed(2)}x distribution's time`);
+
+    // The same pulls with a client that does nothing but receive (bench/wire-pull.ts): the servers alone.
+    console.log(`\nThe same, served only (manifest and every blob 6 at a time, bytes counted and dropped; ${PULL_RUNS} runs each, median):`);
+    const urls = { tls: edgeLike.registryUrl, plain: plain.registryUrl, distribution: `http://${distribution.host}` };
+    const wire = { tls: [] as number[], plain: [] as number[], distribution: [] as number[] };
+    for (let i = 0; i < PULL_RUNS; i++) {
+      for (const side of ["tls", "plain", "distribution"] as const) wire[side].push(await wirePull(urls[side], "curl", "latest"));
+    }
+    const wireDist = median(wire.distribution);
+    line("CNCF distribution (plain http)", seconds(wireDist), "");
+    line("worker, https from workerd", seconds(median(wire.tls)), "", `${(median(wire.tls) / wireDist).toFixed(2)}x distribution's time`);
+    line("worker behind the plain-http front", seconds(median(wire.plain)), "", `${(median(wire.plain) / wireDist).toFixed(2)}x distribution's time`);
   } finally {
     await distribution.stop();
     await edgeLike.stop();
