@@ -1,4 +1,5 @@
-// The builder-service command: `builder-service [--help | --check]`, configured by environment (see config.ts).
+// The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
+// (see config.ts).
 import { execFile } from "node:child_process";
 import { access, constants } from "node:fs/promises";
 import { promisify } from "node:util";
@@ -24,10 +25,12 @@ function usage(): string {
   return [
     "builder-service: builds container images with Nix for the nix-edge-registry worker.",
     "",
-    "Usage: builder-service [--help | --check]",
+    "Usage: builder-service [--help | --check | --exit-with-stdin]",
     "",
-    "  --check  check the settings, the package source, Nix and (BUILDER_STORE=s3) that the bucket takes",
-    "           writes, then exit: 0 when all is well, 2 for a setting to fix, 1 otherwise",
+    "  --check            check the settings, the package source, Nix and (BUILDER_STORE=s3) that the bucket",
+    "                     takes writes, then exit: 0 when all is well, 2 for a setting to fix, 1 otherwise",
+    "  --exit-with-stdin  stop when standard input closes: for a process that runs the builder as its child",
+    "                     (npm start), so that the builder never outlives it, even when it is killed",
     "",
     "Reads its settings from the environment (under systemd: EnvironmentFile=/etc/nix-edge-registry/builder.env),",
     "checks them and, with BUILDER_STORE=s3, that the bucket takes writes, then serves the worker until stopped.",
@@ -167,6 +170,15 @@ async function main(): Promise<void> {
   const stop = () => server.close(() => process.exit(0));
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
+  if (process.argv.includes("--exit-with-stdin")) {
+    // The parent is gone (its end of the pipe closed with it): nobody is left to send requests or to stop us.
+    process.stdin.on("end", () => {
+      log.info("stopping", { reason: "standard input closed: the process that started the builder has gone" });
+      server.closeAllConnections();
+      stop();
+    });
+    process.stdin.resume();
+  }
 }
 
 main().catch((error) => {

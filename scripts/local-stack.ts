@@ -62,7 +62,9 @@ export const OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-c
 
 export async function startBuilder(options: Omit<StackOptions, "port" | "workerStateDir"> & { secret: string }): Promise<Builder> {
   const tsx = fileURLToPath(new URL("../node_modules/.bin/tsx", import.meta.url));
-  const child = spawn(tsx, ["builder-service/main.ts"], {
+  // --exit-with-stdin: the builder stops when this process's end of its stdin closes, which happens however this
+  // process ends, SIGKILL included.
+  const child = spawn(tsx, ["builder-service/main.ts", "--exit-with-stdin"], {
     cwd: PROJECT_ROOT,
     env: {
       ...process.env,
@@ -74,7 +76,7 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
       ...(options.pkgsPath && !process.env.NIX_CONFIG ? { NIX_CONFIG: OFFLINE_NIX_CONFIG } : {}),
       ...options.builderEnv,
     },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["pipe", "pipe", "pipe"],
   });
   // However this process ends (Ctrl-C, an error, a test runner's exit), the builder must not outlive it.
   const killOnExit = () => child.kill("SIGTERM");

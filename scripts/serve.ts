@@ -38,7 +38,8 @@ Ctrl-C stops both.
 `);
 
 let stopping = false;
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
+// SIGHUP too: a closed terminal must not leave the builder and workerd running on their ports.
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   process.on(signal, () => {
     if (stopping) return;
     stopping = true;

@@ -31,5 +31,5 @@ if (missing.length > 0) {
 }
 
 const child = spawn(`${root}node_modules/.bin/tsx`, [`${root}scripts/serve.ts`], { cwd: root, stdio: "inherit" });
-for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => child.kill(signal));
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => child.kill(signal));
 child.on("exit", (code) => process.exit(code ?? 1));

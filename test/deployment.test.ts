@@ -1,7 +1,7 @@
 // Issue "Production path": what a deployment is made of, checked without deploying anything: the
 // builder-service command, the systemd unit, the Debian/Ubuntu install script (syntax and --dry-run only),
 // the README's configuration table against the builder's own list, and `wrangler deploy --dry-run`.
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -41,7 +41,7 @@ describe("the builder-service command", () => {
   it("--help lists every setting, from any folder", async () => {
     const { code, stdout } = await run(WRAPPER, ["--help"], process.env, scratch);
     expect(code).toBe(0);
-    expect(stdout).toContain("Usage: builder-service [--help | --check]");
+    expect(stdout).toContain("Usage: builder-service [--help | --check | --exit-with-stdin]");
     for (const [name] of ENVIRONMENT_HELP) expect(stdout).toContain(`  ${name} `);
   });
 
@@ -69,6 +69,30 @@ describe("the builder-service command", () => {
     for (const name of ["BUILDER_SECRET", "S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) {
       expect(stderr).toContain(name);
     }
+  });
+  it("--exit-with-stdin stops the builder when its parent's end of stdin closes (npm start killed outright)", async () => {
+    const child = spawn(WRAPPER, ["--exit-with-stdin"], {
+      env: {
+        PATH: process.env.PATH,
+        BUILDER_SECRET: "a-secret-of-enough-length",
+        BUILDER_PORT: "0",
+        BUILDER_DATA_DIR: join(scratch, "data-stdin"),
+        NIXERY_PKGS_PATH: TEST_PKGS,
+        NIX_CONFIG: "substituters =\nexperimental-features = nix-command",
+      },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
+    child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    for (let i = 0; i < 200 && !output.includes('"event":"listening"'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(output).toContain('"event":"listening"');
+    child.stdin.end();
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("still running after 10 s"), 10_000))]);
+    if (code === "still running after 10 s") child.kill("SIGKILL");
+    expect(code).toBe(0);
+    expect(output).toContain("standard input closed");
   });
 });
 
