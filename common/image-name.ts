@@ -39,20 +39,22 @@ export function parseImageName(name: string): NameCheck {
     };
   }
   let system: NixSystem = "x86_64-linux";
-  const packages = new Set<string>();
+  // By lower-case name: a component is always lower case and Nix matches it to an attribute regardless of case, so
+  // "shell/bashinteractive" is the same image as "shell". A meta-package's spelling is the attribute's own and wins.
+  const packages = new Map<string, string>();
   for (const component of name.split("/")) {
     if (component === ARM64_META) {
       system = "aarch64-linux";
     } else if (component in META_PACKAGES) {
-      for (const pkg of META_PACKAGES[component]) packages.add(pkg);
-    } else {
-      packages.add(component);
+      for (const pkg of META_PACKAGES[component]) packages.set(pkg.toLowerCase(), pkg);
+    } else if (!packages.has(component)) {
+      packages.set(component, component);
     }
   }
   if (packages.size === 0) {
     return { ok: false, reason: `"${name}" names no package, only a meta-package that changes the system` };
   }
-  return { ok: true, image: { packages: [...packages].sort(), system } };
+  return { ok: true, image: { packages: [...packages.values()].sort(), system } };
 }
 
 /** OCI platform architecture for a Nix system. */

@@ -125,6 +125,9 @@ describe("names, tags, digests and ranges", () => {
       ok: true,
       image: { packages: ["bashInteractive", "coreutils", "hello", "moreutils", "nano"], system: "x86_64-linux" },
     });
+    // Components are lower case; the meta-package's bashInteractive is the same package, in either order.
+    expect(parseImageName("shell/bashinteractive")).toEqual(parseImageName("shell"));
+    expect(parseImageName("bashinteractive/shell")).toEqual(parseImageName("shell"));
     expect(parseImageName("arm64/hello")).toEqual({ ok: true, image: { packages: ["hello"], system: "aarch64-linux" } });
     expect(parseImageName("Hello").ok).toBe(false);
     expect(parseImageName("a//b").ok).toBe(false);
