@@ -11,7 +11,7 @@ import { promisify } from "node:util";
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { startPlainHttpFront } from "./plain-http-front.ts";
-import { forwardWorkerdOutput } from "./workerd-output.ts";
+import { forwardWorkerdOutput, startWorkerdDyingWithParent } from "./workerd-process.ts";
 
 export const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const execFileAsync = promisify(execFile);
@@ -139,6 +139,7 @@ async function startWorker(options: {
       { cwd: PROJECT_ROOT, env: process.env },
     );
     const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
+    await startWorkerdDyingWithParent(join(PROJECT_ROOT, "node_modules/.cache/nix-edge-registry"));
     const miniflare = new Miniflare({
       ...(workerOptions as Record<string, unknown>),
       modules: true,

@@ -3,16 +3,21 @@
 //   pull over TLS with verification off, and plain http to that port is refused.
 // - the default: plain http through a TCP front (scripts/plain-http-front.ts) that answers TLS hellos with an HTTP
 //   400 so clients fall back to http, and passes everything else through whole.
-import { spawnSync } from "node:child_process";
-import { mkdtemp } from "node:fs/promises";
+// And either way, nothing is left running when the process that started the stack is killed.
+import { spawn, spawnSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
 import https from "node:https";
 import net from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { startPlainHttpFront, type PlainHttpFront } from "../scripts/plain-http-front.ts";
 import { pullAndUnpack, run, runAllowingFailure, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
 
 const hasDocker = spawnSync("sh", ["-c", "command -v docker"], { stdio: "ignore" }).status === 0;
+const hasSetpriv = (spawnSync("setpriv", ["--help"], { encoding: "utf8" }).stdout ?? "").includes("--pdeathsig");
 
 /** A GET over https that accepts the stack's self-signed certificate, as `curl -k` does. */
 function insecureGet(url: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
@@ -124,5 +129,66 @@ describe("the plain-http front", () => {
     const headerEnd = answer.indexOf("\r\n\r\n");
     expect(answer.subarray(0, headerEnd).toString("latin1")).toContain("200 OK");
     expect(answer.length - headerEnd - 4).toBe(BODY_BYTES);
+  });
+});
+
+describe("a stack whose process is killed outright (SIGKILL)", () => {
+  /** The processes whose parent is `pid`, with their command names, from /proc. */
+  const childrenOf = (pid: number): { pid: number; name: string }[] =>
+    readdirSync("/proc")
+      .filter((entry) => /^\d+$/.test(entry))
+      .flatMap((entry) => {
+        try {
+          const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+          // "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+          const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+          const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+          return ppid === pid ? [{ pid: Number(entry), name }] : [];
+        } catch {
+          return []; // gone meanwhile
+        }
+      });
+
+  /** Whether a process still exists. */
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  // workerd dies with the stack only through setpriv's parent-death signal (scripts/workerd-process.ts).
+  it.skipIf(!hasSetpriv)(hasSetpriv ? "leaves neither workerd nor the builder running" : "(skipped: no setpriv --pdeathsig here)", async () => {
+    const scratch = await mkdtemp(join(tmpdir(), "killed-stack-"));
+    // node itself, not the tsx wrapper, so that the SIGKILL reaches the process that started everything.
+    const child = spawn(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "test/support/stack-child.ts"), scratch], {
+      cwd: PROJECT_ROOT,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      const up = await new Promise<{ registryUrl: string; builderUrl: string }>((resolve, reject) => {
+        let buffered = "";
+        child.stdout!.on("data", (chunk: Buffer) => {
+          buffered += chunk.toString("utf8");
+          const line = buffered.split("\n").find((l) => l.startsWith("{"));
+          if (line) resolve(JSON.parse(line) as { registryUrl: string; builderUrl: string });
+        });
+        child.once("exit", (code) => reject(new Error(`the stack's process exited with ${code} before it was up`)));
+      });
+      expect((await fetch(`${up.registryUrl}/v2/`)).status).toBe(200);
+      const children = childrenOf(child.pid!);
+      expect(children.filter((c) => c.name === "workerd")).toHaveLength(1);
+      const started = children.map((c) => c.pid);
+
+      child.kill("SIGKILL");
+      for (let i = 0; i < 100 && started.some(alive); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(started.filter(alive)).toEqual([]);
+      await expect(fetch(`${up.builderUrl}/health`)).rejects.toThrow();
+    } finally {
+      child.kill("SIGKILL");
+      await rm(scratch, { recursive: true, force: true });
+    }
   });
 });
