@@ -1,6 +1,6 @@
-// A TCP front for the local worker that turns TLS handshakes away at once, with a plain HTTP answer. Registry clients (skopeo, podman,
-// containerd) try https first even for an "insecure" registry and fall back to http only when that fails;
-// workerd never answers a TLS hello, so each pull would first wait ~10 s for a handshake timeout.
+// A TCP front for the local worker that turns TLS handshakes away at once, with a plain HTTP answer. Registry
+// clients (skopeo, podman, containerd) try https first even for an "insecure" registry and fall back to http only
+// when that fails; workerd never answers a TLS hello, so each pull would first wait ~10 s for a handshake timeout.
 //
 // The front runs on a thread of its own: every byte of every blob passes through it, and on the main thread it
 // shared an event loop and a heap with Miniflare, which made a warm pull ~15% slower.
@@ -96,6 +96,7 @@ export function startPlainHttpFront(target: Endpoint, listen: Endpoint): Promise
   const bootstrap = `require(${JSON.stringify(tsxApi)}).register(); import(${JSON.stringify(import.meta.url)});`;
   const data: ThreadData = { role: THREAD_ROLE, target, listen };
   const thread = new Worker(bootstrap, { eval: true, workerData: data });
+  const exited = new Promise<void>((done) => thread.once("exit", () => done()));
   return new Promise((resolve, reject) => {
     let listening = false;
     thread.on("error", (error) => {
@@ -114,11 +115,10 @@ export function startPlainHttpFront(target: Endpoint, listen: Endpoint): Promise
       listening = true;
       resolve({
         port: message.port,
-        close: () =>
-          new Promise<void>((done) => {
-            thread.once("exit", () => done());
-            thread.postMessage("close");
-          }),
+        close: () => {
+          thread.postMessage("close");
+          return exited;
+        },
       });
     });
   });
