@@ -207,6 +207,9 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
   }
 }
 
+const SIDES = ["tls", "plain", "distribution"] as const;
+type Side = (typeof SIDES)[number];
+
 async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
   // 4. Warm pulls: the worker (R2) against CNCF distribution serving the same image, runs interleaved.
   console.log(`\nWarm pull of curl with skopeo (${PULL_RUNS} runs each, interleaved, median):`);
@@ -242,10 +245,13 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     }
     await sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${sides.plain}`, `docker://${sides.distribution}`]);
     await pull(sides.distribution); // every side warm before anything is timed
-    const times = { tls: [] as number[], plain: [] as number[], distribution: [] as number[] };
-    for (let i = 0; i < PULL_RUNS; i++) {
-      for (const side of ["tls", "plain", "distribution"] as const) times[side].push(await pull(sides[side]));
-    }
+    // Every side once per round, so that whatever else the machine does weighs on all three alike.
+    const interleaved = async (measure: (side: Side) => Promise<number>): Promise<Record<Side, number[]>> => {
+      const runs: Record<Side, number[]> = { tls: [], plain: [], distribution: [] };
+      for (let i = 0; i < PULL_RUNS; i++) for (const side of SIDES) runs[side].push(await measure(side));
+      return runs;
+    };
+    const times = await interleaved((side) => pull(sides[side]));
     const dist = median(times.distribution);
     const spread = (values: number[]) => `${seconds(Math.min(...values))}-${seconds(Math.max(...values))}`;
     line("CNCF distribution (plain http)", seconds(dist), `range ${spread(times.distribution)}`);
@@ -257,10 +263,7 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     // The same pulls with a client that does nothing but receive (bench/wire-pull.ts): the servers alone.
     console.log(`\nThe same, served only (manifest and every blob 6 at a time, bytes counted and dropped; ${PULL_RUNS} runs each, median):`);
     const urls = { tls: edgeLike.registryUrl, plain: plain.registryUrl, distribution: `http://${distribution.host}` };
-    const wire = { tls: [] as number[], plain: [] as number[], distribution: [] as number[] };
-    for (let i = 0; i < PULL_RUNS; i++) {
-      for (const side of ["tls", "plain", "distribution"] as const) wire[side].push(await wirePull(urls[side], "curl", "latest"));
-    }
+    const wire = await interleaved((side) => wirePull(urls[side], "curl", "latest"));
     const wireDist = median(wire.distribution);
     line("CNCF distribution (plain http)", seconds(wireDist), "");
     line("worker, https from workerd", seconds(median(wire.tls)), "", `${(median(wire.tls) / wireDist).toFixed(2)}x distribution's time`);

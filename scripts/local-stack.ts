@@ -208,7 +208,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     ).catch(async (error: unknown) => {
       // A taken PORT must not leave workerd running behind it.
       await worker.dispose();
-      throw error;
+      throw portTaken(error, options.port) ?? error;
     });
     return {
       registryUrl: `http://127.0.0.1:${front.port}`,

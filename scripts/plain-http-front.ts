@@ -62,9 +62,7 @@ export function servePlainHttpFront(target: Endpoint, listen: Endpoint): Promise
     });
   });
   return new Promise((resolve, reject) => {
-    server.once("error", (error: NodeJS.ErrnoException) =>
-      reject(error.code === "EADDRINUSE" ? new Error(`port ${listen.port} is already in use; set PORT to a free port`) : error),
-    );
+    server.once("error", reject);
     server.listen(listen.port, listen.host, () => {
       const address = server.address() as net.AddressInfo;
       resolve({
