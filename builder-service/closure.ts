@@ -15,6 +15,8 @@ export interface ImageClosure {
   topLevel: string[];
   graph: StorePathNode[];
   rootfs: RootfsEntry[];
+  /** For an image of one package: the program it runs by default (its meta.mainProgram), else null. */
+  mainProgram: string | null;
 }
 
 /** The part of a store path after its hash, e.g. "hello-2.12". */

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
+import { NIX_SETTINGS_HELP, readNixSettings, type NixSettings } from "./nix-settings.ts";
 import { CHANNEL_NAME } from "./sources/channel.ts";
 
 const MiB = 1024 * 1024;
@@ -40,7 +41,8 @@ export interface BuilderConfig {
   secret: string;
   dataDir: string;
   nixDir: string;
-  nixTimeoutSeconds: number;
+  /** Substituters, parallelism and the time limit for Nix (nix-settings.ts). */
+  nix: NixSettings;
   layerBudget: number;
   /** Nixery-format popularity data for layering, if any (see popularity.ts). */
   popularityPath: string | null;
@@ -65,7 +67,11 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXERY_CHANNELS_URL", "channel service (default https://channels.nixos.org)"],
   ["NIXERY_ARCHIVE_URL", "source tarballs by commit (default https://github.com/NixOS/nixpkgs/archive)"],
   ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution (latest, a channel, a branch) is reused before it is resolved again (default 300); commits are pinned forever"],
-  ["NIX_TIMEOUT_SECONDS", "time limit for one Nix evaluation or build (default 600)"],
+  ...NIX_SETTINGS_HELP,
+  ["NIXPKGS_ALLOW_UNFREE", "nixpkgs' own switch, passed to Nix: `1` builds packages with unfree licenses (refused by default, with a message naming this variable)"],
+  ["NIXPKGS_ALLOW_BROKEN", "nixpkgs' own switch: `1` builds packages marked broken (refused by default)"],
+  ["NIXPKGS_ALLOW_INSECURE", "nixpkgs' own switch: `1` builds packages with known vulnerabilities (refused by default)"],
+  ["NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM", "nixpkgs' own switch: `1` builds packages whose meta.platforms leave out the image's system (refused by default)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
   ["NIXERY_POPULARITY_PATH", "popularity data for layering, Nixery's format {\"name-version\": count} (default: popularity.json in NIXERY_PKGS_PATH if there is one, else reference counts within each image)"],
   ["BUILDER_STORE", "where blobs go: `local` (a folder under BUILDER_DATA_DIR, the default) or `s3` (R2 or any S3 API: the S3_* settings)"],
@@ -213,7 +219,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     );
   }
   const port = number("BUILDER_PORT", 8788, 0, 65535);
-  const nixTimeoutSeconds = number("NIX_TIMEOUT_SECONDS", 600, 1, 86_400);
+  const nix = readNixSettings(env, problems);
   const layerBudget = number("NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125);
   const tagTtlSeconds = number("NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000);
 
@@ -244,7 +250,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     nixDir: fileURLToPath(new URL("../nix/", import.meta.url)),
     source,
     port,
-    nixTimeoutSeconds,
+    nix,
     layerBudget,
     popularityPath: popularityPath(env),
     tagTtlSeconds,

@@ -4,7 +4,7 @@
 import os from "node:os";
 import type { BuildRequest, BuildResult } from "../common/builder-api.ts";
 import { sha256Hex, type Digest } from "../common/digest.ts";
-import { IMAGE_FORMAT_VERSION, imageKey } from "../common/image-key.ts";
+import { imageKey } from "../common/image-key.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
 import { storePathName } from "./closure.ts";
@@ -16,7 +16,7 @@ import { serialiseImage, type LayerDescription } from "./manifest.ts";
 import type { NixRunner } from "./nix-runner.ts";
 import { SingleFlight } from "./single-flight.ts";
 import type { PackageSource } from "./sources/package-source.ts";
-import { rootfsEntries, storePathEntries, type TarEntry } from "./tarball.ts";
+import { LAYER_FORMAT_VERSION, rootfsEntries, storePathEntries, type TarEntry } from "./tarball.ts";
 
 export interface ImageBuilderOptions {
   store: BlobStore;
@@ -71,6 +71,7 @@ export class ImageBuilder {
     const { store, source, nix, log } = this.options;
     const started = performance.now();
     const nixSource = await source.nixSource(request.revision);
+    await nix.ensureNewEnough(nixSource, request.revision);
     await nix.checkPackages(request.packages, nixSource, request.system);
     const checked = performance.now();
     const closure = await nix.buildClosure(request.packages, nixSource, request.system);
@@ -94,6 +95,7 @@ export class ImageBuilder {
       system: request.system,
       packages: request.packages,
       rootfs: closure.rootfs,
+      mainProgram: closure.mainProgram,
       layers,
       revision: request.revision,
       source: source.description,
@@ -129,7 +131,7 @@ export class ImageBuilder {
   /** Writes a layer unless the same contents were written before (store paths are immutable). */
   private async layer(id: string, entries: () => Promise<TarEntry[]>, comment: string): Promise<LayerDescription> {
     const { store } = this.options;
-    const recordName = `layers/${await sha256Hex(`${IMAGE_FORMAT_VERSION}\n${id}`)}.json`;
+    const recordName = `layers/${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${id}`)}.json`;
     const record = await store.getRecord(recordName);
     if (record) {
       const known = JSON.parse(new TextDecoder().decode(record)) as LayerRecord;

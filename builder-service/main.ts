@@ -1,15 +1,15 @@
 // The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
 // (see config.ts).
-import { execFile } from "node:child_process";
 import { access, constants } from "node:fs/promises";
-import { promisify } from "node:util";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
 import { ImageBuilder } from "./image-builder.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { LocalBlobStore } from "./local-store.ts";
 import { jsonLogger, type Logger } from "./log.ts";
+import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
+import { nixConfig, NixSettingsError, probeNix } from "./nix-settings.ts";
 import { loadPopularity } from "./popularity.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
@@ -18,7 +18,8 @@ import { GitRepoSource } from "./sources/git-repo.ts";
 import { LocalPathSource } from "./sources/local-path.ts";
 import { withResolutionLog, type PackageSource } from "./sources/package-source.ts";
 
-const execFileAsync = promisify(execFile);
+/** How long startup waits for the first check of `latest` (a channel's tarball may be downloading) before serving. */
+const STARTUP_CHECK_MS = 60_000;
 
 function usage(): string {
   const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
@@ -27,8 +28,9 @@ function usage(): string {
     "",
     "Usage: builder-service [--help | --check | --exit-with-stdin]",
     "",
-    "  --check            check the settings, the package source, Nix and (BUILDER_STORE=s3) that the bucket",
-    "                     takes writes, then exit: 0 when all is well, 2 for a setting to fix, 1 otherwise",
+    "  --check            check the settings, the package source, Nix (and that it is new enough for the package",
+    "                     set `latest` serves) and (BUILDER_STORE=s3) that the bucket takes writes, then exit:",
+    "                     0 when all is well, 2 for a setting to fix, 1 otherwise",
     "  --exit-with-stdin  stop when standard input closes: for a process that runs the builder as its child",
     "                     (npm start), so that the builder never outlives it, even when it is killed",
     "",
@@ -113,6 +115,19 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = jsonLogger;
+  // Every Nix command gets the named settings as NIX_CONFIG; Nix reads them once here, so a value it refuses
+  // stops the builder now, naming the variable.
+  const nixEnv = { ...process.env, NIX_CONFIG: nixConfig(config.nix, process.env.NIX_CONFIG) };
+  let nixVersion: string;
+  try {
+    nixVersion = (await probeNix(nixEnv)).version;
+  } catch (error) {
+    if (error instanceof NixSettingsError) {
+      console.error(`builder-service: cannot start: Nix refuses the builder's settings:\n${error.message}\n\nRun builder-service --help for every setting.`);
+      process.exit(2);
+    }
+    throw error;
+  }
   const store = await createStore(config, log);
   const checkOnly = process.argv.includes("--check");
   let source: PackageSource;
@@ -122,26 +137,37 @@ async function main(): Promise<void> {
     console.error(`builder-service: cannot start: ${(error as Error).message}`);
     process.exit(1);
   }
-  if (checkOnly) {
-    try {
-      const { stdout } = await execFileAsync("nix-build", ["--version"]);
-      console.log(`builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${stdout.trim()}`);
-      process.exit(0);
-    } catch {
-      console.error("builder-service: nix-build is not available to this user; install Nix (and on a multi-user install, start nix-daemon)");
-      process.exit(1);
-    }
-  }
   // Builds for a system Nix can't build here (arm64/... on x86_64) fail with a message saying what to configure.
-  const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nixTimeoutSeconds });
+  const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nix.timeoutSeconds, env: nixEnv });
+  const compatibility = new LatestCompatibility(source, nix, log);
+  if (checkOnly) {
+    let requirement: string;
+    try {
+      const problem = await compatibility.check();
+      if (problem) {
+        console.error(`builder-service: Nix ${nixVersion} cannot evaluate the package set \`latest\` serves: ${problem}`);
+        process.exit(1);
+      }
+      requirement = "new enough for the package set `latest` serves";
+    } catch (error) {
+      // The source may be out of reach for a while (a channel service down); that is not a setting to fix.
+      requirement = `not checked against the package set: ${(error as Error).message}`;
+    }
+    console.log(
+      `builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${nixVersion}, ${requirement}`,
+    );
+    process.exit(0);
+  }
+  // The first check of `latest` before serving, so /ready is right from the start; a slow one goes on meanwhile.
+  const firstCheck = compatibility.check().catch((error: unknown) => {
+    log.warn("nix-requirement-unknown", { tag: "latest", error: (error as Error).message });
+    return null;
+  });
+  await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
   const readiness = async (): Promise<string | null> => {
-    try {
-      await execFileAsync("nix-build", ["--version"]);
-    } catch {
-      return "nix-build is not available; install Nix";
-    }
+    if (compatibility.problem) return compatibility.problem;
     try {
       await access(config.dataDir, constants.W_OK);
     } catch {
@@ -149,7 +175,14 @@ async function main(): Promise<void> {
     }
     return store.probe ? store.probe() : null;
   };
-  const handler = createBuilderHandler({ secret: config.secret, store, source: withResolutionLog(source, log), builder, log, readiness });
+  const handler = createBuilderHandler({
+    secret: config.secret,
+    store,
+    source: compatibility.watch(withResolutionLog(source, log)),
+    builder,
+    log,
+    readiness,
+  });
   const server = serveFetch(handler, (error) => log.error("response-failed", { error: String(error) }));
   // Builds can take minutes; Node's default request timeout would cut them off.
   server.requestTimeout = 0;
@@ -165,7 +198,7 @@ async function main(): Promise<void> {
   server.listen(config.port, config.host, () => {
     const address = server.address();
     const port = typeof address === "object" && address ? address.port : config.port;
-    log.info("listening", { url: `http://${config.host}:${port}`, store: store.description, source: source.description });
+    log.info("listening", { url: `http://${config.host}:${port}`, store: store.description, source: source.description, nix: nixVersion });
   });
   const stop = () => server.close(() => process.exit(0));
   process.on("SIGTERM", stop);

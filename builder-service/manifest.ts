@@ -26,6 +26,8 @@ export interface ImageDescription {
   system: NixSystem;
   packages: string[];
   rootfs: readonly RootfsEntry[];
+  /** The one requested package's program (meta.mainProgram), run by default when the image has no bash. */
+  mainProgram?: string | null;
   layers: LayerDescription[];
   revision: string;
   source: string;
@@ -42,6 +44,7 @@ export function imageConfig(image: ImageDescription): ImageConfig {
     Labels: labels(image),
   };
   if (paths.has("/bin/bash")) config.Cmd = ["bash"];
+  else if (image.mainProgram && paths.has(`/bin/${image.mainProgram}`)) config.Cmd = [`/bin/${image.mainProgram}`];
   return {
     architecture: architectureOf(image.system),
     os: "linux",

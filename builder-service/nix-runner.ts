@@ -13,11 +13,68 @@ export type NixSource =
   | { kind: "tarball"; url: string; sha256?: string }
   | { kind: "git"; url: string; rev: string };
 
+/** Why the package set refuses to evaluate a package (nixpkgs' check-meta), as nix/build-image.nix reports it. */
+export type Refusal = "broken" | "insecure" | "unfree" | "unsupported-system" | "refused";
+
+/** What the builder's operator can set to let the package set evaluate such packages. */
+const REFUSALS: Record<Refusal, string> = {
+  broken: "is marked as broken in the package set; the builder's operator can allow broken packages with NIXPKGS_ALLOW_BROKEN=1",
+  insecure: "is marked as insecure (it has known vulnerabilities); the builder's operator can allow insecure packages with NIXPKGS_ALLOW_INSECURE=1",
+  unfree: "has an unfree license; the builder's operator can allow unfree packages with NIXPKGS_ALLOW_UNFREE=1",
+  "unsupported-system": "is not available for this image's system (its meta.platforms); the builder's operator can allow it with NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM=1",
+  refused: "is refused by the package set when evaluated",
+};
+
+/**
+ * Requested names the image cannot have: names the package set lacks, names that were removed from it (its alias
+ * says what to use instead), and packages it refuses to evaluate. Nothing is built.
+ */
 export class UnknownPackagesError extends Error {
-  constructor(readonly unknown: string[]) {
-    super(`unknown package${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`);
+  constructor(
+    readonly unknown: string[],
+    /** A removed name and the package set's own message about it ("'x' has been renamed to 'y'"). */
+    readonly removed: { name: string; message: string }[] = [],
+    readonly refused: { name: string; reason: Refusal }[] = [],
+  ) {
+    const parts: string[] = [];
+    if (unknown.length > 0) parts.push(`unknown package${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`);
+    for (const { name, message } of removed) parts.push(`${name} is no longer in the package set: ${message}`);
+    for (const { name, reason } of refused) parts.push(`${name} ${REFUSALS[reason]}`);
+    super(parts.join("; "));
+  }
+
+  /** Only refusals: the names exist, so "denied" fits better than "unknown". */
+  get onlyRefused(): boolean {
+    return this.refused.length > 0 && this.unknown.length === 0 && this.removed.length === 0;
   }
 }
+
+/** The package set needs a newer Nix than the builder's (nixpkgs' lib/minver.nix). */
+export class NixTooOldError extends Error {
+  constructor(
+    readonly needed: string,
+    readonly have: string,
+    revision?: string,
+  ) {
+    super(
+      `the package set${revision ? ` at revision ${revision}` : ""} needs Nix >= ${needed}, and this builder has Nix ${have}. ` +
+        `Install a newer Nix on the builder: on Debian 13 or Ubuntu 24.04 and later, apt-get install nix-bin; elsewhere ` +
+        `remove the distribution's Nix (apt-get remove nix-bin) and run the upstream installer: ` +
+        `curl -fsSL https://nixos.org/nix/install | sh -s -- --daemon (deploy/install-builder.sh picks the right way on a VM)`,
+    );
+  }
+}
+
+export interface NixRequirements {
+  /** The package set's lib/minver.nix, or null when it names none. */
+  minNixVersion: string | null;
+  /** The builder's Nix, as Nix itself says (builtins.nixVersion). */
+  nixVersion: string;
+  /** Whether nixVersion is at least minNixVersion (compared by Nix's own builtins.compareVersions). */
+  satisfied: boolean;
+}
+
+const REFUSAL_NAMES = new Set<string>(Object.keys(REFUSALS));
 
 export class NixBuildError extends Error {
   constructor(
@@ -107,15 +164,35 @@ export function unsupportedSystemMessage(logTail: string): string | null {
   );
 }
 
+/**
+ * The message of the error a Nix evaluation stopped on: after the last "error:" (Nix 2.8 prints one line,
+ * newer Nix a trace of "… while evaluating" lines and then the error), without Nix's --show-trace hint.
+ */
+export function thrownMessage(stderr: string): string | null {
+  const at = stderr.lastIndexOf("error: ");
+  if (at < 0) return null;
+  const text = stderr
+    .slice(at + "error: ".length)
+    .split("\n")
+    .filter((line) => !/^\s*\(use '--show-trace'/.test(line))
+    .map((line) => line.trim())
+    .join(" ")
+    .replace(/\s+/g, " ")
+    .trim();
+  return text ? text.slice(0, 500) : null;
+}
+
 function tail(text: string, lines: number): string {
   return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
 
 export class NixRunner {
+  private readonly compatibility = new Map<string, Promise<void>>();
+
   constructor(private readonly options: NixRunnerOptions) {}
 
-  private args(packages: readonly string[], source: NixSource, system: NixSystem, attribute: string): string[] {
-    return [
+  private args(packages: readonly string[], source: NixSource, system: NixSystem | null, attribute: string): string[] {
+    const args = [
       join(this.options.nixDir, "build-image.nix"),
       "-A",
       attribute,
@@ -125,13 +202,49 @@ export class NixRunner {
       "--argstr",
       "source",
       JSON.stringify(source),
-      "--argstr",
-      "system",
-      system,
     ];
+    return system ? [...args, "--argstr", "system", system] : args;
   }
 
-  /** Checks every name against the package set without building; throws UnknownPackagesError naming all misses. */
+  /** The Nix the package set needs and the one here; evaluates lib/minver.nix only (the set is not imported). */
+  async requirements(source: NixSource): Promise<NixRequirements> {
+    const result = await run(
+      "nix-instantiate",
+      ["--eval", "--strict", "--json", ...this.args([], source, null, "requirements")],
+      this.options,
+    );
+    this.throwOnFailure(result, "reading the package set's Nix requirement");
+    const parsed = JSON.parse(result.stdout) as { minNixVersion?: unknown; nixVersion?: unknown; satisfied?: unknown };
+    return {
+      minNixVersion: typeof parsed.minNixVersion === "string" ? parsed.minNixVersion : null,
+      nixVersion: typeof parsed.nixVersion === "string" ? parsed.nixVersion : "unknown",
+      satisfied: parsed.satisfied !== false,
+    };
+  }
+
+  /**
+   * Throws NixTooOldError when the package set at this revision needs a newer Nix. Asked of Nix once per source
+   * (a revision never changes); a failure to ask (the archive unreachable) is not remembered.
+   */
+  ensureNewEnough(source: NixSource, revision: string): Promise<void> {
+    const key = JSON.stringify(source);
+    let check = this.compatibility.get(key);
+    if (!check) {
+      check = this.requirements(source).then((found) => {
+        if (!found.satisfied) throw new NixTooOldError(found.minNixVersion ?? "?", found.nixVersion, revision);
+      });
+      check.catch((error: unknown) => {
+        if (!(error instanceof NixTooOldError)) this.compatibility.delete(key);
+      });
+      this.compatibility.set(key, check);
+    }
+    return check;
+  }
+
+  /**
+   * Checks every name against the package set without building; throws UnknownPackagesError naming every name
+   * that is unknown, removed (with the package set's message) or refused (with the setting that would allow it).
+   */
   async checkPackages(packages: readonly string[], source: NixSource, system: NixSystem): Promise<void> {
     const result = await run(
       "nix-instantiate",
@@ -139,9 +252,28 @@ export class NixRunner {
       this.options,
     );
     this.throwOnFailure(result, "checking package names");
-    const parsed = JSON.parse(result.stdout) as { unknown?: unknown };
-    const unknown = Array.isArray(parsed.unknown) ? parsed.unknown.filter((x): x is string => typeof x === "string") : [];
-    if (unknown.length > 0) throw new UnknownPackagesError(unknown);
+    const parsed = JSON.parse(result.stdout) as { unknown?: unknown; throws?: unknown; refused?: unknown };
+    const strings = (value: unknown) => (Array.isArray(value) ? value.filter((x): x is string => typeof x === "string") : []);
+    const unknown = strings(parsed.unknown);
+    const refusedMap = typeof parsed.refused === "object" && parsed.refused !== null ? (parsed.refused as Record<string, unknown>) : {};
+    const refused = Object.entries(refusedMap).map(([name, reason]) => ({
+      name,
+      reason: (typeof reason === "string" && REFUSAL_NAMES.has(reason) ? reason : "refused") as Refusal,
+    }));
+    const removed = await Promise.all(
+      strings(parsed.throws).map(async (name) => ({ name, message: await this.explain(name, source, system) })),
+    );
+    if (unknown.length > 0 || removed.length > 0 || refused.length > 0) throw new UnknownPackagesError(unknown, removed, refused);
+  }
+
+  /** The message the package set throws for a name (an alias of a removed package says what replaced it). */
+  private async explain(name: string, source: NixSource, system: NixSystem): Promise<string> {
+    const result = await run(
+      "nix-instantiate",
+      ["--eval", "--strict", "--json", ...this.args([name], source, system, "explain")],
+      this.options,
+    );
+    return thrownMessage(result.stderrTail) ?? "it fails to evaluate";
   }
 
   /** Builds the packages and returns their closure graph and root filesystem. */
@@ -158,7 +290,13 @@ export class NixRunner {
     }
     const image = JSON.parse(await readFile(join(outPath, "image.json"), "utf8")) as Omit<ImageClosure, "rootfs">;
     const rootfs = JSON.parse(await readFile(join(outPath, "rootfs.json"), "utf8")) as RootfsEntry[];
-    return { packages: image.packages, topLevel: image.topLevel, graph: image.graph, rootfs };
+    return {
+      packages: image.packages,
+      topLevel: image.topLevel,
+      graph: image.graph,
+      rootfs,
+      mainProgram: typeof image.mainProgram === "string" ? image.mainProgram : null,
+    };
   }
 
   private throwOnFailure(result: CommandResult, what: string): void {
@@ -171,6 +309,17 @@ export class NixRunner {
       );
     }
     if (result.code === 0) return;
+    const tooOld = /build-image\.nix: nix-too-old: the package set needs Nix >= (\S+), and this is Nix (\S+)/.exec(result.stderrTail);
+    if (tooOld) throw new NixTooOldError(tooOld[1], tooOld[2]);
+    const group = /error: the group '([^']+)' specified in 'build-users-group' does not exist/.exec(result.stderrTail);
+    if (group) {
+      throw new NixBuildError(
+        `Nix on the builder is set to build as the group '${group[1]}' (build-users-group), which does not exist; ` +
+          `its operator must create the build users or, for a single-user Nix run by root, set NIX_CONFIG='build-users-group ='`,
+        [],
+        log,
+      );
+    }
     const unsupported = unsupportedSystemMessage(result.stderrTail);
     if (unsupported) throw new NixBuildError(unsupported, [], log);
     const failed = [...result.stderrTail.matchAll(/builder for '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv' failed/g)].map(

@@ -16,7 +16,7 @@ import type { BlobStore } from "./blob-store.ts";
 import { validateBuildRequest } from "./build-request.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { Logger } from "./log.ts";
-import { NixBuildError, UnknownPackagesError } from "./nix-runner.ts";
+import { NixBuildError, NixTooOldError, UnknownPackagesError } from "./nix-runner.ts";
 import { RevisionUnavailableError, type PackageSource } from "./sources/package-source.ts";
 import { Readable } from "node:stream";
 
@@ -142,9 +142,14 @@ async function buildResponse(deps: BuilderServerDeps, request: BuildRequest): Pr
     return json(200, await deps.builder.build(request));
   } catch (error) {
     if (error instanceof UnknownPackagesError) {
-      return fail(404, "MANIFEST_UNKNOWN", `${error.message} (not in the package set ${deps.source.description})`, {
-        unknown: error.unknown,
-      });
+      const detail = { unknown: error.unknown, removed: error.removed, refused: error.refused };
+      // Packages that exist but that the package set refuses (broken, unfree, insecure) are denied, not unknown.
+      if (error.onlyRefused) return fail(403, "DENIED", error.message, detail);
+      return fail(404, "MANIFEST_UNKNOWN", `${error.message} (package set ${deps.source.description})`, detail);
+    }
+    if (error instanceof NixTooOldError) {
+      deps.log.error("nix-too-old", { packages: request.packages, revision: request.revision, message: error.message });
+      return fail(500, "NIX_TOO_OLD", error.message, { needed: error.needed, have: error.have });
     }
     if (error instanceof NixBuildError) {
       deps.log.warn("build-failed", { packages: request.packages, message: error.message, log: error.logTail });

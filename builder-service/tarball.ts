@@ -11,6 +11,12 @@ import tar from "tar-stream";
 /** Nix's own timestamp for store contents (1 second after the epoch). */
 const FIXED_MTIME = new Date(1000);
 
+/**
+ * Bump when the bytes a layer's tarball gets for the same store paths change (entry order, modes, mtime, gzip),
+ * so that layers recorded under the old format are written again instead of reused.
+ */
+export const LAYER_FORMAT_VERSION = 1;
+
 export type TarEntry =
   | { name: string; type: "directory"; mode: number }
   | { name: string; type: "symlink"; mode: number; target: string }

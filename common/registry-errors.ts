@@ -9,7 +9,10 @@ export type RegistryErrorCode =
   | "RANGE_INVALID"
   | "UNAUTHORIZED"
   | "UNSUPPORTED"
+  | "DENIED"
   | "BUILD_FAILED"
+  /** The builder's Nix is older than the package set needs (nixpkgs' lib/minver.nix). */
+  | "NIX_TOO_OLD"
   | "BUILDER_UNAVAILABLE"
   | "UNKNOWN";
 

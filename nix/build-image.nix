@@ -1,7 +1,9 @@
 # What the builder service asks Nix: which packages a name means (`resolve`), and the image's
 # metadata, built (`image`). See nix/README.md for the full contract.
 #
+#   nix-instantiate --eval --strict --json nix/build-image.nix -A requirements ARGS
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A resolve ARGS
+#   nix-instantiate --eval --strict --json nix/build-image.nix -A explain ARGS
 #   nix-build nix/build-image.nix -A image --no-out-link ARGS
 #   ARGS = --argstr packages '["hello","tools.greet"]'
 #          --argstr source '{"kind":"path","path":"/abs/dir"}'
@@ -63,14 +65,34 @@ let
          } // (if src ? ref then { ref = srcString "ref"; } else { }))
     else fail "unknown source kind ${builtins.toJSON src.kind} (path, tarball or git)";
 
+  # ---- the Nix the package set needs ------------------------------------------------------------
+
+  # nixpkgs and its forks name their minimum Nix in lib/minver.nix, and their default.nix aborts on an
+  # older one (an abort that tryEval cannot catch), so this is read before the set is imported.
+  minverFile = srcPath + "/lib/minver.nix";
+  minNixVersion =
+    if builtins.pathExists minverFile then
+      let v = import minverFile;
+      in if isString v then v else fail "lib/minver.nix of the package set is not a version string"
+    else null;
+  satisfied = minNixVersion == null || builtins.compareVersions builtins.nixVersion minNixVersion >= 0;
+  requirements = {
+    inherit minNixVersion satisfied;
+    nixVersion = builtins.nixVersion;
+  };
+  # The builder checks `requirements` first; this keeps any other path from reaching nixpkgs' abort.
+  # The message starts with a fixed marker that the builder recognises.
+  nixNewEnough = satisfied
+    || fail "nix-too-old: the package set needs Nix >= ${minNixVersion}, and this is Nix ${builtins.nixVersion}";
+
   importSet = sys: import srcPath { system = sys; config = { }; overlays = [ ]; };
   pkgs = importSet targetSystem;
 
   # Forced before anything is looked up: a bad argument or a package set that fails to import is
   # an error, not a list of unknown packages (lookups run under tryEval, which would hide it).
   argumentsOk =
-    builtins.seq targetSystem (builtins.seq (builtins.length requested)
-      (isAttrs pkgs || fail "the package set is not an attribute set"));
+    builtins.seq targetSystem (builtins.seq (builtins.length requested) (builtins.seq nixNewEnough
+      (isAttrs pkgs || fail "the package set is not an attribute set")));
   # The metadata step runs where Nix runs, whatever the image's system.
   buildPkgs = if targetSystem == builtins.currentSystem then pkgs else importSet builtins.currentSystem;
 
@@ -101,8 +123,9 @@ let
     else if match "[0-9].*" name != null then exactOrInsensitive "_${name}"
     else null;
 
-  # "a.b.c" -> { path = [ "a" "b" "c" ] (as found); value; } or null.
-  lookup = name:
+  # "a.b.c" -> { path = [ "a" "b" "c" ] (as found); value; } or null. A value that throws when
+  # forced (an alias) is still returned: `classify` tells it apart.
+  walkName = name:
     let
       walk = value: path: rest:
         if rest == [ ] then { inherit path value; }
@@ -110,34 +133,87 @@ let
         else
           let n = pickName value (head rest);
           in if n == null then null else walk value.${n} (path ++ [ n ]) (tail rest);
-      components = filter isString (builtins.split "[.]" name);
-      found = walk pkgs [ ] components;
     in
-    if found != null && isDerivation found.value then found else null;
+    walk pkgs [ ] (filter isString (builtins.split "[.]" name));
 
-  lookups = map (name: { inherit name; found = lookup name; }) requested;
-  known = filter (l: l.found != null) lookups;
-  unknownNames = attrNames (listToAttrs
-    (map (l: { inherit (l) name; value = true; }) (filter (l: l.found == null) lookups)));
+  # Why nixpkgs would refuse a derivation whose drvPath throws (check-meta.nix): read from its meta,
+  # each read under tryEval. "refused" when the reason is none of these.
+  refusal = d:
+    let
+      r = tryEval (if isAttrs (d.meta or null) then d.meta else { });
+      m = if r.success then r.value else { };
+      license = m.license or { };
+      licenses = if isList license then license else [ license ];
+      unfree = any (l: holds (isAttrs l && (l.free or true) == false)) licenses;
+    in
+    if holds (m.broken or false) then "broken"
+    else if holds ((m.knownVulnerabilities or [ ]) != [ ]) then "insecure"
+    else if unfree then "unfree"
+    else if holds (isList (m.platforms or null) && !(elem targetSystem m.platforms)) then "unsupported-system"
+    else "refused";
+
+  # What a requested name is: found (a derivation nixpkgs lets us build), refused (a derivation
+  # whose drvPath throws: broken, unfree, insecure), throws (an alias that was removed: the builder
+  # asks `explain` for the message), or unknown.
+  classify = name:
+    let
+      found = walkName name;
+      value = found.value;
+      evaluates = found != null && (tryEval (builtins.seq value true)).success;
+    in
+    if found == null then { kind = "unknown"; }
+    else if !evaluates then { kind = "throws"; }
+    else if !(isDerivation value) then { kind = "unknown"; }
+    else if !(tryEval value.drvPath).success then { kind = "refused"; reason = refusal value; }
+    else { kind = "found"; inherit found; };
+
+  lookups = map (name: { inherit name; } // classify name) requested;
+  named = kind: filter (l: l.kind == kind) lookups;
+  known = map (l: { inherit (l) name; inherit (l.found) path value; }) (named "found");
+  sortedNames = ls: attrNames (listToAttrs (map (l: { inherit (l) name; value = true; }) ls));
+  unknownNames = sortedNames (named "unknown");
 
   resolve = assert argumentsOk; {
-    resolved = listToAttrs (map (l: { inherit (l) name; value = concatStringsSep "." l.found.path; }) known);
+    resolved = listToAttrs (map (l: { inherit (l) name; value = concatStringsSep "." l.path; }) known);
     unknown = unknownNames; # attrNames: sorted and deduplicated
+    throws = sortedNames (named "throws");
+    refused = listToAttrs (map (l: { inherit (l) name; value = l.reason; }) (named "refused"));
   };
+
+  # The error the first requested name raises when forced without tryEval: nix-instantiate fails
+  # with the package set's own message (an alias's "'x' has been renamed to 'y'") on stderr.
+  explain =
+    assert argumentsOk;
+    let found = walkName (head requested);
+    in if found == null then fail "no such attribute" else builtins.seq found.value.drvPath "evaluates";
 
   # ---- image -----------------------------------------------------------------------------------
 
   alwaysAdded = filter (n: pkgs ? ${n} && isDerivation pkgs.${n}) [ "cacert" "iana-etc" ];
+  derivations = listToAttrs (map (n: { name = n; value = pkgs.${n}; }) alwaysAdded)
+    // listToAttrs (map (l: { inherit (l) name value; }) known);
 
-  requestedOutputs = listToAttrs (map (l: { inherit (l) name; value = l.found.value.outPath; }) known);
-  packageOutputs = listToAttrs (map (n: { name = n; value = pkgs.${n}.outPath; }) alwaysAdded)
-    // requestedOutputs;
+  packageOutputs = builtins.mapAttrs (n: d: d.outPath) derivations;
+
+  # What `nix-env -i` installs of a package: the outputs in meta.outputsToInstall (nixpkgs sets it
+  # to e.g. [ "bin" "man" ], so `curl` brings the curl program, not only libcurl), else the default one.
+  installedOutputs = d:
+    let names = (tryEval (d.meta.outputsToInstall or null)).value;
+    in if isList names && names != [ ] then map (o: d.${o}.outPath) (filter (o: isString o && d ? ${o}) names)
+       else [ d.outPath ];
 
   unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
-  topLevel = unique (map (n: packageOutputs.${n}) (sort builtins.lessThan (attrNames requestedOutputs) ++ alwaysAdded));
+  topLevel = unique (builtins.concatMap (n: installedOutputs derivations.${n})
+    (sort builtins.lessThan (map (l: l.name) known) ++ alwaysAdded));
+
+  # An image of one package runs its program by default (meta.mainProgram, as lib.getExe reads it).
+  mainProgram =
+    if builtins.length known != 1 then null
+    else let p = (tryEval ((head known).value.meta.mainProgram or null)).value;
+         in if isString p && match "[A-Za-z0-9._+-]+" p != null then p else null;
 
   # /usr/bin/env comes from the coreutils package when it is in the image.
-  coreutilsOutputs = map (l: l.found.value.outPath) (filter (l: l.found.path == [ "coreutils" ]) known);
+  coreutilsOutputs = map (l: l.value.outPath) (filter (l: l.path == [ "coreutils" ]) known);
   envFrom = if coreutilsOutputs == [ ] then "" else head coreutilsOutputs;
 
   busyboxBin =
@@ -147,16 +223,17 @@ let
     else fail "the package set has no busybox and the host has no /usr/bin/busybox";
 
   meta = builtins.toJSON {
-    version = 1;
+    version = 2;
     system = targetSystem;
     packages = packageOutputs;
     resolved = resolve.resolved;
-    inherit topLevel;
+    inherit mainProgram topLevel;
   };
 
   image =
     assert argumentsOk;
-    if unknownNames != [ ] then fail "unknown packages: ${concatStringsSep ", " unknownNames}"
+    let unavailable = sortedNames (filter (l: l.kind != "found") lookups);
+    in if unavailable != [ ] then fail "unknown packages: ${concatStringsSep ", " unavailable}"
     else derivation {
       name = "image-metadata";
       system = builtins.currentSystem;
@@ -167,5 +244,5 @@ let
     };
 in
 {
-  inherit resolve image;
+  inherit requirements resolve explain image;
 }

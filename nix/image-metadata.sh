@@ -28,8 +28,12 @@ export LC_ALL=C
 # With __structuredAttrs, Nix 2.8 sets no $out: the output path is in .attrs.sh (shell syntax that
 # busybox sh cannot source, so sed picks it out). Nix (2.8 too) names both files in
 # NIX_ATTRS_{SH,JSON}_FILE: use those when set, the working directory's copies otherwise.
+# In Nix 2.8's sandbox those variables name the build folder as seen from outside the sandbox, where
+# the files are not: then the working directory's copies are the ones to read.
 attrs_sh=${NIX_ATTRS_SH_FILE:-.attrs.sh}
 attrs_json=${NIX_ATTRS_JSON_FILE:-.attrs.json}
+[ -e "$attrs_sh" ] || attrs_sh=.attrs.sh
+[ -e "$attrs_json" ] || attrs_json=.attrs.json
 out=$(sed -n "s/^declare -A outputs=.*\['out'\]='\([^']*\)'.*/\1/p" "$attrs_sh")
 case $out in
   /*) ;;

@@ -3,6 +3,7 @@
 // Used by `npm start` and by the tests.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +31,11 @@ export interface StackOptions {
   secret?: string;
   /** Extra environment for the builder (NIX_CONFIG, NIXERY_LAYER_BUDGET, ...). */
   builderEnv?: Record<string, string>;
+  /**
+   * argv the builder is started under, e.g. one giving it another Nix (test/support/modern-nix.ts). It must exec
+   * the builder in the end, so that stdin (--exit-with-stdin) and signals still reach it.
+   */
+  builderCommandPrefix?: string[];
   /** Where the builder's log lines go besides the stack's own record of them. */
   onBuilderLog?: (line: string) => void;
   /**
@@ -57,14 +63,24 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
+/**
+ * Root with a single-user Nix (Debian's nix-bin without nix-setup-systemd, as on a fresh machine) has no `nixbld`
+ * group, and Nix as root builds as that group's users by default: every build would fail. The local stack then
+ * builds as root, as a single-user install does.
+ */
+const SINGLE_USER_ROOT =
+  process.getuid?.() === 0 && !process.env.NIX_REMOTE && !/^nixbld:/m.test(existsSync("/etc/group") ? readFileSync("/etc/group", "utf8") : "");
+export const LOCAL_NIX_CONFIG = SINGLE_USER_ROOT ? "build-users-group =" : "";
+
 /** Nix without substituters: offline, every build would otherwise wait on DNS for the binary cache. */
-export const OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-command";
+export const OFFLINE_NIX_CONFIG = ["substituters =", "experimental-features = nix-command", LOCAL_NIX_CONFIG].filter(Boolean).join("\n");
 
 export async function startBuilder(options: Omit<StackOptions, "port" | "workerStateDir"> & { secret: string }): Promise<Builder> {
   const tsx = fileURLToPath(new URL("../node_modules/.bin/tsx", import.meta.url));
   // --exit-with-stdin: the builder stops when this process's end of its stdin closes, which happens however this
   // process ends, SIGKILL included.
-  const child = spawn(tsx, ["builder-service/main.ts", "--exit-with-stdin"], {
+  const [command, ...args] = [...(options.builderCommandPrefix ?? []), tsx, "builder-service/main.ts", "--exit-with-stdin"];
+  const child = spawn(command, args, {
     cwd: PROJECT_ROOT,
     env: {
       ...process.env,
@@ -73,7 +89,10 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
       BUILDER_PORT: String(options.builderPort),
       BUILDER_DATA_DIR: options.builderDataDir,
       ...(options.pkgsPath ? { NIXERY_PKGS_PATH: options.pkgsPath } : {}),
-      ...(options.pkgsPath && !process.env.NIX_CONFIG ? { NIX_CONFIG: OFFLINE_NIX_CONFIG } : {}),
+      NIX_CONFIG:
+        options.pkgsPath && !process.env.NIX_CONFIG
+          ? OFFLINE_NIX_CONFIG
+          : [process.env.NIX_CONFIG, LOCAL_NIX_CONFIG].filter(Boolean).join("\n"),
       ...options.builderEnv,
     },
     stdio: ["pipe", "pipe", "pipe"],

@@ -25,6 +25,17 @@ const stack = await startStack({
   process.exit(1);
 });
 
+// The builder checks at startup that its Nix can evaluate the package set `latest` serves (nixpkgs needs a recent
+// Nix): if it can't, every pull would fail, so say so now, with what to install.
+const ready = await fetch(`${stack.builder.url}/ready`)
+  .then((response) => response.json() as Promise<{ ready: boolean; problem?: string }>)
+  .catch(() => null);
+if (ready && !ready.ready && ready.problem) {
+  console.error(`The registry cannot build images: ${ready.problem}`);
+  await stack.stop();
+  process.exit(1);
+}
+
 const example = pkgsPath ? "hello" : "shell/hello";
 console.log(`
 Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, packages from ${pkgsPath ?? process.env.NIXERY_PKGS_REPO ?? `nixpkgs (${process.env.NIXERY_CHANNEL ?? "nixos-unstable"})`})

@@ -15,6 +15,9 @@ import { LocalBlobStore } from "../builder-service/local-store.ts";
 import { rootfsEntries, storePathEntries, storePathEntriesUnder, type TarEntry } from "../builder-service/tarball.ts";
 import type { StorePathNode } from "../builder-service/closure.ts";
 import { validateBuildRequest } from "../builder-service/build-request.ts";
+import { nixConfig, probeNix, readNixSettings } from "../builder-service/nix-settings.ts";
+import { thrownMessage } from "../builder-service/nix-runner.ts";
+import { OFFLINE_NIX_CONFIG } from "../scripts/local-stack.ts";
 
 const scratch = await mkdtemp(join(tmpdir(), "units-"));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
@@ -171,5 +174,66 @@ describe("names, tags, digests and ranges", () => {
     expect(validateBuildRequest({ packages: ['x"; builtins.exec'], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
     expect(validateBuildRequest({ packages: ["hello"], system: "riscv", tag: "latest", revision: "abc" }).ok).toBe(false);
     expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
+  });
+});
+
+describe("the builder's Nix settings", () => {
+  it("turns the named variables into NIX_CONFIG lines, with an inherited NIX_CONFIG last so it still wins", () => {
+    const problems: string[] = [];
+    const settings = readNixSettings(
+      {
+        NIX_EXTRA_SUBSTITUTERS: "https://cache.example.com",
+        NIX_EXTRA_TRUSTED_PUBLIC_KEYS: "cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+        NIX_MAX_JOBS: "0",
+        NIX_TIMEOUT: "120",
+      },
+      problems,
+    );
+    expect(problems).toEqual([]);
+    expect(settings.timeoutSeconds).toBe(120);
+    expect(nixConfig(settings, "sandbox = true").split("\n")).toEqual([
+      "max-jobs = 0",
+      "cores = 0",
+      "extra-substituters = https://cache.example.com",
+      "extra-trusted-public-keys = cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+      "sandbox = true",
+    ]);
+    expect(nixConfig(readNixSettings({ NIX_SUBSTITUTERS: "none" }, []), undefined).split("\n")).toContain("substituters = ");
+  });
+
+  it("names each variable whose value is wrong, and keeps NIX_TIMEOUT_SECONDS as NIX_TIMEOUT's old name", () => {
+    const problems: string[] = [];
+    const settings = readNixSettings(
+      { NIX_SUBSTITUTERS: "cache.nixos.org", NIX_TRUSTED_PUBLIC_KEYS: "garbage", NIX_MAX_JOBS: "many", NIX_CORES: "-1", NIX_TIMEOUT_SECONDS: "30" },
+      problems,
+    );
+    expect(problems.map((p) => p.split(/[:=]/)[0])).toEqual(["NIX_SUBSTITUTERS", "NIX_TRUSTED_PUBLIC_KEYS", "NIX_MAX_JOBS", "NIX_CORES"]);
+    expect(settings.timeoutSeconds).toBe(30);
+    const clash: string[] = [];
+    readNixSettings({ NIX_TIMEOUT: "60", NIX_TIMEOUT_SECONDS: "30" }, clash);
+    expect(clash[0]).toContain("NIX_TIMEOUT=60 and NIX_TIMEOUT_SECONDS=30 disagree");
+  });
+
+  it("reports a setting Nix itself refuses by the variable that set it, or NIX_CONFIG for its own lines", async () => {
+    const refused = probeNix({ ...process.env, NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nmax-jobs = lots` });
+    await expect(refused).rejects.toThrow(/^NIX_MAX_JOBS: Nix refused its value: .*max-jobs/);
+    const unknown = probeNix({ ...process.env, NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nfrobnicate = 1` });
+    await expect(unknown).rejects.toThrow(/^NIX_CONFIG: Nix does not know the setting 'frobnicate'/);
+    expect((await probeNix({ ...process.env, NIX_CONFIG: OFFLINE_NIX_CONFIG })).version).toMatch(/^2\.\d+/);
+  });
+
+  it("reads the message a package set throws, from Nix 2.8's one line and from a newer Nix's trace", () => {
+    expect(thrownMessage("error: 'x' has been renamed to/replaced by 'y'\n(use '--show-trace' to show detailed location information)\n")).toBe(
+      "'x' has been renamed to/replaced by 'y'",
+    );
+    const trace = [
+      "error:",
+      "       … while evaluating the attribute 'drvPath'",
+      "         at /nix/store/...-source/build-image.nix:190:29:",
+      "       … while calling the 'throw' builtin",
+      "       error: 'x' has been removed: use",
+      "       'z' instead",
+    ].join("\n");
+    expect(thrownMessage(trace)).toBe("'x' has been removed: use 'z' instead");
   });
 });

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import { startRecordingFront, type RecordingFront } from "./support/recording-front.ts";
-import { run, startTestStack, type TestStack } from "./support/stack.ts";
+import { podmanRun, podmanStorage, run, startTestStack, type TestStack } from "./support/stack.ts";
 
 let stack: TestStack;
 let recorder: RecordingFront;
@@ -134,26 +134,10 @@ describe("skopeo", () => {
 describe("podman", () => {
   it("pulls hello and runs it (runc), reporting the registry's digest for the flavour it got", async () => {
     const dir = await mkdtemp(join(stack.scratch, "podman-"));
-    // Its own storage (vfs: no overlay mounts to leave behind), so it touches nothing of the machine's.
-    const podman = ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--tmpdir", join(dir, "tmp"), "--storage-driver", "vfs"];
+    // Its own storage, so it touches nothing of the machine's.
+    const podman = podmanStorage(dir);
     const image = `${stack.registryHost}/hello`;
-    const { stdout } = await run("podman", [
-      ...podman,
-      "--runtime",
-      "runc",
-      "run",
-      "--rm",
-      "--tls-verify=false",
-      // hello needs no network; without one, podman leaves no state behind outside its own folders.
-      "--network=none",
-      // See ENVIRONMENT.md: root here lacks CAP_SYS_RESOURCE, so the default ulimits can't be set.
-      "--ulimit",
-      "nofile=1024:1024",
-      "--ulimit",
-      "nproc=1024:1024",
-      image,
-      "hello",
-    ]);
+    const { stdout } = await podmanRun(dir, image, ["hello"]);
     expect(stdout).toBe("Hello, world!\n");
 
     const [digest, manifestType] = (await run("podman", [...podman, "image", "inspect", image, "--format", "{{.Digest}} {{.ManifestType}}"])).stdout

@@ -112,7 +112,8 @@ async function postJson<T>(
     if (!isRegistryErrorBody(parsed)) {
       return { kind: "broken", reason: `the builder answered ${response.status} to ${path}: ${text.slice(0, 300)}` };
     }
-    if (response.status === 401 || response.status === 403) {
+    // A 403 DENIED is the package set refusing a package (broken, unfree, ...): the client's to read, not ours.
+    if (response.status === 401 || (response.status === 403 && parsed.errors[0].code !== "DENIED")) {
       return {
         kind: "broken",
         reason: `the builder refused the worker's request to ${path} (${parsed.errors[0].message}); check that BUILDER_SECRET matches on both sides and that the clocks agree`,

@@ -1,7 +1,7 @@
 // Package sets for the source tests: a git repository of the offline test set made on the spot, and a
 // stand-in for the nixpkgs channel service and GitHub's source archives (a local HTTP server).
 import { execFile } from "node:child_process";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { cp, mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -83,6 +83,19 @@ export class ChannelService {
     const top = `nixpkgs-${commit}`;
     await mkdir(join(this.scratch, top), { recursive: true });
     await writeFile(join(this.scratch, top, "default.nix"), await testPkgsWithHello(helloMessage));
+    const tarball = join(this.scratch, `${commit}.tar.gz`);
+    await execFileAsync("tar", ["-czf", tarball, "-C", this.scratch, top]);
+    this.archives.set(commit, await readFile(tarball));
+  }
+
+  /**
+   * Publishes a package-set folder (e.g. nix/test-nixpkgs) as the source archive of `commit`, with some of its
+   * files replaced (`{ "lib/minver.nix": '"2.0"' }`).
+   */
+  async addFolderArchive(commit: string, folder: string, replaced: Record<string, string> = {}): Promise<void> {
+    const top = `nixpkgs-${commit}`;
+    await cp(folder, join(this.scratch, top), { recursive: true });
+    for (const [path, text] of Object.entries(replaced)) await writeFile(join(this.scratch, top, path), text);
     const tarball = join(this.scratch, `${commit}.tar.gz`);
     await execFileAsync("tar", ["-czf", tarball, "-C", this.scratch, top]);
     this.archives.set(commit, await readFile(tarball));

@@ -24,7 +24,7 @@ export interface TestStack extends Stack {
 }
 
 export async function startTestStack(
-  options: { builderEnv?: Record<string, string>; pkgsPath?: string; tls?: boolean } = {},
+  options: { builderEnv?: Record<string, string>; builderCommandPrefix?: string[]; pkgsPath?: string; tls?: boolean } = {},
 ): Promise<TestStack> {
   const scratch = await mkdtemp(join(tmpdir(), "registry-test-"));
   const workerStateDir = join(scratch, "worker-state");
@@ -37,6 +37,7 @@ export async function startTestStack(
       builderDataDir: join(scratch, "builder"),
       workerStateDir,
       builderEnv: options.builderEnv,
+      builderCommandPrefix: options.builderCommandPrefix,
       tls: options.tls,
     });
   } catch (error) {
@@ -129,6 +130,32 @@ export async function runInRootfs(rootfs: string, command: string[]): Promise<Co
     "--setenv", "PATH", "/bin:/usr/bin:/sbin:/usr/sbin",
     "--chdir", "/",
     "--",
+    ...command,
+  ]);
+}
+
+/** podman's options for storage of its own under `dir` (vfs: no overlay mounts to leave behind). */
+export function podmanStorage(dir: string): string[] {
+  return ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--tmpdir", join(dir, "tmp"), "--storage-driver", "vfs"];
+}
+
+/** `podman run` of an image with runc, storage under `dir`, no network; `command` empty runs the image's Cmd. */
+export async function podmanRun(dir: string, image: string, command: string[] = []): Promise<CommandOutput> {
+  return run("podman", [
+    ...podmanStorage(dir),
+    "--runtime",
+    "runc",
+    "run",
+    "--rm",
+    "--tls-verify=false",
+    // Without a network podman leaves no state behind outside its own folders.
+    "--network=none",
+    // See ENVIRONMENT.md: root here lacks CAP_SYS_RESOURCE, so the default ulimits can't be set.
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+    image,
     ...command,
   ]);
 }

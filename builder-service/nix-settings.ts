@@ -1,0 +1,172 @@
+// The builder's Nix settings: binary caches, parallelism and the time limit, from named environment variables,
+// handed to every Nix command as NIX_CONFIG lines. At startup Nix itself reads them once (`probeNix`), so a value
+// Nix rejects stops the builder with the variable's name instead of failing every build later.
+import { spawn } from "node:child_process";
+
+export interface NixSettings {
+  /** Replaces Nix's list of binary caches; null keeps Nix's own (cache.nixos.org unless nix.conf says otherwise). */
+  substituters: string[] | null;
+  trustedPublicKeys: string[] | null;
+  /** Added to the caches above: your own cache. */
+  extraSubstituters: string[];
+  extraTrustedPublicKeys: string[];
+  /** Derivations built at once; 0 builds nothing (substitutes only). */
+  maxJobs: number | "auto";
+  /** Cores one build may use; 0 is all. */
+  cores: number;
+  /** Time limit of one Nix evaluation or build. */
+  timeoutSeconds: number;
+}
+
+export const DEFAULT_NIX_TIMEOUT_SECONDS = 600;
+
+/** Which variable sets which Nix setting, for messages about a value Nix rejected. */
+const VARIABLE_OF_SETTING: Record<string, string> = {
+  substituters: "NIX_SUBSTITUTERS",
+  "trusted-public-keys": "NIX_TRUSTED_PUBLIC_KEYS",
+  "extra-substituters": "NIX_EXTRA_SUBSTITUTERS",
+  "extra-trusted-public-keys": "NIX_EXTRA_TRUSTED_PUBLIC_KEYS",
+  "max-jobs": "NIX_MAX_JOBS",
+  cores: "NIX_CORES",
+};
+
+export const NIX_SETTINGS_HELP: readonly [name: string, meaning: string][] = [
+  ["NIX_TIMEOUT", `time limit in seconds for one Nix evaluation or build (default ${DEFAULT_NIX_TIMEOUT_SECONDS}; Nixery's name; NIX_TIMEOUT_SECONDS is the same setting)`],
+  ["NIX_SUBSTITUTERS", "binary caches Nix downloads from, space-separated (default: Nix's own, https://cache.nixos.org; `none` for none, so everything is built here)"],
+  ["NIX_TRUSTED_PUBLIC_KEYS", "keys the binary caches sign with, space-separated (default: Nix's own, cache.nixos.org-1:...)"],
+  ["NIX_EXTRA_SUBSTITUTERS", "your own binary caches, added to NIX_SUBSTITUTERS (e.g. https://cache.example.com or s3://bucket?endpoint=...)"],
+  ["NIX_EXTRA_TRUSTED_PUBLIC_KEYS", "the keys of NIX_EXTRA_SUBSTITUTERS (name:base64, as `nix key convert-secret-to-public` prints)"],
+  ["NIX_MAX_JOBS", "derivations Nix builds at once: `auto` (one per core, the default) or a number; 0 builds nothing and only downloads from the caches"],
+  ["NIX_CORES", "cores one build may use (default 0: all)"],
+];
+
+/** URL schemes Nix takes as a store (binary caches, other machines' stores). */
+const STORE_URL = /^(https?|s3|file|ssh|ssh-ng|gs):\/\/\S+$/;
+/** A public key as Nix writes it: name:base64 of 32 bytes. */
+const PUBLIC_KEY = /^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=$/;
+
+function words(value: string | undefined): string[] {
+  return (value ?? "").trim().split(/\s+/).filter(Boolean);
+}
+
+/** Reads the settings from the environment; problems are pushed to `problems`, each naming its variable. */
+export function readNixSettings(env: NodeJS.ProcessEnv, problems: string[]): NixSettings {
+  const list = (name: string, pattern: RegExp, what: string): string[] => {
+    const values = words(env[name]);
+    for (const value of values) {
+      if (!pattern.test(value)) problems.push(`${name}: ${JSON.stringify(value)} is not ${what}`);
+    }
+    return values;
+  };
+  const cacheUrl = "a binary cache URL (https://..., s3://..., file://...)";
+  const key = "a public key (name:base64, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)";
+  const substitutersRaw = (env.NIX_SUBSTITUTERS ?? "").trim();
+  const substituters = substitutersRaw === "" ? null : substitutersRaw === "none" ? [] : list("NIX_SUBSTITUTERS", STORE_URL, cacheUrl);
+  const keysRaw = (env.NIX_TRUSTED_PUBLIC_KEYS ?? "").trim();
+  const trustedPublicKeys = keysRaw === "" ? null : list("NIX_TRUSTED_PUBLIC_KEYS", PUBLIC_KEY, key);
+  const extraSubstituters = list("NIX_EXTRA_SUBSTITUTERS", STORE_URL, cacheUrl);
+  const extraTrustedPublicKeys = list("NIX_EXTRA_TRUSTED_PUBLIC_KEYS", PUBLIC_KEY, key);
+  if (extraSubstituters.length > 0 && extraTrustedPublicKeys.length === 0) {
+    problems.push("NIX_EXTRA_SUBSTITUTERS is set but NIX_EXTRA_TRUSTED_PUBLIC_KEYS is not: Nix accepts nothing from a cache whose key it does not trust");
+  }
+
+  const whole = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = (env[name] ?? "").trim();
+    if (raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name}=${raw} is not a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return value;
+  };
+  const maxJobsRaw = (env.NIX_MAX_JOBS ?? "").trim();
+  const maxJobs = maxJobsRaw === "" || maxJobsRaw === "auto" ? "auto" : whole("NIX_MAX_JOBS", 1, 0, 1024);
+  const cores = whole("NIX_CORES", 0, 0, 1024);
+
+  // NIX_TIMEOUT is Nixery's name; NIX_TIMEOUT_SECONDS this builder's older one. Both may be set only if they agree.
+  const timeout = whole("NIX_TIMEOUT", DEFAULT_NIX_TIMEOUT_SECONDS, 1, 86_400);
+  const timeoutOld = whole("NIX_TIMEOUT_SECONDS", DEFAULT_NIX_TIMEOUT_SECONDS, 1, 86_400);
+  const hasNew = (env.NIX_TIMEOUT ?? "").trim() !== "";
+  const hasOld = (env.NIX_TIMEOUT_SECONDS ?? "").trim() !== "";
+  if (hasNew && hasOld && timeout !== timeoutOld) {
+    problems.push(`NIX_TIMEOUT=${env.NIX_TIMEOUT} and NIX_TIMEOUT_SECONDS=${env.NIX_TIMEOUT_SECONDS} disagree; they are one setting: keep NIX_TIMEOUT`);
+  }
+  return {
+    substituters,
+    trustedPublicKeys,
+    extraSubstituters,
+    extraTrustedPublicKeys,
+    maxJobs,
+    cores,
+    timeoutSeconds: hasNew ? timeout : timeoutOld,
+  };
+}
+
+/**
+ * NIX_CONFIG for Nix commands: these settings, then whatever NIX_CONFIG the builder was started with (Nix reads
+ * the lines in order, so an explicit NIX_CONFIG still wins: it is the escape hatch for any other Nix setting).
+ */
+export function nixConfig(settings: NixSettings, inherited: string | undefined): string {
+  const lines = [`max-jobs = ${settings.maxJobs}`, `cores = ${settings.cores}`];
+  if (settings.substituters) lines.push(`substituters = ${settings.substituters.join(" ")}`);
+  if (settings.trustedPublicKeys) lines.push(`trusted-public-keys = ${settings.trustedPublicKeys.join(" ")}`);
+  if (settings.extraSubstituters.length > 0) lines.push(`extra-substituters = ${settings.extraSubstituters.join(" ")}`);
+  if (settings.extraTrustedPublicKeys.length > 0) lines.push(`extra-trusted-public-keys = ${settings.extraTrustedPublicKeys.join(" ")}`);
+  if (inherited?.trim()) lines.push(inherited.trim());
+  return lines.join("\n");
+}
+
+export interface NixProbe {
+  /** e.g. "2.26.3" */
+  version: string;
+}
+
+export class NixSettingsError extends Error {}
+
+/**
+ * Starts Nix once with the builder's NIX_CONFIG: returns its version, or throws NixSettingsError naming the
+ * variable whose value Nix refused (or NIX_CONFIG for a setting of its own), and for a build-users group that
+ * does not exist (every build would fail on it).
+ */
+export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<NixProbe> {
+  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], {
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: timeoutMs,
+    });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
+    child.on("error", (error) =>
+      reject(
+        (error as NodeJS.ErrnoException).code === "ENOENT"
+          ? new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the README's VM requirements)")
+          : error,
+      ),
+    );
+    child.on("close", (exitCode) => resolve({ code: exitCode, stdout: out, stderr: err }));
+  });
+  const problems: string[] = [];
+  for (const match of stderr.matchAll(/setting '([a-z-]+)'/g)) {
+    const variable = VARIABLE_OF_SETTING[match[1]] ?? "NIX_CONFIG";
+    const line = stderr.split("\n").find((l) => l.includes(match[0]))?.trim() ?? match[0];
+    if (/unknown setting/.test(line)) problems.push(`${variable}: Nix does not know the setting '${match[1]}' (${line})`);
+    else if (/^error:/.test(line)) problems.push(`${variable}: Nix refused its value: ${line.replace(/^error:\s*/, "")}`);
+  }
+  const group = /the group '([^']+)' specified in 'build-users-group' does not exist/.exec(stderr);
+  if (group) {
+    problems.push(
+      `Nix runs builds as members of the group '${group[1]}' (build-users-group), which does not exist here, so every build ` +
+        `would fail: create the build users (a multi-user Nix does: nix-setup-systemd, or the upstream installer with --daemon), ` +
+        `or for a single-user Nix run by root add 'build-users-group =' to NIX_CONFIG`,
+    );
+  }
+  if (code !== 0 && problems.length === 0) problems.push(`Nix does not start: ${stderr.trim().split("\n").slice(-3).join(" ")}`);
+  if (problems.length > 0) throw new NixSettingsError([...new Set(problems)].join("\n"));
+  const version = JSON.parse(stdout) as unknown;
+  if (typeof version !== "string") throw new NixSettingsError(`Nix printed no version: ${stdout.slice(0, 100)}`);
+  return { version };
+}

@@ -1,0 +1,2 @@
+# Expose the minimum required version for evaluating Nixpkgs (as nixpkgs' lib/minver.nix does)
+"2.18"

@@ -1,0 +1,3 @@
+# nixpkgs' entry point: the arguments `import <nixpkgs> { ... }` takes.
+{ system ? builtins.currentSystem, config ? { }, overlays ? [ ], ... }:
+import ./. { inherit system config; }
