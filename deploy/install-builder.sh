@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs the nix-edge-registry builder as a systemd service on Debian 12 or Ubuntu 22.04+ (run as root):
+# Installs the nix-edge-registry builder as a systemd service on Debian or Ubuntu (run as root):
 #
 #   sudo deploy/install-builder.sh [--dry-run] [--prefix DIR] [--no-start]
 #
 # What it does (safe to run again: an upgrade is the same command from a newer checkout):
 #   1. checks the system: Debian/Ubuntu, systemd, Node.js 20 or later with npm;
-#   2. installs Nix from the distribution (apt: nix-setup-systemd, which brings nix-bin and nix-daemon.socket)
-#      unless a Nix with nix-daemon is already there (e.g. the upstream multi-user installer's), and enables
-#      nix-daemon: the service user is not root, so all its Nix work goes through the daemon;
+#   2. makes sure Nix 2.18 or later is installed (current nixpkgs refuses older Nix), and enables nix-daemon:
+#      the service user is not root, so all its Nix work goes through the daemon.
+#      - A Nix already installed (nix-build in /nix/var/nix/profiles/default/bin or on PATH) is kept if it is
+#        2.18 or later. An older one stops the script, which says what to remove or upgrade (it removes nothing).
+#      - Debian 13 and later (and testing/sid), Ubuntu 24.04 and later: the distribution's Nix (apt:
+#        nix-setup-systemd, which brings nix-bin and the nix-daemon units).
+#      - Debian 12, Ubuntu 22.04 and older, other Debian-like systems: their Nix is older than 2.18 (or
+#        unknown), so the upstream multi-user installer (https://nixos.org/nix/install --daemon; curl and
+#        xz-utils come from apt first), which installs into /nix/var/nix/profiles/default with nix-daemon units.
 #   3. creates the system user nix-builder (home /var/lib/nix-edge-registry) and lets it use the daemon
 #      (group nix-users, and allowed-users in /etc/nix/nix.conf when that setting restricts users);
 #   4. copies this project to PREFIX (default /opt/nix-edge-registry), owned by root, and runs npm ci --omit=dev
@@ -17,7 +23,13 @@
 #   6. installs and enables builder-service.service, and starts (or restarts) it once builder.env passes
 #      `builder-service --check`; otherwise it says what to fill in.
 #
-# --dry-run prints every step that would change the system, runs only the read-only checks, and changes nothing.
+# --dry-run prints every step that would change the system (and which way it gets Nix, and why), runs only the
+# read-only checks, and changes nothing.
+#
+# For testing, with --dry-run only:
+#   --os-release FILE   read FILE instead of /etc/os-release (which system this is)
+#   --nix-build FILE    take FILE as the installed nix-build (its --version, and the package owning it);
+#                       --nix-build none: as if no Nix were installed
 set -euo pipefail
 
 PREFIX=/opt/nix-edge-registry
@@ -28,10 +40,19 @@ SERVICE_USER=nix-builder
 UNIT=builder-service.service
 DRY_RUN=0
 START=1
+OS_RELEASE=/etc/os-release
+NIX_BUILD_PROBE=
 SOURCE_DIR=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+# Current nixpkgs needs Nix 2.18 or later (its lib/minver.nix; its default.nix aborts on older Nix).
+NIX_MIN_MAJOR=2
+NIX_MIN_MINOR=18
+NIX_MIN=$NIX_MIN_MAJOR.$NIX_MIN_MINOR
+NIX_PROFILE_BIN=/nix/var/nix/profiles/default/bin
+NIX_INSTALLER_URL=https://nixos.org/nix/install
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  # The comment block at the top of this file.
+  sed -n '2,/^[^#]/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -40,11 +61,19 @@ while [ $# -gt 0 ]; do
     --prefix) PREFIX=${2:?--prefix needs a folder}; shift ;;
     --prefix=*) PREFIX=${1#--prefix=} ;;
     --no-start) START=0 ;;
+    --os-release) OS_RELEASE=${2:?--os-release needs a file}; TEST_OPTION=--os-release; shift ;;
+    --os-release=*) OS_RELEASE=${1#--os-release=}; TEST_OPTION=--os-release ;;
+    --nix-build) NIX_BUILD_PROBE=${2:?--nix-build needs a file or none}; TEST_OPTION=--nix-build; shift ;;
+    --nix-build=*) NIX_BUILD_PROBE=${1#--nix-build=}; TEST_OPTION=--nix-build ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install-builder.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "${TEST_OPTION:-}" ] && [ "$DRY_RUN" = 0 ]; then
+  echo "install-builder.sh: $TEST_OPTION is for testing and works only with --dry-run" >&2
+  exit 2
+fi
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'install-builder.sh: warning: %s\n' "$*" >&2; }
@@ -61,15 +90,16 @@ run() {
 # --- 1. the system --------------------------------------------------------------------------------------------
 say "checking the system"
 if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then die "run as root (sudo $0), or with --dry-run to see the steps"; fi
-if [ -r /etc/os-release ]; then
-  # shellcheck disable=SC1091
-  . /etc/os-release
+if [ -r "$OS_RELEASE" ]; then
+  ID='' ID_LIKE='' VERSION_ID='' PRETTY_NAME=''
+  # shellcheck disable=SC1090
+  . "$OS_RELEASE"
   case " ${ID:-} ${ID_LIKE:-} " in
     *" debian "*|*" ubuntu "*) say "system: ${PRETTY_NAME:-$ID}" ;;
     *) die "this script is for Debian and Ubuntu (found ${PRETTY_NAME:-${ID:-unknown}}); on NixOS use the module in the README's Deployment section" ;;
   esac
 else
-  die "/etc/os-release is missing: cannot tell which system this is"
+  die "$OS_RELEASE is missing: cannot tell which system this is"
 fi
 command -v systemctl >/dev/null 2>&1 || die "systemd (systemctl) is needed to run the service"
 if ! command -v node >/dev/null 2>&1; then
@@ -87,17 +117,155 @@ fi
 
 # --- 2. Nix and its daemon -------------------------------------------------------------------------------------
 say "Nix"
-if command -v nix-daemon >/dev/null 2>&1 || [ -x /nix/var/nix/profiles/default/bin/nix-daemon ]; then
-  say "Nix is installed: $( (command -v nix-build >/dev/null && nix-build --version) || /nix/var/nix/profiles/default/bin/nix-build --version)"
-  if [ -x /usr/bin/nix-daemon ] && ! dpkg -s nix-setup-systemd >/dev/null 2>&1; then
+
+# Which way this system gets Nix when none is installed: nix_way=apt (the distribution's Nix is new enough) or
+# nix_way=upstream (the upstream multi-user installer), and why (nix_why).
+system_name=${ID:-unknown}
+if [ -n "${VERSION_ID:-}" ]; then system_name="$system_name $VERSION_ID"; fi
+case "${ID:-}" in debian) system_name="Debian${system_name#debian}" ;; ubuntu) system_name="Ubuntu${system_name#ubuntu}" ;; esac
+distro_nix=
+case "${ID:-}:${VERSION_ID:-}" in
+  debian:11) distro_nix=2.3.7 ;;
+  debian:12) distro_nix=2.8.0 ;;
+  debian:13) distro_nix=2.26.3 ;;
+  ubuntu:22.04) distro_nix=2.6.0 ;;
+  ubuntu:24.04) distro_nix=2.18.1 ;;
+esac
+nix_way=upstream
+needs="current nixpkgs needs $NIX_MIN or later"
+if [ "${ID:-}" = debian ] && [ -z "${VERSION_ID:-}" ]; then
+  nix_way=apt
+  nix_why="Debian testing/unstable (${PRETTY_NAME:-no VERSION_ID}) ships Nix $NIX_MIN or later, which current nixpkgs needs"
+elif { [ "${ID:-}" = debian ] && [[ ${VERSION_ID:-} =~ ^[0-9]+$ ]] && [ "$VERSION_ID" -ge 13 ]; } ||
+  { [ "${ID:-}" = ubuntu ] && [[ ${VERSION_ID:-} =~ ^([0-9]+)\.([0-9]+)$ ]] &&
+    [ $((10#${BASH_REMATCH[1]} * 100 + 10#${BASH_REMATCH[2]})) -ge 2404 ]; }; then
+  nix_way=apt
+  if [ -n "$distro_nix" ]; then
+    nix_why="$system_name ships Nix $distro_nix ($needs)"
+  else
+    nix_why="$system_name ships Nix $NIX_MIN or later, which current nixpkgs needs"
+  fi
+elif [ -n "$distro_nix" ]; then
+  nix_why="$system_name ships Nix $distro_nix, older than the $NIX_MIN current nixpkgs needs"
+elif [ "${ID:-}" = debian ] && [ -n "${VERSION_ID:-}" ]; then
+  nix_why="$system_name ships no Nix $NIX_MIN or later, which current nixpkgs needs (Debian 13 and later do)"
+elif [ "${ID:-}" = ubuntu ] && [ -n "${VERSION_ID:-}" ]; then
+  nix_why="$system_name ships no Nix $NIX_MIN or later, which current nixpkgs needs (Ubuntu 24.04 and later do)"
+elif [ "${ID:-}" = debian ] || [ "${ID:-}" = ubuntu ]; then
+  nix_why="${PRETTY_NAME:-$ID} does not say its version (no VERSION_ID), so which Nix it ships is unknown ($needs)"
+else
+  nix_why="${PRETTY_NAME:-$system_name} is Debian-like but not Debian or Ubuntu, so which Nix it ships is unknown ($needs)"
+fi
+if [ "$nix_way" = apt ]; then
+  nix_why="$nix_why: using the distribution's Nix (apt: nix-setup-systemd, which brings nix-bin and the nix-daemon units)"
+else
+  nix_why="$nix_why: using the upstream multi-user installer ($NIX_INSTALLER_URL --daemon)"
+fi
+
+# The installed Nix, as the service would find it (its PATH puts the upstream profile before /usr/bin):
+# nix_build (empty when none), nix_version, nix_package (the Debian package that owns it, if any).
+probe_nix() {
+  nix_build='' nix_version='' nix_package=''
+  if [ -n "$NIX_BUILD_PROBE" ]; then
+    [ "$NIX_BUILD_PROBE" = none ] && return 0
+    nix_build=$NIX_BUILD_PROBE
+  elif [ -x "$NIX_PROFILE_BIN/nix-build" ]; then
+    nix_build=$NIX_PROFILE_BIN/nix-build
+  elif command -v nix-build >/dev/null 2>&1; then
+    nix_build=$(command -v nix-build)
+  else
+    return 0
+  fi
+  local out
+  out=$("$nix_build" --version 2>&1 | head -n 1) || true
+  nix_version=$(printf '%s\n' "$out" | grep -Eo '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n 1) || true
+  [ -n "$nix_version" ] || die "cannot tell which Nix $nix_build is (its --version said: ${out:-nothing}); fix or remove it, then run this again"
+  case "$nix_build" in
+    /nix/*) ;;
+    *)
+      if command -v dpkg-query >/dev/null 2>&1; then
+        nix_package=$( { dpkg-query -S "$nix_build" 2>/dev/null || dpkg-query -S "$(readlink -f "$nix_build")" 2>/dev/null; } | head -n 1 | cut -d: -f1) || true
+      fi
+      ;;
+  esac
+}
+# True when the version in $1 is NIX_MIN or later.
+nix_new_enough() {
+  local major=${1%%.*} rest=${1#*.}
+  local minor=${rest%%.*}
+  [ "$major" -gt "$NIX_MIN_MAJOR" ] || { [ "$major" -eq "$NIX_MIN_MAJOR" ] && [ "$minor" -ge "$NIX_MIN_MINOR" ]; }
+}
+# Debian's nix-setup-systemd made the build group nixbld (and users nixbld1-10) with ids of its own, and removing
+# the package leaves them; the upstream installer stops on a nixbld group whose id is not its 30000.
+nixbld_cleanup() {
+  local gid
+  gid=$(getent group nixbld 2>/dev/null | cut -d: -f3) || true
+  if [ -n "$gid" ] && [ "$gid" != 30000 ]; then
+    # shellcheck disable=SC2016
+    printf '\n    for user in $(getent group nixbld | cut -d: -f4 | tr , " "); do userdel "$user"; done; groupdel nixbld'
+  fi
+}
+
+probe_nix
+installed_nix=0
+if [ -n "$nix_build" ] && nix_new_enough "$nix_version"; then
+  say "Nix $nix_version is installed ($nix_build${nix_package:+, from the package $nix_package}): $NIX_MIN or later, kept"
+  if [ -n "$nix_package" ] && ! dpkg -s nix-setup-systemd >/dev/null 2>&1; then
     # Debian's nix-bin alone has no daemon units; nix-setup-systemd adds nix-daemon.socket and nix-daemon.service.
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nix-setup-systemd
   fi
-else
-  say "installing Nix from the distribution (nix-setup-systemd brings nix-bin and the nix-daemon units)"
-  say "(to use the upstream installer instead, install it in multi-user mode first; this script then keeps it)"
+elif [ -n "$nix_build" ] && [ -n "$nix_package" ] && [ "$nix_way" = apt ]; then
+  say "$nix_why"
+  say "Nix $nix_version from the package $nix_package is older than $NIX_MIN: upgrading it from the distribution"
+  run apt-get update -q
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nix-setup-systemd nix-bin
+  installed_nix=1
+elif [ -n "$nix_build" ] && [ -n "$nix_package" ]; then
+  say "$nix_why"
+  die "Nix $nix_version is installed from the distribution's packages ($nix_package: $nix_build), and current nixpkgs needs Nix $NIX_MIN or later: every nixpkgs build would fail with it. This script does not remove it for you. Remove it, then run this script again (it then installs Nix with the upstream multi-user installer):
+    apt-get remove --purge nix-setup-systemd nix-bin$(nixbld_cleanup)
+  If the upstream installer then refuses to run over what the old Nix left in /nix (\"relics of a previous installation\"), move that aside and run this script again:
+    mv /nix /nix.old      # or rm -rf /nix: it holds only what the old Nix built and downloaded"
+elif [ -n "$nix_build" ]; then
+  major_minor=${nix_version%.*}
+  upgrade="nix upgrade-nix"
+  if [ "${major_minor%%.*}" -gt 2 ] || [ "${major_minor#*.}" -ge 4 ]; then upgrade="nix --extra-experimental-features nix-command upgrade-nix"; fi
+  die "Nix $nix_version is installed at $nix_build, not from the distribution's packages (the upstream installer's, or another source), and current nixpkgs needs Nix $NIX_MIN or later. Upgrade it as root, then run this script again:
+    $(dirname "$nix_build")/$upgrade
+    systemctl daemon-reload && systemctl restart nix-daemon.service
+  (or uninstall it as its installer documents, and this script installs a current one)"
+elif [ "$nix_way" = apt ]; then
+  say "$nix_why"
   run apt-get update -q
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nix-setup-systemd
+  installed_nix=1
+else
+  say "$nix_why"
+  cleanup=$(nixbld_cleanup)
+  if [ -n "$cleanup" ]; then
+    die "the build group nixbld is left from the distribution's Nix package, with an id the upstream installer does not accept (it wants 30000). Remove it and its users, then run this script again:$cleanup"
+  fi
+  run apt-get update -q
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl xz-utils
+  installer_dir="${TMPDIR:-/tmp}/nix-install.XXXXXX"
+  [ "$DRY_RUN" = 1 ] || installer_dir=$(mktemp -d "$installer_dir")
+  run curl -fsSL -o "$installer_dir/install" "$NIX_INSTALLER_URL" ||
+    { rm -rf "$installer_dir"; die "could not download the Nix installer from $NIX_INSTALLER_URL"; }
+  run sh "$installer_dir/install" --daemon --yes ||
+    { rm -rf "$installer_dir"; die "the upstream Nix installer failed: see its output above"; }
+  [ "$DRY_RUN" = 1 ] || rm -rf "$installer_dir"
+  installed_nix=1
+fi
+if [ "$installed_nix" = 1 ]; then
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '    would check: the installed nix-build (%s first, then PATH) is Nix %s or later\n' "$NIX_PROFILE_BIN" "$NIX_MIN"
+  else
+    NIX_BUILD_PROBE=''
+    probe_nix
+    [ -n "$nix_build" ] || die "Nix was installed but no nix-build is found (neither in $NIX_PROFILE_BIN nor on PATH): see the output above"
+    nix_new_enough "$nix_version" || die "the installed Nix is $nix_version ($nix_build), older than the $NIX_MIN current nixpkgs needs: the builder would fail every nixpkgs build"
+    say "Nix $nix_version installed ($nix_build)"
+  fi
 fi
 # git: the builder keeps a mirror of the package-set repository when NIXERY_PKGS_REPO is set.
 if ! command -v git >/dev/null 2>&1; then
@@ -128,8 +296,8 @@ else
   run useradd --system --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin \
     --comment "nix-edge-registry builder" --user-group "$SERVICE_USER"
 fi
-# Debian's nix-daemon socket is open to the nix-users group only.
-if getent group nix-users >/dev/null 2>&1 || [ "$DRY_RUN" = 1 ]; then
+# Debian's nix-daemon socket is open to the nix-users group only (the upstream installer's is open to all users).
+if getent group nix-users >/dev/null 2>&1 || { [ "$DRY_RUN" = 1 ] && [ "$installed_nix" = 1 ] && [ "$nix_way" = apt ]; }; then
   run usermod --append --groups nix-users "$SERVICE_USER"
 fi
 if [ -f /etc/nix/nix.conf ] && grep -Eq '^[[:space:]]*allowed-users[[:space:]]*=' /etc/nix/nix.conf; then
@@ -203,7 +371,7 @@ S3_SECRET_ACCESS_KEY=
 
 # Packages: the channel that \`latest\` follows.
 NIXERY_CHANNEL=nixos-unstable
-NIX_TIMEOUT_SECONDS=600
+NIX_TIMEOUT=600
 ENV
     chown "root:$SERVICE_USER" "$ENV_FILE"
     chmod 0640 "$ENV_FILE"

@@ -3,13 +3,13 @@
 // the README's configuration table against the builder's own list, and `wrangler deploy --dry-run`.
 import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENVIRONMENT_HELP } from "../builder-service/config.ts";
-import { PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { TEST_PKGS } from "./support/stack.ts";
 
 const execFileAsync = promisify(execFile);
@@ -28,10 +28,24 @@ async function run(command: string, args: string[], env: Record<string, string |
 }
 
 let scratch: string;
+// PATH for the install script's dry runs: it checks that systemctl exists (and never runs it in a dry run), so
+// where there is none (a container), a stub stands in for it.
+let installerPath: string;
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "deployment-test-"));
+  installerPath = process.env.PATH ?? "/usr/bin:/bin";
+  if ((await run("sh", ["-c", "command -v systemctl"])).code !== 0) {
+    await mkdir(join(scratch, "bin"));
+    await writeFile(join(scratch, "bin/systemctl"), "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    installerPath = `${join(scratch, "bin")}:${installerPath}`;
+  }
 });
+
+/** Runs the install script with --dry-run and the given options. */
+function dryRun(...args: string[]) {
+  return run("bash", [INSTALLER, "--dry-run", ...args], { ...process.env, PATH: installerPath });
+}
 
 afterAll(async () => {
   if (scratch) await rm(scratch, { recursive: true, force: true });
@@ -56,11 +70,27 @@ describe("the builder-service command", () => {
       BUILDER_SECRET: "a-secret-of-enough-length",
       BUILDER_DATA_DIR: join(scratch, "data"),
       NIXERY_PKGS_PATH: TEST_PKGS,
-      NIX_CONFIG: "substituters =\nexperimental-features = nix-command",
+      NIX_CONFIG: OFFLINE_NIX_CONFIG,
     };
     const { code, stdout } = await run(WRAPPER, ["--check"], env);
     expect(code).toBe(0);
-    expect(stdout).toMatch(/configuration OK\n {2}store: {2}local folder .*\n {2}source: .*\n {2}nix: {4}nix-build \(Nix\)/);
+    expect(stdout).toMatch(/configuration OK\n {2}store: {2}local folder .*\n {2}source: .*\n {2}nix: {4}2\.\d+\S*, new enough for the package set `latest` serves/);
+  });
+
+  it("--check stops with exit 2 on a Nix setting that is wrong or that Nix refuses, naming the variable", async () => {
+    const env = {
+      PATH: process.env.PATH,
+      BUILDER_SECRET: "a-secret-of-enough-length",
+      BUILDER_DATA_DIR: join(scratch, "data-nix-settings"),
+      NIXERY_PKGS_PATH: TEST_PKGS,
+      NIX_CONFIG: OFFLINE_NIX_CONFIG,
+    };
+    const wrong = await run(WRAPPER, ["--check"], { ...env, NIX_EXTRA_SUBSTITUTERS: "cache.example.com" });
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain('NIX_EXTRA_SUBSTITUTERS: "cache.example.com" is not a binary cache URL');
+    const refused = await run(WRAPPER, ["--check"], { ...env, NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nmax-substitution-jobs-typo = 3` });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("NIX_CONFIG: Nix does not know the setting 'max-substitution-jobs-typo'");
   });
 
   it("--check names what is missing and exits 2", async () => {
@@ -78,7 +108,7 @@ describe("the builder-service command", () => {
         BUILDER_PORT: "0",
         BUILDER_DATA_DIR: join(scratch, "data-stdin"),
         NIXERY_PKGS_PATH: TEST_PKGS,
-        NIX_CONFIG: "substituters =\nexperimental-features = nix-command",
+        NIX_CONFIG: OFFLINE_NIX_CONFIG,
       },
       stdio: ["pipe", "pipe", "pipe"],
     });
@@ -116,6 +146,17 @@ describe("the systemd unit", () => {
     expect(unit).toMatch(/^After=.*nix-daemon\.socket/m);
   });
 
+  it("finds nix-build from the upstream installer (its profile) before the distribution's (/usr/bin)", async () => {
+    const path = (await readFile(UNIT, "utf8")).match(/^Environment=PATH=(.*)$/m)?.[1].split(":") ?? [];
+    expect(path).toContain("/nix/var/nix/profiles/default/bin");
+    expect(path).toContain("/usr/bin");
+    expect(path.indexOf("/nix/var/nix/profiles/default/bin")).toBeLessThan(path.indexOf("/usr/bin"));
+    // The installer's own `builder-service --check` run, as nix-builder, searches the same way.
+    const check = (await readFile(INSTALLER, "utf8")).match(/env -i PATH="([^"]*)"/)?.[1].split(":") ?? [];
+    expect(check.indexOf("/nix/var/nix/profiles/default/bin")).toBeGreaterThanOrEqual(0);
+    expect(check.indexOf("/nix/var/nix/profiles/default/bin")).toBeLessThan(check.indexOf("/usr/bin"));
+  });
+
   it("passes systemd-analyze verify", async (context) => {
     if (!existsSync("/usr/bin/systemd-analyze")) context.skip();
     // Not installed here: point ExecStart at something that exists, and verify the rest.
@@ -137,7 +178,8 @@ describe("the install script", () => {
   it("--dry-run shows every step and changes nothing", async () => {
     const watched = ["/etc/nix-edge-registry", "/opt/nix-edge-registry", "/etc/systemd/system/builder-service.service", "/usr/local/bin/builder-service"];
     const before = watched.map((path) => existsSync(path));
-    const { code, stdout, stderr } = await run("bash", [INSTALLER, "--dry-run"]);
+    // As on a machine without Nix (this one may have an old nix-bin, which stops the script: tested below).
+    const { code, stdout, stderr } = await dryRun("--nix-build", "none");
     expect(stderr).toBe("");
     expect(code).toBe(0);
     expect(watched.map((path) => existsSync(path))).toEqual(before);
@@ -158,6 +200,193 @@ describe("the install script", () => {
     const { code, stderr } = await run("bash", [INSTALLER, "--bogus"]);
     expect(code).toBe(2);
     expect(stderr).toContain("unknown option --bogus");
+  });
+
+  it("--help documents the options for testing, which work only with --dry-run", async () => {
+    const help = await run("bash", [INSTALLER, "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("--os-release FILE   read FILE instead of /etc/os-release");
+    expect(help.stdout).toContain("--nix-build none: as if no Nix were installed");
+    expect(help.stdout).not.toContain("set -euo pipefail");
+    for (const option of [["--os-release", "/etc/os-release"], ["--nix-build", "none"]]) {
+      const { code, stderr } = await run("bash", [INSTALLER, ...option]);
+      expect(code).toBe(2);
+      expect(stderr).toContain(`${option[0]} is for testing and works only with --dry-run`);
+    }
+  });
+});
+
+// Real /etc/os-release files of the systems the builder VM may run (Debian has no ID_LIKE).
+const OS_RELEASE: Record<string, string> = {
+  "Debian 12": `PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+VERSION="12 (bookworm)"
+VERSION_CODENAME=bookworm
+ID=debian
+HOME_URL="https://www.debian.org/"
+SUPPORT_URL="https://www.debian.org/support"
+BUG_REPORT_URL="https://bugs.debian.org/"
+`,
+  "Debian 13": `PRETTY_NAME="Debian GNU/Linux 13 (trixie)"
+NAME="Debian GNU/Linux"
+VERSION_ID="13"
+VERSION="13 (trixie)"
+VERSION_CODENAME=trixie
+DEBIAN_VERSION_FULL=13.1
+ID=debian
+HOME_URL="https://www.debian.org/"
+SUPPORT_URL="https://www.debian.org/support"
+BUG_REPORT_URL="https://bugs.debian.org/"
+`,
+  "Debian sid": `PRETTY_NAME="Debian GNU/Linux forky/sid"
+NAME="Debian GNU/Linux"
+VERSION_CODENAME=forky
+ID=debian
+HOME_URL="https://www.debian.org/"
+SUPPORT_URL="https://www.debian.org/support"
+BUG_REPORT_URL="https://bugs.debian.org/"
+`,
+  "Ubuntu 22.04": `PRETTY_NAME="Ubuntu 22.04.5 LTS"
+NAME="Ubuntu"
+VERSION_ID="22.04"
+VERSION="22.04.5 LTS (Jammy Jellyfish)"
+VERSION_CODENAME=jammy
+ID=ubuntu
+ID_LIKE=debian
+HOME_URL="https://www.ubuntu.com/"
+SUPPORT_URL="https://help.ubuntu.com/"
+BUG_REPORT_URL="https://bugs.launchpad.net/ubuntu/"
+PRIVACY_POLICY_URL="https://www.ubuntu.com/legal/terms-and-policies/privacy-policy"
+UBUNTU_CODENAME=jammy
+`,
+  "Ubuntu 24.04": `PRETTY_NAME="Ubuntu 24.04.3 LTS"
+NAME="Ubuntu"
+VERSION_ID="24.04"
+VERSION="24.04.3 LTS (Noble Numbat)"
+VERSION_CODENAME=noble
+ID=ubuntu
+ID_LIKE=debian
+HOME_URL="https://www.ubuntu.com/"
+SUPPORT_URL="https://help.ubuntu.com/"
+BUG_REPORT_URL="https://bugs.launchpad.net/ubuntu/"
+PRIVACY_POLICY_URL="https://www.ubuntu.com/legal/terms-and-policies/privacy-policy"
+UBUNTU_CODENAME=noble
+LOGO=ubuntu-logo
+`,
+  "Linux Mint 22": `NAME="Linux Mint"
+VERSION="22 (Wilma)"
+ID=linuxmint
+ID_LIKE="ubuntu debian"
+PRETTY_NAME="Linux Mint 22"
+VERSION_ID="22"
+HOME_URL="https://www.linuxmint.com/"
+SUPPORT_URL="https://forums.linuxmint.com/"
+BUG_REPORT_URL="http://linuxmint-troubleshooting-guide.readthedocs.io/en/latest/"
+PRIVACY_POLICY_URL="https://www.linuxmint.com/"
+VERSION_CODENAME=wilma
+UBUNTU_CODENAME=noble
+`,
+};
+
+async function osRelease(system: string) {
+  const file = join(scratch, `os-release-${system.replace(/\W+/g, "-")}`);
+  await writeFile(file, OS_RELEASE[system]);
+  return file;
+}
+
+/** A stand-in nix-build that reports `version` (from outside any Debian package: "another source"). */
+async function fakeNixBuild(version: string) {
+  const file = join(scratch, `nix-build-${version}`);
+  await writeFile(file, `#!/bin/sh\necho "nix-build (Nix) ${version}"\n`, { mode: 0o755 });
+  return file;
+}
+
+const APT_NIX = "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nix-setup-systemd";
+const UPSTREAM_TOOLS = "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl xz-utils";
+const UPSTREAM_DOWNLOAD = /would run: curl -fsSL -o (\S+)\/install https:\/\/nixos\.org\/nix\/install\n/;
+const UPSTREAM_RUN = /would run: sh (\S+)\/install --daemon --yes\n/;
+const VERSION_CHECK = "would check: the installed nix-build (/nix/var/nix/profiles/default/bin first, then PATH) is Nix 2.18 or later";
+
+describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", () => {
+  const cases = [
+    { system: "Debian 13", way: "apt", reason: "==> Debian 13 ships Nix 2.26.3 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd" },
+    { system: "Ubuntu 24.04", way: "apt", reason: "==> Ubuntu 24.04 ships Nix 2.18.1 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd" },
+    { system: "Debian sid", way: "apt", reason: "==> Debian testing/unstable (Debian GNU/Linux forky/sid) ships Nix 2.18 or later, which current nixpkgs needs: using the distribution's Nix" },
+    { system: "Debian 12", way: "upstream", reason: "==> Debian 12 ships Nix 2.8.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)" },
+    { system: "Ubuntu 22.04", way: "upstream", reason: "==> Ubuntu 22.04 ships Nix 2.6.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)" },
+    { system: "Linux Mint 22", way: "upstream", reason: "==> Linux Mint 22 is Debian-like but not Debian or Ubuntu, so which Nix it ships is unknown (current nixpkgs needs 2.18 or later): using the upstream multi-user installer" },
+  ] as const;
+
+  for (const { system, way, reason } of cases) {
+    it(`on a clean ${system}: ${way === "apt" ? "the distribution's Nix" : "the upstream multi-user installer"}, and says why`, async () => {
+      const { code, stdout, stderr } = await dryRun("--os-release", await osRelease(system), "--nix-build", "none");
+      expect(stderr).toBe("");
+      expect(code).toBe(0);
+      expect(stdout).toContain(`==> system: ${OS_RELEASE[system].match(/^PRETTY_NAME="(.*)"$/m)?.[1]}\n`);
+      expect(stdout).toContain(`${reason}`);
+      // The Nix step, up to the next one.
+      const nix = stdout.slice(stdout.indexOf("==> Nix\n"), stdout.indexOf("==> service user"));
+      if (way === "apt") {
+        expect(nix).toContain("would run: apt-get update -q\n");
+        expect(nix).toContain(`${APT_NIX}\n`);
+        expect(nix).not.toContain("nixos.org/nix/install");
+        expect(nix).not.toContain("xz-utils");
+      } else {
+        expect(nix).not.toContain(APT_NIX);
+        const tools = nix.indexOf(`${UPSTREAM_TOOLS}\n`);
+        const download = nix.match(UPSTREAM_DOWNLOAD);
+        const install = nix.match(UPSTREAM_RUN);
+        expect(tools).toBeGreaterThan(nix.indexOf("would run: apt-get update -q\n"));
+        expect(download?.index).toBeGreaterThan(tools);
+        expect(install?.index).toBeGreaterThan(download?.index ?? Infinity);
+        expect(install?.[1]).toBe(download?.[1]);
+      }
+      expect(nix.indexOf(VERSION_CHECK)).toBeGreaterThan(nix.indexOf(reason));
+      expect(nix).toContain("would run: systemctl enable --now nix-daemon");
+      expect(stdout).toContain("==> dry run: nothing was changed\n");
+    });
+  }
+
+  it("keeps an installed Nix 2.18 or later whatever the system ships, and installs none", async () => {
+    const nixBuild = await fakeNixBuild("2.24.9");
+    const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    expect(stdout).toContain(`==> Nix 2.24.9 is installed (${nixBuild}): 2.18 or later, kept\n`);
+    for (const line of [APT_NIX, UPSTREAM_TOOLS, "nixos.org/nix/install", "would check:"]) expect(stdout).not.toContain(line);
+    expect(stdout).toContain("==> dry run: nothing was changed\n");
+  });
+
+  it("stops at an older Nix from another source, and says how to upgrade it", async () => {
+    const nixBuild = await fakeNixBuild("2.11.1");
+    const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 13"), "--nix-build", nixBuild);
+    expect(code).toBe(1);
+    expect(stderr).toContain(`Nix 2.11.1 is installed at ${nixBuild}, not from the distribution's packages`);
+    expect(stderr).toContain("current nixpkgs needs Nix 2.18 or later");
+    expect(stderr).toContain(`${scratch}/nix --extra-experimental-features nix-command upgrade-nix\n`);
+    expect(stderr).toContain("systemctl daemon-reload && systemctl restart nix-daemon.service");
+    expect(stdout).not.toContain("would run:");
+    expect(stdout).not.toContain("dry run: nothing was changed");
+  });
+
+  it("on this machine with Debian's old nix-bin: says it is too old and what to remove, and removes nothing", async (context) => {
+    // The real probe: nix-bin from dpkg, older than 2.18 (Debian 12's 2.8.0 here), and no upstream Nix.
+    const dpkg = await run("dpkg-query", ["-W", "-f", "${Status} ${Version}", "nix-bin"]);
+    const version = dpkg.stdout.match(/^install ok installed (?:\d+:)?(\d+)\.(\d+)(\.\d+)?/);
+    const old = version !== null && (Number(version[1]) < 2 || (Number(version[1]) === 2 && Number(version[2]) < 18));
+    if (!old || existsSync("/nix/var/nix/profiles/default/bin/nix-build")) context.skip();
+    const nixVersion = `${version![1]}.${version![2]}${version![3] ?? ""}`;
+    const { code, stdout, stderr } = await dryRun();
+    expect(code).toBe(1);
+    expect(stderr).toMatch(new RegExp(`Nix ${nixVersion.replaceAll(".", "\\.")} is installed from the distribution's packages \\(nix-bin: \\S*/nix-build\\)`));
+    expect(stderr).toContain("current nixpkgs needs Nix 2.18 or later: every nixpkgs build would fail with it");
+    expect(stderr).toContain("This script does not remove it for you. Remove it, then run this script again");
+    expect(stderr).toContain("\n    apt-get remove --purge nix-setup-systemd nix-bin\n");
+    expect(stderr).toMatch(/refuses to run over what the old Nix left in \/nix .*\n {4}mv \/nix \/nix\.old/);
+    // It stops before changing (or pretending to change) anything.
+    expect(stdout).toContain("==> Nix\n");
+    expect(stdout).not.toContain("would run:");
   });
 });
 

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { OCI_MANIFEST } from "../common/media-types.ts";
-import { PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { mirrorIntoWorkerR2 } from "./support/r2-mirror.ts";
 import { startTestS3, type TestS3 } from "./support/s3-server.ts";
 import { pullAndUnpack, runInRootfs, startTestStack, TEST_PKGS, type TestStack } from "./support/stack.ts";
@@ -44,7 +44,7 @@ async function runBuilder(env: Record<string, string>): Promise<{ code: number; 
   try {
     await execFileAsync(tsx, ["builder-service/main.ts"], {
       cwd: PROJECT_ROOT,
-      env: { PATH: process.env.PATH, BUILDER_PORT: "0", NIXERY_PKGS_PATH: TEST_PKGS, ...env },
+      env: { PATH: process.env.PATH, BUILDER_PORT: "0", NIXERY_PKGS_PATH: TEST_PKGS, NIX_CONFIG: OFFLINE_NIX_CONFIG, ...env },
       timeout: 30_000,
     });
     return { code: 0, stderr: "" };
