@@ -134,7 +134,10 @@ export async function runInRootfs(rootfs: string, command: string[]): Promise<Co
   ]);
 }
 
-/** podman's options for storage of its own under `dir` (vfs: no overlay mounts to leave behind). */
+/**
+ * podman's options for storage of its own under `dir` (vfs: no overlay mounts to leave behind). podman refuses a
+ * runroot longer than 50 characters: keep `dir` short.
+ */
 export function podmanStorage(dir: string): string[] {
   return ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--tmpdir", join(dir, "tmp"), "--storage-driver", "vfs"];
 }
