@@ -64,27 +64,23 @@ describe("the builder-service command", () => {
     expect(pkg.bin["builder-service"]).toBe("deploy/builder-service");
   });
 
+  /** A working configuration: the offline test set, a local store under `dataDir`. */
+  const goodEnv = (dataDir: string) => ({
+    PATH: process.env.PATH,
+    BUILDER_SECRET: "a-secret-of-enough-length",
+    BUILDER_DATA_DIR: join(scratch, dataDir),
+    NIXERY_PKGS_PATH: TEST_PKGS,
+    NIX_CONFIG: OFFLINE_NIX_CONFIG,
+  });
+
   it("--check passes a good configuration and exits 0 without serving", async () => {
-    const env = {
-      PATH: process.env.PATH,
-      BUILDER_SECRET: "a-secret-of-enough-length",
-      BUILDER_DATA_DIR: join(scratch, "data"),
-      NIXERY_PKGS_PATH: TEST_PKGS,
-      NIX_CONFIG: OFFLINE_NIX_CONFIG,
-    };
-    const { code, stdout } = await run(WRAPPER, ["--check"], env);
+    const { code, stdout } = await run(WRAPPER, ["--check"], goodEnv("data"));
     expect(code).toBe(0);
     expect(stdout).toMatch(/configuration OK\n {2}store: {2}local folder .*\n {2}source: .*\n {2}nix: {4}2\.\d+\S*, new enough for the package set `latest` serves/);
   });
 
   it("--check stops with exit 2 on a Nix setting that is wrong or that Nix refuses, naming the variable", async () => {
-    const env = {
-      PATH: process.env.PATH,
-      BUILDER_SECRET: "a-secret-of-enough-length",
-      BUILDER_DATA_DIR: join(scratch, "data-nix-settings"),
-      NIXERY_PKGS_PATH: TEST_PKGS,
-      NIX_CONFIG: OFFLINE_NIX_CONFIG,
-    };
+    const env = goodEnv("data-nix-settings");
     const wrong = await run(WRAPPER, ["--check"], { ...env, NIX_EXTRA_SUBSTITUTERS: "cache.example.com" });
     expect(wrong.code).toBe(2);
     expect(wrong.stderr).toContain('NIX_EXTRA_SUBSTITUTERS: "cache.example.com" is not a binary cache URL');
