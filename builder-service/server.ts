@@ -52,8 +52,13 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
   const router = IttyRouter();
 
   const authenticate = async (request: IRequest): Promise<Response | undefined> => {
-    const body = request.method === "POST" ? await request.text() : "";
-    if (body.length > MAX_REQUEST_BYTES) return fail(413, "UNSUPPORTED", "request body too large");
+    const body = request.method === "POST" ? await readBounded(request, MAX_REQUEST_BYTES) : "";
+    if (body === null) {
+      // Connection: close, so that the rest of an oversized body is not read at all.
+      const response = fail(413, "UNSUPPORTED", `request body too large: the builder takes at most ${MAX_REQUEST_BYTES} bytes`);
+      response.headers.set("connection", "close");
+      return response;
+    }
     (request as SignedRequest).rawBody = body;
     const url = new URL(request.url);
     const check = await verifyRequest(deps.secret, request.method, url.pathname + url.search, body, {
@@ -160,6 +165,33 @@ async function buildResponse(deps: BuilderServerDeps, request: BuildRequest): Pr
     }
     throw error;
   }
+}
+
+/**
+ * The body as text, or null as soon as it is longer than `limit` bytes: read before the signature is checked, so
+ * an unsigned request must not be able to make the builder hold more than that.
+ */
+async function readBounded(request: Request, limit: number): Promise<string | null> {
+  const declared = Number(request.headers.get("content-length"));
+  if (declared > limit) {
+    await request.body?.cancel();
+    return null;
+  }
+  if (!request.body) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      return null;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 function parseJson<T>(text: string): T | null {

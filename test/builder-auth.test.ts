@@ -2,6 +2,8 @@
 // HMAC-SHA256 signature over method, path and query, a timestamp and the body's hash (common/builder-api.ts);
 // a missing, wrong, foreign or stale signature gets 401 UNAUTHORIZED, so a captured request can't be replayed.
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import net from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -102,5 +104,60 @@ describe("requests to the builder", () => {
   it("/health and /ready need no signature", async () => {
     expect((await fetch(`${builder.url}/health`)).status).toBe(200);
     expect([200, 503]).toContain((await fetch(`${builder.url}/ready`)).status);
+  });
+});
+
+describe("request bodies, before any signature check", () => {
+  /** The builder process's resident memory in KiB (VmRSS; the builder is tsx's child, so its whole tree). */
+  function residentKiB(): number {
+    let total = 0;
+    const pids = [builder.process.pid!, ...childPids(builder.process.pid!)];
+    for (const pid of pids) {
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      total += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    }
+    return total;
+  }
+  function childPids(pid: number): number[] {
+    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+    return children.flatMap((child) => [child, ...childPids(child)]);
+  }
+
+  it("refuses an unsigned 1 GB POST after at most a few MB, with 413 naming the limit, and the builder's memory stays flat", async () => {
+    const before = residentKiB();
+    const { port, hostname } = new URL(builder.url);
+    const socket = net.connect(Number(port), hostname);
+    await new Promise<void>((resolve) => socket.once("connect", resolve));
+    let answer = "";
+    let closed = false;
+    socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")));
+    socket.on("error", () => undefined); // the builder may reset while we still write
+    socket.on("close", () => (closed = true));
+    // Chunked, so no Content-Length tells the builder the size up front: it has to count.
+    socket.write("POST /build HTTP/1.1\r\nHost: builder\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    const chunk = Buffer.alloc(1024 * 1024, 0x20);
+    const frame = Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]);
+    let sent = 0;
+    const deadline = Date.now() + 60_000;
+    while (sent < 1024 * 1024 * 1024 && !closed && Date.now() < deadline) {
+      if (!socket.write(frame)) {
+        await Promise.race([new Promise((resolve) => socket.once("drain", resolve)), new Promise((resolve) => setTimeout(resolve, 200))]);
+      }
+      sent += chunk.length;
+    }
+    for (let i = 0; i < 50 && !closed; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    socket.destroy();
+    expect(closed).toBe(true);
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+    expect(answer).toContain("request body too large: the builder takes at most 65536 bytes");
+    // What the client got into the socket before the builder closed it: the limit plus what kernel buffers hold.
+    expect(sent).toBeLessThan(64 * 1024 * 1024);
+    expect(residentKiB() - before).toBeLessThan(32 * 1024);
+  });
+
+  it("refuses a body whose Content-Length is over the limit without reading it", async () => {
+    const response = await fetch(`${builder.url}/build`, { method: "POST", body: "x".repeat(64 * 1024 + 1) });
+    expect(response.status).toBe(413);
+    expect(response.headers.get("connection")).toBe("close");
   });
 });
