@@ -5,6 +5,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { NixSystem } from "../common/image-name.ts";
 import type { ImageClosure } from "./closure.ts";
+import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
 import type { RootfsEntry } from "./tarball.ts";
 
 /** How a package set is given to nix/build-image.nix (its `source` argument). */
@@ -311,14 +312,10 @@ export class NixRunner {
     if (result.code === 0) return;
     const tooOld = /build-image\.nix: nix-too-old: the package set needs Nix >= (\S+), and this is Nix (\S+)/.exec(result.stderrTail);
     if (tooOld) throw new NixTooOldError(tooOld[1], tooOld[2]);
-    const group = /error: the group '([^']+)' specified in 'build-users-group' does not exist/.exec(result.stderrTail);
-    if (group) {
-      throw new NixBuildError(
-        `Nix on the builder is set to build as the group '${group[1]}' (build-users-group), which does not exist; ` +
-          `its operator must create the build users or, for a single-user Nix run by root, set NIX_CONFIG='build-users-group ='`,
-        [],
-        log,
-      );
+    const group = MISSING_BUILD_USERS_GROUP.exec(result.stderrTail);
+    // Only when it is what stopped Nix: the warning alone comes with every command, failing or not.
+    if (group && result.stderrTail.includes(`error: the group '${group[2]}' specified in 'build-users-group'`)) {
+      throw new NixBuildError(missingBuildUsersGroupMessage(group[2]), [], log);
     }
     const unsupported = unsupportedSystemMessage(result.stderrTail);
     if (unsupported) throw new NixBuildError(unsupported, [], log);

@@ -117,6 +117,18 @@ export function nixConfig(settings: NixSettings, inherited: string | undefined):
   return lines.join("\n");
 }
 
+/** Nix's word for a build-users-group that does not exist: a warning at startup, the error of every build. */
+export const MISSING_BUILD_USERS_GROUP = /(warning|error): the group '([^']+)' specified in 'build-users-group' does not exist/;
+
+/** What to do about a build-users-group that does not exist (every build fails on it). */
+export function missingBuildUsersGroupMessage(group: string): string {
+  return (
+    `Nix runs builds as members of the group '${group}' (build-users-group), which does not exist here, so every build ` +
+    `fails: create the build users (a multi-user Nix does: nix-setup-systemd, or the upstream installer with --daemon), ` +
+    `or for a single-user Nix run by root add 'build-users-group =' to NIX_CONFIG`
+  );
+}
+
 export interface NixProbe {
   /** e.g. "2.26.3" */
   version: string;
@@ -156,14 +168,8 @@ export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Prom
     if (/unknown setting/.test(line)) problems.push(`${variable}: Nix does not know the setting '${match[1]}' (${line})`);
     else if (/^error:/.test(line)) problems.push(`${variable}: Nix refused its value: ${line.replace(/^error:\s*/, "")}`);
   }
-  const group = /the group '([^']+)' specified in 'build-users-group' does not exist/.exec(stderr);
-  if (group) {
-    problems.push(
-      `Nix runs builds as members of the group '${group[1]}' (build-users-group), which does not exist here, so every build ` +
-        `would fail: create the build users (a multi-user Nix does: nix-setup-systemd, or the upstream installer with --daemon), ` +
-        `or for a single-user Nix run by root add 'build-users-group =' to NIX_CONFIG`,
-    );
-  }
+  const group = MISSING_BUILD_USERS_GROUP.exec(stderr);
+  if (group) problems.push(missingBuildUsersGroupMessage(group[2]));
   if (code !== 0 && problems.length === 0) problems.push(`Nix does not start: ${stderr.trim().split("\n").slice(-3).join(" ")}`);
   if (problems.length > 0) throw new NixSettingsError([...new Set(problems)].join("\n"));
   const version = JSON.parse(stdout) as unknown;
