@@ -8,15 +8,17 @@ import { OCI_MANIFEST } from "../common/media-types.ts";
 
 const CONCURRENCY = 6;
 
-/** GET a URL and count its body; an https registry's certificate is not checked (like --tls-verify=false). */
-function get(url: URL, accept?: string): Promise<{ status: number; body: Buffer | null; bytes: number }> {
+/**
+ * GET a URL and count its body, kept too when asked (by default when an Accept is given: a manifest); an https
+ * registry's certificate is not checked (like --tls-verify=false).
+ */
+export function get(url: URL, accept?: string, keep: boolean = accept !== undefined): Promise<{ status: number; body: Buffer | null; bytes: number }> {
   const client = url.protocol === "https:" ? https : http;
   return new Promise((resolve, reject) => {
     const request = client.get(
       url,
       { headers: accept ? { Accept: accept } : {}, agent: false, ...(url.protocol === "https:" ? { rejectUnauthorized: false } : {}) },
       (response) => {
-        const keep = accept !== undefined;
         const chunks: Buffer[] = [];
         let bytes = 0;
         response.on("data", (chunk: Buffer) => {

@@ -1,7 +1,6 @@
-// Where the builder keeps what it makes: content-addressed blobs (layers, configs, manifests) and small
-// records (layer and image caches). One file per implementation: local-store.ts (a folder, the embedded
-// default) and, for production, an S3/R2 store.
-import type { Readable, Writable } from "node:stream";
+// Where the builder puts what it makes: the registry's bucket (layout: common/bucket-layout.ts), through the S3 API
+// (s3-store.ts) both in production (R2) and in the local stack (its local R2, behind scripts/local-s3-endpoint/).
+import type { Writable } from "node:stream";
 import type { Digest } from "../common/digest.ts";
 
 export interface ByteRange {
@@ -26,18 +25,37 @@ export interface StagedBlob {
 }
 
 export interface BlobStore {
-  /** A short description for logs, e.g. "local folder /var/lib/...". */
+  /** A short description for logs, e.g. "S3 bucket registry at https://...". */
   readonly description: string;
   stat(digest: Digest): Promise<BlobInfo | null>;
-  read(digest: Digest, range?: ByteRange): Promise<Readable | null>;
   stage(): Promise<StagedBlob>;
-  /** Stores a small blob whose bytes are in hand (configs, manifests). */
+  /** Stores a small blob whose bytes are in hand (an image config). */
   putBytes(digest: Digest, bytes: Uint8Array): Promise<void>;
-  getRecord(name: string): Promise<Uint8Array | null>;
-  putRecord(name: string, bytes: Uint8Array): Promise<void>;
+  putManifest(digest: Digest, body: string, mediaType: string): Promise<void>;
+  /** A small object (a record) by its bucket key, or null when there is none. */
+  getObject(key: string): Promise<Uint8Array | null>;
+  /** Writes a small object under a key the builder owns (see assertBuilderWritable). */
+  putObject(key: string, bytes: Uint8Array, contentType: string): Promise<void>;
 }
 
-/** Record names are built by the builder from hashes; this keeps a bug from turning one into a path escape. */
-export function assertRecordName(name: string): void {
-  if (!/^[a-z0-9-]+\/[a-zA-Z0-9._-]+$/.test(name)) throw new Error(`invalid record name "${name}"`);
+const BUILDER_WRITES = /^(images\/[0-9a-f]{64}\.json|jobs\/[0-9a-f]{64}\.json|recent-jobs\/\d{13}-[0-9a-f]{64}|builder-cache\/[a-z0-9-]+\/[a-zA-Z0-9._-]+|builder-cache\/startup-check)$/;
+
+/** The builder writes only its own records (common/bucket-layout.ts): never the worker's resolutions/ or tags/. */
+export function assertBuilderWritable(key: string): void {
+  if (!BUILDER_WRITES.test(key)) throw new Error(`the builder does not write "${key}": not one of its keys in common/bucket-layout.ts`);
+}
+
+/** A JSON record by key, or null when absent or unreadable (a corrupt record is rewritten by the next write). */
+export async function getJson(store: BlobStore, key: string): Promise<unknown> {
+  const bytes = await store.getObject(key);
+  if (!bytes) return null;
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes)) as unknown;
+  } catch {
+    return null;
+  }
+}
+
+export function putJson(store: BlobStore, key: string, value: unknown): Promise<void> {
+  return store.putObject(key, new TextEncoder().encode(JSON.stringify(value)), "application/json");
 }

@@ -1,6 +1,6 @@
 // Checks a build request before any of it reaches Nix: the worker validated the name already, but the
 // builder trusts nothing it did not check itself.
-import type { BuildRequest } from "../common/builder-api.ts";
+import { MAX_JOB_WAIT_SECONDS, type BuildRequest, type JobRequest } from "../common/builder-api.ts";
 import type { NixSystem } from "../common/image-name.ts";
 
 /** An attribute path: components of letters, digits, '_', '-', '+', '\'' separated by dots. */
@@ -28,4 +28,20 @@ export function validateBuildRequest(value: unknown): BuildRequestCheck {
     return { ok: false, reason: "the build request needs a tag and the revision it resolved to" };
   }
   return { ok: true, request: { packages: [...new Set(packages as string[])].sort(), system: system as NixSystem, tag, revision } };
+}
+
+export type JobRequestCheck = { ok: true; request: JobRequest } | { ok: false; reason: string };
+
+/** A build request plus the caller's job id (a UUID, or any short token of letters, digits and dashes). */
+export function validateJobRequest(value: unknown): JobRequestCheck {
+  const build = validateBuildRequest(value);
+  if (!build.ok) return build;
+  const { jobId, waitSeconds } = value as Record<string, unknown>;
+  if (typeof jobId !== "string" || !/^[A-Za-z0-9-]{1,64}$/.test(jobId)) {
+    return { ok: false, reason: "the job request needs a jobId of 1 to 64 letters, digits and dashes" };
+  }
+  if (waitSeconds !== undefined && (typeof waitSeconds !== "number" || !(waitSeconds >= 0 && waitSeconds <= MAX_JOB_WAIT_SECONDS))) {
+    return { ok: false, reason: `waitSeconds is a number of seconds from 0 to ${MAX_JOB_WAIT_SECONDS}` };
+  }
+  return { ok: true, request: { ...build.request, jobId, ...(waitSeconds === undefined ? {} : { waitSeconds }) } };
 }

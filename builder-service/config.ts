@@ -51,7 +51,7 @@ export interface BuilderConfig {
     | { kind: "path"; path: string }
     | { kind: "git"; url: string; branch: string | null }
     | { kind: "channel"; channel: string; channelsUrl: string; archiveUrl: string };
-  store: { kind: "local" } | S3StoreConfig;
+  store: S3StoreConfig;
 }
 
 /** One row per variable: the README's configuration table is written from the same facts. */
@@ -59,7 +59,7 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["BUILDER_SECRET", "required: the secret shared with the worker (at least 16 characters)"],
   ["BUILDER_HOST", "address to listen on (default 127.0.0.1)"],
   ["BUILDER_PORT", "port to listen on (default 8788)"],
-  ["BUILDER_DATA_DIR", "where blobs and caches are kept; with the S3 store, where layers are spooled before upload (default ./.data/builder)"],
+  ["BUILDER_DATA_DIR", "where layers are spooled before upload and unfinished jobs are journalled (default ./.data/builder)"],
   ["NIXERY_PKGS_PATH", "serve this local package set (a folder with default.nix) instead of a channel; only the tag `latest`"],
   ["NIXERY_PKGS_REPO", "serve a package set from this git repository (https://, ssh://, file://) instead of a channel: tags are `latest`, branch and git tag names, and 40-hex commits; a bare mirror is kept under BUILDER_DATA_DIR/git"],
   ["NIXERY_PKGS_BRANCH", "with NIXERY_PKGS_REPO: the branch `latest` follows (default: the repository's default branch)"],
@@ -74,16 +74,15 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM", "nixpkgs' own switch: `1` builds packages whose meta.platforms leave out the image's system (refused by default)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
   ["NIXERY_POPULARITY_PATH", "popularity data for layering, Nixery's format {\"name-version\": count} (default: popularity.json in NIXERY_PKGS_PATH if there is one, else reference counts within each image)"],
-  ["BUILDER_STORE", "where blobs go: `local` (a folder under BUILDER_DATA_DIR, the default) or `s3` (R2 or any S3 API: the S3_* settings)"],
-  ["S3_ENDPOINT", "s3 store, required: the S3 API endpoint without the bucket, e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com (R2)"],
-  ["S3_BUCKET", "s3 store, required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
-  ["S3_ACCESS_KEY_ID", "s3 store, required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
-  ["S3_SECRET_ACCESS_KEY", "s3 store, required: the secret access key that goes with S3_ACCESS_KEY_ID"],
-  ["S3_REGION", "s3 store: signing region (default auto, which is what R2 wants)"],
-  ["S3_MULTIPART_THRESHOLD_BYTES", "s3 store: blobs larger than this are uploaded in parts (default 67108864 = 64 MiB; 5 MiB to 5 GiB)"],
-  ["S3_PART_SIZE_BYTES", "s3 store: size of every part but the last (default 67108864 = 64 MiB; at least 5 MiB, R2's minimum)"],
-  ["S3_PART_CONCURRENCY", "s3 store: parts of one blob uploaded at once (default 4, 1 to 32)"],
-  ["S3_MAX_ATTEMPTS", "s3 store: tries per request on 5xx, 429 and dropped connections, with exponential backoff (default 5, 1 to 20)"],
+  ["S3_ENDPOINT", "required: the S3 API endpoint of the registry's bucket, without the bucket, e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com (R2; npm start runs a local one)"],
+  ["S3_BUCKET", "required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
+  ["S3_ACCESS_KEY_ID", "required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
+  ["S3_SECRET_ACCESS_KEY", "required: the secret access key that goes with S3_ACCESS_KEY_ID"],
+  ["S3_REGION", "signing region (default auto, which is what R2 wants)"],
+  ["S3_MULTIPART_THRESHOLD_BYTES", "blobs larger than this are uploaded in parts (default 67108864 = 64 MiB; 5 MiB to 5 GiB)"],
+  ["S3_PART_SIZE_BYTES", "size of every part but the last (default 67108864 = 64 MiB; at least 5 MiB, R2's minimum)"],
+  ["S3_PART_CONCURRENCY", "parts of one blob uploaded at once (default 4, 1 to 32)"],
+  ["S3_MAX_ATTEMPTS", "tries per request on 5xx, 429 and dropped connections, with exponential backoff (default 5, 1 to 20)"],
 ];
 
 export class ConfigError extends Error {}
@@ -102,18 +101,6 @@ function numberReader(env: NodeJS.ProcessEnv, problems: string[]) {
   };
 }
 
-const S3_VARIABLES = [
-  "S3_ENDPOINT",
-  "S3_BUCKET",
-  "S3_ACCESS_KEY_ID",
-  "S3_SECRET_ACCESS_KEY",
-  "S3_REGION",
-  "S3_MULTIPART_THRESHOLD_BYTES",
-  "S3_PART_SIZE_BYTES",
-  "S3_PART_CONCURRENCY",
-  "S3_MAX_ATTEMPTS",
-] as const;
-
 /** S3 bucket names as R2 and S3 accept them (3 to 63 characters: lower-case letters, digits, '-' and '.'). */
 const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
@@ -121,7 +108,7 @@ function s3Config(env: NodeJS.ProcessEnv, problems: string[]): S3StoreConfig {
   const number = numberReader(env, problems);
   const required = (name: string, how: string): string => {
     const value = (env[name] ?? "").trim();
-    if (!value) problems.push(`${name} is not set (needed with BUILDER_STORE=s3): ${how}`);
+    if (!value) problems.push(`${name} is not set: ${how}`);
     return value;
   };
   let endpoint = required("S3_ENDPOINT", "the S3 API endpoint, for R2 https://<account id>.r2.cloudflarestorage.com");
@@ -223,22 +210,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
   const layerBudget = number("NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125);
   const tagTtlSeconds = number("NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000);
 
-  let store: BuilderConfig["store"] = { kind: "local" };
+  // The builder writes into the registry's bucket, where the worker reads: there is no other place for blobs.
   const storeKind = (env.BUILDER_STORE ?? "").trim();
-  if (storeKind === "s3") {
-    store = s3Config(env, problems);
-  } else if (storeKind !== "" && storeKind !== "local") {
-    problems.push(`BUILDER_STORE=${storeKind} is not a store; use local or s3`);
-  } else {
-    // S3 settings without BUILDER_STORE=s3 would silently keep blobs on this machine, out of the worker's reach.
-    const stray = S3_VARIABLES.filter((name) => (env[name] ?? "") !== "");
-    if (stray.length > 0) {
-      problems.push(
-        `${stray.join(", ")} ${stray.length === 1 ? "is" : "are"} set but BUILDER_STORE is ${storeKind || "not set (local)"}; ` +
-          "set BUILDER_STORE=s3 to write blobs into the bucket, or unset the S3_ variables",
-      );
-    }
+  if (storeKind !== "" && storeKind !== "s3") {
+    problems.push(
+      `BUILDER_STORE=${storeKind} is no longer a choice: the builder always writes into the registry's bucket through ` +
+        "the S3 API (the S3_* settings; npm start runs a local S3 endpoint for its local R2). Remove BUILDER_STORE",
+    );
   }
+  const store = s3Config(env, problems);
 
   const source = sourceConfig(env, problems);
 

@@ -1,11 +1,11 @@
-// Turns a build request into a stored image: Nix builds the closure, store paths are grouped into layers,
-// each layer is written once (a layer already stored for another image is reused), then the config and
-// both manifest flavours. One build per image key at a time; a finished image is remembered.
+// Turns a build request into a stored image: Nix builds the closure, store paths are grouped into layers, each
+// layer is written once (a layer already in the bucket, written by any builder, is reused), then the config and
+// both manifest flavours. The image record that makes it visible is the job's to write (jobs.ts), last.
 import os from "node:os";
-import type { BuildRequest, BuildResult } from "../common/builder-api.ts";
-import { sha256Hex, type Digest } from "../common/digest.ts";
-import { imageKey } from "../common/image-key.ts";
-import type { BlobStore } from "./blob-store.ts";
+import type { BuildRequest } from "../common/builder-api.ts";
+import { builderCacheKey, type JobPhase, type JobProgress } from "../common/bucket-layout.ts";
+import { isDigest, sha256Hex, type Digest } from "../common/digest.ts";
+import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
 import { storePathName } from "./closure.ts";
 import { planLayers } from "./layering.ts";
@@ -14,7 +14,7 @@ import { writeLayer } from "./layer-pipeline.ts";
 import type { Logger } from "./log.ts";
 import { serialiseImage, type LayerDescription } from "./manifest.ts";
 import type { NixRunner } from "./nix-runner.ts";
-import { SingleFlight } from "./single-flight.ts";
+import { NixBuildProgress } from "./nix-progress.ts";
 import type { PackageSource } from "./sources/package-source.ts";
 import { LAYER_FORMAT_VERSION, rootfsEntries, storePathEntries, type TarEntry } from "./tarball.ts";
 
@@ -30,10 +30,29 @@ export interface ImageBuilderOptions {
   parallelism?: number;
 }
 
+/** Layer records looked up in the bucket at once. */
+const LOOKUP_CONCURRENCY = 16;
+
+/** Where the record of the layer holding these contents lives (store paths are immutable: same paths, same layer). */
+async function layerRecordKey(id: string): Promise<string> {
+  return builderCacheKey("layers", `${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${id}`)}.json`);
+}
+
 interface LayerRecord {
   digest: Digest;
   diffId: Digest;
   size: number;
+}
+
+/** Where a build reports how far it is. */
+export interface BuildReporter {
+  phase(phase: JobPhase): void;
+  progress(update: JobProgress): void;
+}
+
+export interface BuiltImage {
+  oci: Digest;
+  docker: Digest;
 }
 
 export interface BuilderCounters {
@@ -49,34 +68,33 @@ export interface BuilderCounters {
 
 export class ImageBuilder {
   readonly counters: BuilderCounters = { builds: 0, layersWritten: 0, layersReused: 0, tarBytesWritten: 0, bytesStored: 0 };
-  private readonly flights = new SingleFlight<BuildResult>();
   private readonly parallelism: number;
+  /** Layers being written now, by record key: two jobs that need the same new layer at once write it once. */
+  private readonly layersInProgress = new Map<string, Promise<{ record: LayerRecord; uploaded: Promise<void> }>>();
 
   constructor(private readonly options: ImageBuilderOptions) {
     this.parallelism = options.parallelism ?? Math.max(1, os.availableParallelism());
   }
 
-  async build(request: BuildRequest): Promise<BuildResult> {
-    const key = await imageKey(request.revision, request.system, request.packages);
-    return this.flights.run(key, async () => {
-      const cached = await this.options.store.getRecord(`images/${key}.json`);
-      if (cached) return { ...(JSON.parse(new TextDecoder().decode(cached)) as BuildResult), cached: true };
-      const result = await this.buildUncached(request, key);
-      await this.options.store.putRecord(`images/${key}.json`, new TextEncoder().encode(JSON.stringify(result)));
-      return result;
-    });
-  }
-
-  private async buildUncached(request: BuildRequest, key: string): Promise<BuildResult> {
+  /** Builds the image and stores its blobs and manifests; the caller writes the image record. */
+  async build(request: BuildRequest, key: string, report: BuildReporter): Promise<BuiltImage> {
     const { store, source, nix, log } = this.options;
     const started = performance.now();
+    report.phase("evaluating");
     const nixSource = await source.nixSource(request.revision);
     await nix.ensureNewEnough(nixSource, request.revision);
     await nix.checkPackages(request.packages, nixSource, request.system);
     const checked = performance.now();
-    const closure = await nix.buildClosure(request.packages, nixSource, request.system);
+    report.phase("building");
+    const nixProgress = new NixBuildProgress();
+    const closure = await nix.buildClosure(request.packages, nixSource, request.system, (line) => {
+      if (nixProgress.line(line)) report.progress(nixProgress.progress);
+    });
+    nixProgress.finish();
+    report.progress(nixProgress.progress);
     const built = performance.now();
 
+    report.phase("layering");
     const groups = planLayers(closure.graph, this.options.layerBudget, this.options.popularity);
     const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string }[] = groups.map((group) => ({
       id: group.paths.join("\n"),
@@ -88,7 +106,37 @@ export class ImageBuilder {
       entries: async () => rootfsEntries(closure.rootfs),
       comment: `root filesystem: links to ${Object.keys(closure.packages).sort().join(", ")}`.slice(0, 1024),
     });
-    const layers = await mapWithLimit(jobs, this.parallelism, (job) => this.layer(job.id, job.entries, job.comment));
+    // Which layers the bucket has already (written by any builder), asked all at once rather than one by one
+    // between tarballs: most layers of most images are there.
+    const recordKeys = await Promise.all(jobs.map((job) => layerRecordKey(job.id)));
+    const stored = await mapWithLimit(recordKeys, LOOKUP_CONCURRENCY, (key) => this.storedLayer(key));
+    const layerCount = { done: 0, total: jobs.length };
+    const upload = { done: 0, total: 0 };
+    const uploads: Promise<unknown>[] = [];
+    report.progress({ layers: { ...layerCount }, upload: { ...upload } });
+    const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index], stored: stored[index] }));
+    const layers = await mapWithLimit(indexed, this.parallelism, async (job) => {
+      const layer = await this.layer(job.recordKey, job.stored, job.entries, job.comment, (size, uploaded) => {
+        upload.total += size;
+        // Caught here and awaited below: an upload that fails fails the build, never the process.
+        uploads.push(
+          uploaded.then(
+            () => {
+              upload.done += size;
+              report.progress({ upload: { ...upload } });
+              return null;
+            },
+            (error: unknown) => error,
+          ),
+        );
+      });
+      layerCount.done++;
+      report.progress({ layers: { ...layerCount }, upload: { ...upload } });
+      return layer;
+    });
+    report.phase("uploading");
+    const failed = (await Promise.all(uploads)).find((outcome) => outcome !== null);
+    if (failed) throw failed;
     const layered = performance.now();
 
     const image = await serialiseImage({
@@ -102,7 +150,7 @@ export class ImageBuilder {
     });
     await store.putBytes(image.config.digest, image.config.bytes);
     for (const manifest of Object.values(image.manifests)) {
-      await store.putBytes(manifest.digest, new TextEncoder().encode(manifest.body));
+      await store.putManifest(manifest.digest, manifest.body, manifest.mediaType);
     }
     this.counters.builds++;
     log.info("build", {
@@ -118,34 +166,72 @@ export class ImageBuilder {
       layersMs: Math.round(layered - built),
       totalMs: Math.round(performance.now() - started),
     });
-    return {
-      imageKey: key,
-      revision: request.revision,
-      manifests: image.manifests,
-      config: { digest: image.config.digest, size: image.config.size },
-      layers: layers.map((layer) => ({ digest: layer.digest, size: layer.size })),
-      cached: false,
-    };
+    return { oci: image.manifests.oci.digest, docker: image.manifests.docker.digest };
   }
 
-  /** Writes a layer unless the same contents were written before (store paths are immutable). */
-  private async layer(id: string, entries: () => Promise<TarEntry[]>, comment: string): Promise<LayerDescription> {
-    const { store } = this.options;
-    const recordName = `layers/${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${id}`)}.json`;
-    const record = await store.getRecord(recordName);
-    if (record) {
-      const known = JSON.parse(new TextDecoder().decode(record)) as LayerRecord;
-      if (await store.stat(known.digest)) {
-        this.counters.layersReused++;
-        return { ...known, comment };
-      }
+  /**
+   * Writes a layer unless the same contents were written before, by this builder or another on the bucket (store
+   * paths are immutable). The layer is tarred and spooled before this returns; its upload goes on in the background
+   * (overlapping the next layers' tarring) and is handed to onUpload with its size. The layer's record is written
+   * once the blob is in the bucket.
+   */
+  private async layer(
+    recordKey: string,
+    known: LayerRecord | null,
+    entries: () => Promise<TarEntry[]>,
+    comment: string,
+    onUpload: (size: number, uploaded: Promise<void>) => void,
+  ): Promise<LayerDescription> {
+    if (known) {
+      this.counters.layersReused++;
+      return { digest: known.digest, diffId: known.diffId, size: known.size, comment };
     }
-    const written = await writeLayer(await entries(), store);
+    let writing = this.layersInProgress.get(recordKey);
+    if (writing) {
+      this.counters.layersReused++;
+    } else {
+      writing = this.writeNewLayer(recordKey, entries);
+      this.layersInProgress.set(recordKey, writing);
+      writing.then(
+        ({ uploaded }) => uploaded.finally(() => this.layersInProgress.delete(recordKey)).catch(() => undefined),
+        () => this.layersInProgress.delete(recordKey),
+      );
+    }
+    const { record: fresh, uploaded } = await writing;
+    onUpload(fresh.size, uploaded);
+    return { ...fresh, comment };
+  }
+
+  /** The layer's record, if the layer is in the bucket. */
+  private async storedLayer(recordKey: string): Promise<LayerRecord | null> {
+    const { store } = this.options;
+    const known = (await getJson(store, recordKey)) as LayerRecord | null;
+    if (!known || typeof known.digest !== "string" || !isDigest(known.digest)) return null;
+    return (await store.stat(known.digest)) ? known : null;
+  }
+
+  /** Tars, compresses and spools a layer; its upload, then its record, go on in the background. */
+  private async writeNewLayer(recordKey: string, entries: () => Promise<TarEntry[]>): Promise<{ record: LayerRecord; uploaded: Promise<void> }> {
+    const { store } = this.options;
+    let upload: Promise<void> | null = null;
+    const written = await writeLayer(await entries(), {
+      stage: async (): Promise<StagedBlob> => {
+        const staged = await store.stage();
+        return {
+          sink: staged.sink,
+          abort: () => staged.abort(),
+          // Returns once the upload has started; the staged blob cleans up after itself however it ends.
+          commit: async (digest, size) => {
+            upload = staged.commit(digest, size);
+          },
+        };
+      },
+    });
     this.counters.layersWritten++;
     this.counters.tarBytesWritten += written.tarSize;
     this.counters.bytesStored += written.size;
-    const fresh: LayerRecord = { digest: written.digest, diffId: written.diffId, size: written.size };
-    await store.putRecord(recordName, new TextEncoder().encode(JSON.stringify(fresh)));
-    return { ...fresh, comment };
+    const record: LayerRecord = { digest: written.digest, diffId: written.diffId, size: written.size };
+    const uploaded = (upload ?? Promise.resolve()).then(() => putJson(store, recordKey, record));
+    return { record, uploaded };
   }
 }

@@ -36,7 +36,7 @@ class HashTap extends Transform {
   }
 }
 
-export async function writeLayer(entries: readonly TarEntry[], store: BlobStore): Promise<WrittenLayer> {
+export async function writeLayer(entries: readonly TarEntry[], store: Pick<BlobStore, "stage">): Promise<WrittenLayer> {
   const uncompressed = new HashTap();
   const compressed = new HashTap();
   const staged = await store.stage();

@@ -4,8 +4,7 @@ import { access, constants } from "node:fs/promises";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
 import { ImageBuilder } from "./image-builder.ts";
-import type { BlobStore } from "./blob-store.ts";
-import { LocalBlobStore } from "./local-store.ts";
+import { BuildJobs } from "./jobs.ts";
 import { jsonLogger, type Logger } from "./log.ts";
 import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
@@ -20,6 +19,8 @@ import { withResolutionLog, type PackageSource } from "./sources/package-source.
 
 /** How long startup waits for the first check of `latest` (a channel's tarball may be downloading) before serving. */
 const STARTUP_CHECK_MS = 60_000;
+/** How often a running job's record in the bucket is rewritten when nothing else moved. */
+const JOB_HEARTBEAT_SECONDS = 5;
 
 function usage(): string {
   const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
@@ -29,19 +30,19 @@ function usage(): string {
     "Usage: builder-service [--help | --check | --exit-with-stdin]",
     "",
     "  --check            check the settings, the package source, Nix (and that it is new enough for the package",
-    "                     set `latest` serves) and (BUILDER_STORE=s3) that the bucket takes writes, then exit:",
+    "                     set `latest` serves) and that the bucket takes writes, then exit:",
     "                     0 when all is well, 2 for a setting to fix, 1 otherwise",
     "  --exit-with-stdin  stop when standard input closes: for a process that runs the builder as its child",
     "                     (npm start), so that the builder never outlives it, even when it is killed",
     "",
     "Reads its settings from the environment (under systemd: EnvironmentFile=/etc/nix-edge-registry/builder.env),",
-    "checks them and, with BUILDER_STORE=s3, that the bucket takes writes, then serves the worker until stopped.",
+    "checks them and that the bucket takes writes, then serves the worker until stopped.",
     "Logs are JSON lines on stdout: one per request and one per build, with timings.",
     "",
     "Configuration (environment variables):",
     ...ENVIRONMENT_HELP.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`),
     "",
-    "Endpoints: GET /health, GET /ready, and for the worker (signed): POST /resolve, POST /build, GET /blobs/<digest>.",
+    "Endpoints: GET /health, GET /ready, and for the worker (signed): POST /resolve, POST /jobs.",
   ].join("\n");
 }
 
@@ -75,13 +76,8 @@ async function createSource(config: BuilderConfig, log: Logger, checkOnly: boole
   });
 }
 
-/** The blob store the configuration asks for, ready to use; S3 problems at startup are reported like config errors. */
-async function createStore(config: BuilderConfig, log: Logger): Promise<BlobStore & { probe?: () => Promise<string | null> }> {
-  if (config.store.kind === "local") {
-    const store = new LocalBlobStore(`${config.dataDir}/store`);
-    await store.init();
-    return store;
-  }
+/** The bucket, ready to use; S3 problems at startup are reported like config errors. */
+async function createStore(config: BuilderConfig, log: Logger): Promise<S3BlobStore> {
   const { kind: _kind, ...s3 } = config.store;
   const store = new S3BlobStore({ ...s3, spoolDir: `${config.dataDir}/spool`, log });
   await store.init();
@@ -166,6 +162,16 @@ async function main(): Promise<void> {
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
+  const jobs = new BuildJobs({
+    store,
+    builder,
+    log,
+    journalDir: `${config.dataDir}/jobs`,
+    heartbeatSeconds: JOB_HEARTBEAT_SECONDS,
+    sourceDescription: source.description,
+  });
+  const resumed = await jobs.resumeUnfinished();
+  if (resumed > 0) log.info("jobs-resumed", { count: resumed });
   const readiness = async (): Promise<string | null> => {
     if (compatibility.problem) return compatibility.problem;
     try {
@@ -173,19 +179,20 @@ async function main(): Promise<void> {
     } catch {
       return `the data folder ${config.dataDir} is not writable`;
     }
-    return store.probe ? store.probe() : null;
+    return store.probe();
   };
   const handler = createBuilderHandler({
     secret: config.secret,
     store,
     source: compatibility.watch(withResolutionLog(source, log)),
     builder,
+    jobs,
     log,
     readiness,
   });
   const server = serveFetch(handler, (error) => log.error("response-failed", { error: String(error) }));
-  // Builds can take minutes; Node's default request timeout would cut them off.
-  server.requestTimeout = 0;
+  // Every answer is quick now (builds are jobs); this only bounds a client that sends its request slowly.
+  server.requestTimeout = 60_000;
   server.headersTimeout = 60_000;
   server.on("error", (error: NodeJS.ErrnoException) => {
     const reason =

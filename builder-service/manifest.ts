@@ -10,9 +10,20 @@ import {
   OCI_LAYER_GZIP,
   OCI_MANIFEST,
 } from "../common/media-types.ts";
-import type { BlobRef, BuiltManifest } from "../common/builder-api.ts";
 import type { ImageConfig, ImageManifest } from "../common/oci.ts";
 import type { RootfsEntry } from "./tarball.ts";
+
+export interface BuiltManifest {
+  digest: Digest;
+  mediaType: string;
+  /** The manifest's exact bytes (JSON text); its digest is over these. */
+  body: string;
+}
+
+export interface BlobRef {
+  digest: Digest;
+  size: number;
+}
 
 export interface LayerDescription {
   digest: Digest;

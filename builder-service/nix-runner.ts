@@ -107,7 +107,7 @@ interface CommandResult {
 const STDERR_TAIL_BYTES = 16 * 1024;
 const LOG_TAIL_LINES = 25;
 
-function run(command: string, args: string[], options: NixRunnerOptions): Promise<CommandResult> {
+function run(command: string, args: string[], options: NixRunnerOptions, onLogLine?: (line: string) => void): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       env: { ...process.env, ...options.env },
@@ -117,9 +117,14 @@ function run(command: string, args: string[], options: NixRunnerOptions): Promis
     let stdout = "";
     let stderr = "";
     let timedOut = false;
+    let partialLine = "";
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
       stderr = (stderr + chunk).slice(-STDERR_TAIL_BYTES);
+      if (!onLogLine) return;
+      const lines = (partialLine + chunk).split("\n");
+      partialLine = lines.pop() ?? "";
+      for (const line of lines) onLogLine(line);
     });
     const timer = setTimeout(() => {
       timedOut = true;
@@ -277,12 +282,18 @@ export class NixRunner {
     return thrownMessage(result.stderrTail) ?? "it fails to evaluate";
   }
 
-  /** Builds the packages and returns their closure graph and root filesystem. */
-  async buildClosure(packages: readonly string[], source: NixSource, system: NixSystem): Promise<ImageClosure> {
+  /** Builds the packages and returns their closure graph and root filesystem; Nix's log lines go to onLogLine. */
+  async buildClosure(
+    packages: readonly string[],
+    source: NixSource,
+    system: NixSystem,
+    onLogLine?: (line: string) => void,
+  ): Promise<ImageClosure> {
     const result = await run(
       "nix-build",
       ["--no-out-link", ...this.args(packages, source, system, "image")],
       this.options,
+      onLogLine,
     );
     this.throwOnFailure(result, "building the image");
     const outPath = result.stdout.trim().split("\n").pop() ?? "";

@@ -1,11 +1,6 @@
-// The production blob store: an S3 bucket, normally the R2 bucket the worker serves from, written through
-// the S3 API (SigV4 by aws4fetch's signer), so layers reach R2 without passing through the worker.
-//
-// Keys, matching the worker's layout (worker/storage.ts):
-//   blobs/sha256/<hex>        layers, configs and manifests; Content-Type application/octet-stream (what the
-//                             worker serves blobs as; it stores manifests under manifests/ itself)
-//   builder-cache/<kind>/<id> the builder's own records (layer and image caches), apart from the worker's
-//                             images/, resolutions/ and tags/
+// The builder's store: the registry's bucket (R2 in production, the local stack's R2 locally), written through the
+// S3 API (SigV4 by aws4fetch's signer), so layers reach R2 without passing through the worker. Which key holds
+// what is common/bucket-layout.ts; blobs are stored as application/octet-stream, manifests with their media type.
 //
 // A layer's digest is known only when its last byte has gone through gzip, so staged bytes are spooled to a
 // file on local disk (never memory) while their sha256 and md5 are computed, whole and per part. On commit:
@@ -30,21 +25,20 @@ import { Readable, Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import { AwsV4Signer } from "aws4fetch";
 import type { Digest } from "../common/digest.ts";
-import { assertRecordName, type BlobInfo, type BlobStore, type ByteRange, type StagedBlob } from "./blob-store.ts";
+import { blobKey, BUILDER_CACHE_PREFIX, manifestKey } from "../common/bucket-layout.ts";
+import { escapeXml, xmlValue } from "../common/s3-xml.ts";
+import { assertBuilderWritable, type BlobInfo, type BlobStore, type ByteRange, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
 import { MAX_SINGLE_PUT_BYTES, MIN_PART_SIZE_BYTES, type S3StoreConfig } from "./config.ts";
 import type { Logger } from "./log.ts";
 
-export const BLOB_PREFIX = "blobs/sha256/";
-export const RECORD_PREFIX = "builder-cache/";
 /** Written at startup to prove the credentials may write to the bucket; HEADed by /ready. */
-export const CHECK_KEY = `${RECORD_PREFIX}startup-check`;
+export const CHECK_KEY = `${BUILDER_CACHE_PREFIX}startup-check`;
 /** S3's and R2's limit on parts per upload. */
 export const MAX_PARTS = 10_000;
 const BLOB_CONTENT_TYPE = "application/octet-stream";
 const EMPTY_SHA256 = createHash("sha256").digest("hex");
 
-export const blobObjectKey = (digest: Digest): string => `${BLOB_PREFIX}${digest.slice("sha256:".length)}`;
 
 export interface S3BlobStoreOptions extends Omit<S3StoreConfig, "kind"> {
   /** Folder for spooled layers (emptied at init). */
@@ -116,24 +110,6 @@ interface PartHashes {
 const TRANSIENT_STATUSES = new Set([429, 500, 502, 503, 504]);
 const TRANSIENT_CODES = new Set(["RequestTimeout", "InternalError", "SlowDown", "ServiceUnavailable"]);
 
-function xmlValue(xml: string, tag: string): string | null {
-  const match = new RegExp(`<${tag}>([^<]*)</${tag}>`).exec(xml);
-  return match ? decodeXml(match[1]) : null;
-}
-
-function decodeXml(text: string): string {
-  return text
-    .replace(/&quot;/g, '"')
-    .replace(/&apos;/g, "'")
-    .replace(/&lt;/g, "<")
-    .replace(/&gt;/g, ">")
-    .replace(/&amp;/g, "&");
-}
-
-function escapeXml(text: string): string {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -161,14 +137,18 @@ class SpoolWriter extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.whole.update(chunk);
-    this.wholeMd5.update(chunk);
     let offset = 0;
     while (offset < chunk.length) {
       const take = Math.min(this.partSize - this.partBytes, chunk.length - offset);
       const slice = chunk.subarray(offset, offset + take);
-      this.partSha.update(slice);
-      this.partMd5.update(slice);
+      this.whole.update(slice);
+      this.wholeMd5.update(slice);
+      // The first part's hashes are the whole blob's up to there (copied when it closes): most blobs are one part,
+      // and each is hashed twice instead of four times.
+      if (this.parts.length > 0) {
+        this.partSha.update(slice);
+        this.partMd5.update(slice);
+      }
       this.partBytes += take;
       offset += take;
       if (this.partBytes === this.partSize) this.closePart();
@@ -190,6 +170,11 @@ class SpoolWriter extends Writable {
   }
 
   private closePart(): void {
+    if (this.parts.length === 0) {
+      this.parts.push({ sha256: this.whole.copy().digest("hex"), md5: this.wholeMd5.copy().digest("base64") });
+      this.partBytes = 0;
+      return;
+    }
     this.parts.push({ sha256: this.partSha.digest("hex"), md5: this.partMd5.digest("base64") });
     this.partSha = createHash("sha256");
     this.partMd5 = createHash("md5");
@@ -253,11 +238,11 @@ export class S3BlobStore implements BlobStore {
   }
 
   async stat(digest: Digest): Promise<BlobInfo | null> {
-    return this.head("stat", blobObjectKey(digest));
+    return this.head("stat", blobKey(digest));
   }
 
   async read(digest: Digest, range?: ByteRange): Promise<Readable | null> {
-    const key = blobObjectKey(digest);
+    const key = blobKey(digest);
     const headers: Record<string, string> = range ? { range: `bytes=${range.start}-${range.end}` } : {};
     return this.attempts({ operation: "read", method: "GET", key, headers }, async (request) => {
       const response = await this.exchange(request, true);
@@ -297,32 +282,37 @@ export class S3BlobStore implements BlobStore {
   }
 
   async putBytes(digest: Digest, bytes: Uint8Array): Promise<void> {
-    const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const sha256 = createHash("sha256").update(buffer).digest("hex");
-    if (`sha256:${sha256}` !== digest) throw new Error(`putBytes: the bytes hash to sha256:${sha256}, not to ${digest}`);
-    const key = blobObjectKey(digest);
-    const existing = await this.head("stat", key);
-    if (existing?.size === buffer.length) return;
-    await this.putSmall("put blob", key, buffer, BLOB_CONTENT_TYPE);
+    await this.putDigested("put blob", blobKey(digest), digest, bytes, BLOB_CONTENT_TYPE);
   }
 
-  async getRecord(name: string): Promise<Uint8Array | null> {
-    assertRecordName(name);
-    const request: S3Request = { operation: "get record", method: "GET", key: `${RECORD_PREFIX}${name}` };
-    const response = await this.send(request, [200, 404]);
+  async putManifest(digest: Digest, body: string, mediaType: string): Promise<void> {
+    await this.putDigested("put manifest", manifestKey(digest), digest, new TextEncoder().encode(body), mediaType);
+  }
+
+  private async putDigested(operation: string, key: string, digest: Digest, bytes: Uint8Array, contentType: string): Promise<void> {
+    const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const sha256 = createHash("sha256").update(buffer).digest("hex");
+    if (`sha256:${sha256}` !== digest) throw new Error(`${operation}: the bytes hash to sha256:${sha256}, not to ${digest}`);
+    const existing = await this.head("stat", key);
+    if (existing?.size === buffer.length) return;
+    await this.putSmall(operation, key, buffer, contentType);
+  }
+
+  async getObject(key: string): Promise<Uint8Array | null> {
+    const response = await this.send({ operation: "get", method: "GET", key }, [200, 404]);
     return response.status === 404 ? null : new Uint8Array(response.body);
   }
 
-  async putRecord(name: string, bytes: Uint8Array): Promise<void> {
-    assertRecordName(name);
-    await this.putSmall("put record", `${RECORD_PREFIX}${name}`, Buffer.from(bytes), "application/json");
+  async putObject(key: string, bytes: Uint8Array, contentType: string): Promise<void> {
+    assertBuilderWritable(key);
+    await this.putSmall("put", key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), contentType);
   }
 
   // --- uploads ---------------------------------------------------------------------------------------------
 
   private async uploadFile(digest: Digest, size: number, path: string, hashes: ReturnType<SpoolWriter["hashes"]>): Promise<void> {
     const { log, multipartThresholdBytes, partSizeBytes } = this.options;
-    const key = blobObjectKey(digest);
+    const key = blobKey(digest);
     const existing = await this.head("stat", key);
     if (existing?.size === size) {
       log.info("s3-blob-present", { digest, size, key });
@@ -332,7 +322,7 @@ export class S3BlobStore implements BlobStore {
     const started = performance.now();
     let parts = 1;
     if (size <= multipartThresholdBytes) {
-      await this.putObject("put blob", key, BLOB_CONTENT_TYPE, {
+      await this.putBody("put blob", key, BLOB_CONTENT_TYPE, {
         length: size,
         sha256: hashes.sha256,
         md5: hashes.md5,
@@ -440,10 +430,10 @@ export class S3BlobStore implements BlobStore {
   }
 
   private async putSmall(operation: string, key: string, body: Buffer, contentType: string): Promise<void> {
-    await this.putObject(operation, key, contentType, bufferBody(body));
+    await this.putBody(operation, key, contentType, bufferBody(body));
   }
 
-  private async putObject(operation: string, key: string, contentType: string, body: Body): Promise<void> {
+  private async putBody(operation: string, key: string, contentType: string, body: Body): Promise<void> {
     await this.send({ operation, method: "PUT", key, headers: { "content-type": contentType }, body }, [200]);
   }
 

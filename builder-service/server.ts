@@ -1,30 +1,27 @@
 // The builder's HTTP API (see common/builder-api.ts): /health and /ready for operators, and the signed
-// endpoints the worker calls: /resolve, /build, /blobs/<digest>.
+// endpoints the worker calls: POST /resolve and POST /jobs (start a build job, or report on it; answered at once).
 import { IttyRouter, type IRequest } from "itty-router";
 import {
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
   verifyRequest,
-  type BuildRequest,
   type ResolveRequest,
 } from "../common/builder-api.ts";
-import { parseDigest } from "../common/digest.ts";
-import { contentRange, parseRange, satisfyRange } from "../common/http-range.ts";
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
 import { classifyTag } from "../common/tag.ts";
 import type { BlobStore } from "./blob-store.ts";
-import { validateBuildRequest } from "./build-request.ts";
+import { validateJobRequest } from "./build-request.ts";
 import type { ImageBuilder } from "./image-builder.ts";
+import type { BuildJobs } from "./jobs.ts";
 import type { Logger } from "./log.ts";
-import { NixBuildError, NixTooOldError, UnknownPackagesError } from "./nix-runner.ts";
-import { RevisionUnavailableError, type PackageSource } from "./sources/package-source.ts";
-import { Readable } from "node:stream";
+import type { PackageSource } from "./sources/package-source.ts";
 
 export interface BuilderServerDeps {
   secret: string;
   store: BlobStore;
   source: PackageSource;
   builder: ImageBuilder;
+  jobs: BuildJobs;
   log: Logger;
   /** Checks that Nix and the store work, for /ready. */
   readiness: () => Promise<string | null>;
@@ -73,7 +70,15 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
   };
 
   router
-    .get("/health", () => json(200, { ok: true, store: deps.store.description, source: deps.source.description, ...deps.builder.counters }))
+    .get("/health", () =>
+      json(200, {
+        ok: true,
+        store: deps.store.description,
+        source: deps.source.description,
+        ...deps.builder.counters,
+        jobs: { ...deps.jobs.counters, running: deps.jobs.running },
+      }),
+    )
     .get("/ready", async () => {
       const problem = await deps.readiness();
       return problem ? json(503, { ready: false, problem }) : json(200, { ready: true });
@@ -91,37 +96,10 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       }
       return json(200, resolved);
     })
-    .post("/build", authenticate, async (request) => {
-      const checked = validateBuildRequest(parseJson<unknown>((request as SignedRequest).rawBody));
+    .post("/jobs", authenticate, async (request) => {
+      const checked = validateJobRequest(parseJson<unknown>((request as SignedRequest).rawBody));
       if (!checked.ok) return fail(400, "NAME_INVALID", checked.reason);
-      return buildResponse(deps, checked.request);
-    })
-    .all("/blobs/:digest", authenticate, async (request) => {
-      if (request.method !== "GET" && request.method !== "HEAD") return fail(405, "UNSUPPORTED", "blobs are read-only");
-      const digest = parseDigest(decodeURIComponent(request.params.digest));
-      if (!digest.ok) return fail(400, "DIGEST_INVALID", digest.reason);
-      const info = await deps.store.stat(digest.digest);
-      if (!info) return fail(404, "BLOB_UNKNOWN", `blob ${digest.digest} is not in the builder's store`);
-      const spec = parseRange(request.headers.get("range"));
-      const single = spec.kind === "from" || spec.kind === "suffix" ? spec : null;
-      const range = single ? satisfyRange(single, info.size) : null;
-      if (spec.kind === "invalid" || (single && !range)) {
-        const response = fail(416, "RANGE_INVALID", `range ${request.headers.get("range")} cannot be served from a blob of ${info.size} bytes`);
-        response.headers.set("content-range", contentRange(null, info.size));
-        return response;
-      }
-      const headers: Record<string, string> = {
-        "content-type": "application/octet-stream",
-        "docker-content-digest": digest.digest,
-        "accept-ranges": "bytes",
-        "content-length": String(range ? range.end - range.start + 1 : info.size),
-      };
-      if (range) headers["content-range"] = contentRange(range, info.size);
-      const status = range ? 206 : 200;
-      if (request.method === "HEAD") return new Response(null, { status, headers });
-      const stream = await deps.store.read(digest.digest, range ?? undefined);
-      if (!stream) return fail(404, "BLOB_UNKNOWN", `blob ${digest.digest} is not in the builder's store`);
-      return new Response(Readable.toWeb(stream) as ReadableStream<Uint8Array>, { status, headers });
+      return json(200, await deps.jobs.submit(checked.request));
     })
     .all("*", () => fail(404, "UNSUPPORTED", "no such builder endpoint; see common/builder-api.ts"));
 
@@ -135,36 +113,13 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       response = fail(500, "UNKNOWN", `the builder failed unexpectedly: ${(error as Error).message}`);
     }
     const url = new URL(request.url);
-    if (url.pathname !== "/health") {
+    // The worker asks after running jobs every second or so: those answers are not worth a line each.
+    const poll = url.pathname === "/jobs" && response.status === 200;
+    if (url.pathname !== "/health" && !poll) {
       log.info("request", { method: request.method, path: url.pathname, status: response.status, ms: Math.round(performance.now() - started) });
     }
     return response;
   };
-}
-
-async function buildResponse(deps: BuilderServerDeps, request: BuildRequest): Promise<Response> {
-  try {
-    return json(200, await deps.builder.build(request));
-  } catch (error) {
-    if (error instanceof UnknownPackagesError) {
-      const detail = { unknown: error.unknown, removed: error.removed, refused: error.refused };
-      // Packages that exist but that the package set refuses (broken, unfree, insecure) are denied, not unknown.
-      if (error.onlyRefused) return fail(403, "DENIED", error.message, detail);
-      return fail(404, "MANIFEST_UNKNOWN", `${error.message} (package set ${deps.source.description})`, detail);
-    }
-    if (error instanceof NixTooOldError) {
-      deps.log.error("nix-too-old", { packages: request.packages, revision: request.revision, message: error.message });
-      return fail(500, "NIX_TOO_OLD", error.message, { needed: error.needed, have: error.have });
-    }
-    if (error instanceof NixBuildError) {
-      deps.log.warn("build-failed", { packages: request.packages, message: error.message, log: error.logTail });
-      return fail(500, "BUILD_FAILED", `image build failed: ${error.message}`, { failed: error.failed, log: error.logTail });
-    }
-    if (error instanceof RevisionUnavailableError) {
-      return fail(409, "MANIFEST_UNKNOWN", error.message);
-    }
-    throw error;
-  }
 }
 
 /**

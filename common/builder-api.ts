@@ -1,6 +1,6 @@
 // The contract between the worker and the builder: request and response shapes, and request signing.
-// Every builder endpoint but /health requires a signature, so an exposed builder is not a free build farm.
-import { hmacSha256Hex, sha256Hex, type Digest } from "./digest.ts";
+// Every builder endpoint but /health and /ready requires a signature, so an exposed builder is not a free build farm.
+import { hmacSha256Hex, sha256Hex } from "./digest.ts";
 import type { NixSystem } from "./image-name.ts";
 
 export const SIGNATURE_HEADER = "x-builder-signature";
@@ -28,27 +28,22 @@ export interface BuildRequest {
   revision: string;
 }
 
-export interface BuiltManifest {
-  digest: Digest;
-  mediaType: string;
-  /** The manifest's exact bytes (JSON text); its digest is over these. */
-  body: string;
+/** POST /jobs: start the image's build, or report on it. Answered at once with the job's JobRecord. */
+export interface JobRequest extends BuildRequest {
+  /**
+   * The caller's id for the job. A running job of the same image is reported whatever its id (the caller adopts
+   * it); a finished job is reported only to the id that started it, and any other id starts a new job.
+   */
+  jobId: string;
+  /**
+   * With a running job: hold the answer until the job finishes or this many seconds pass (at most
+   * MAX_JOB_WAIT_SECONDS), so that the caller hears of the end at once without asking every moment.
+   */
+  waitSeconds?: number;
 }
 
-export interface BlobRef {
-  digest: Digest;
-  size: number;
-}
-
-export interface BuildResult {
-  imageKey: string;
-  revision: string;
-  manifests: { oci: BuiltManifest; docker: BuiltManifest };
-  config: BlobRef;
-  layers: BlobRef[];
-  /** Whether the builder's own cache answered (no Nix, no tarring). */
-  cached: boolean;
-}
+/** Well inside the 100 s after which Cloudflare cuts a request to an origin that hasn't answered. */
+export const MAX_JOB_WAIT_SECONDS = 10;
 
 function signedMessage(method: string, pathAndQuery: string, timestamp: string, bodyHash: string): string {
   return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${bodyHash}`;

@@ -357,11 +357,10 @@ BUILDER_SECRET=$secret
 # (the worker can't fetch a bare IP address); 0.0.0.0 listens on every interface.
 BUILDER_HOST=127.0.0.1
 BUILDER_PORT=8788
-# Spooled layers and Nix's download cache (the service's StateDirectory).
+# Spooled layers, the journal of unfinished build jobs, and Nix's download cache (the service's StateDirectory).
 BUILDER_DATA_DIR=$STATE_DIR
 
-# Blobs go straight into the worker's R2 bucket through R2's S3 API.
-BUILDER_STORE=s3
+# Blobs, manifests and image records go straight into the worker's R2 bucket through R2's S3 API.
 # https://<account id>.r2.cloudflarestorage.com (R2 > Overview > Account details > S3 API, without the bucket)
 S3_ENDPOINT=
 S3_BUCKET=nix-edge-registry

@@ -1,5 +1,7 @@
 // Signed calls to a builder, as the worker makes them, for tests and the benchmark that talk to it directly.
-import { signRequest, type BuildResult, type ResolveResult } from "../common/builder-api.ts";
+import { randomUUID } from "node:crypto";
+import { signRequest, type ResolveResult } from "../common/builder-api.ts";
+import type { JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 
 export async function signedFetch(builderUrl: string, secret: string, method: string, path: string, body = ""): Promise<Response> {
@@ -17,15 +19,24 @@ export async function resolveLatest(builderUrl: string, secret: string): Promise
   return (await response.json()) as ResolveResult;
 }
 
+/**
+ * Builds an image through the builder's job API, as the worker's coordinator does: submits the job, then asks after
+ * it until it is done. Returns the finished job's record; a failed job throws with its error.
+ */
 export async function build(
   builderUrl: string,
   secret: string,
   packages: string[],
   revision: string,
   system: NixSystem = "x86_64-linux",
-): Promise<BuildResult> {
-  const body = JSON.stringify({ packages, system, tag: "latest", revision });
-  const response = await signedFetch(builderUrl, secret, "POST", "/build", body);
-  if (response.status !== 200) throw new Error(`build failed: ${response.status} ${await response.text()}`);
-  return (await response.json()) as BuildResult;
+): Promise<JobRecord> {
+  const body = JSON.stringify({ packages, system, tag: "latest", revision, jobId: randomUUID() });
+  for (;;) {
+    const response = await signedFetch(builderUrl, secret, "POST", "/jobs", body);
+    if (response.status !== 200) throw new Error(`build failed: ${response.status} ${await response.text()}`);
+    const record = (await response.json()) as JobRecord;
+    if (record.phase === "done") return record;
+    if (record.phase === "failed") throw new Error(`build failed: ${JSON.stringify(record.error)}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
 }

@@ -1,6 +1,7 @@
-// Starts the whole registry on one machine: the builder as a child process and the worker in workerd
-// (Cloudflare's runtime, through Miniflare as wrangler dev runs it, with a local R2 kept on disk).
-// Used by `npm start` and by the tests.
+// Starts the whole registry on one machine: the worker in workerd (Cloudflare's runtime, through Miniflare as
+// wrangler dev runs it) with a local R2 kept on disk and its build coordinators (Durable Objects, kept beside it), a
+// local S3 endpoint onto that same R2 (scripts/local-s3-endpoint/), and the builder (or several) as child processes
+// writing into the bucket through it, as builders write into R2 in production. Used by `npm start` and the tests.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
@@ -11,6 +12,13 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
+import { createServer, type AddressInfo } from "node:net";
+import {
+  builderS3Environment,
+  localS3EndpointWorker,
+  randomS3Credentials,
+  s3EndpointUrl,
+} from "./local-s3-endpoint/options.ts";
 import { startPlainHttpFront } from "./plain-http-front.ts";
 import { forwardWorkerdOutput, startWorkerdDyingWithParent } from "./workerd-process.ts";
 
@@ -22,11 +30,25 @@ export interface StackOptions {
   pkgsPath?: string;
   /** Worker port; 0 picks a free one. */
   port: number;
-  /** Builder port; 0 picks a free one. */
+  /** Builder port; 0 picks a free one. With several builders, the first one's (the others pick free ports). */
   builderPort: number;
-  /** The builder's blobs and caches. */
+  /** The builder's spool and job journal; with several builders, each gets a folder 1/, 2/, ... in it. */
   builderDataDir: string;
-  /** The worker's local R2 (and other local state). */
+  /** How many builders to run (default 1); the worker spreads jobs over them by image key. */
+  builders?: number;
+  /**
+   * Puts something between the worker and each builder (e.g. a stand-in for Cloudflare's proxy): given a builder's
+   * URL, returns the URL the worker is to use instead.
+   */
+  builderFront?: (builderUrl: string) => Promise<string>;
+  /** Extra variables for the worker (BUILDER_STALE_SECONDS, TAG_CACHE_SECONDS, ...). */
+  workerVars?: Record<string, string>;
+  /**
+   * A second instance of the worker (its own isolate and memory, as in another edge location) sharing the bucket and
+   * the build coordinators, served plain http at Stack.secondRegistryUrl.
+   */
+  secondWorker?: boolean;
+  /** The worker's local R2, its coordinators' storage (and other local state). */
   workerStateDir: string;
   secret?: string;
   /** Extra environment for the builder (NIX_CONFIG, NIXERY_LAYER_BUDGET, ...). */
@@ -58,9 +80,29 @@ export interface Stack {
   registryUrl: string;
   /** e.g. 127.0.0.1:8787, as image references need it. */
   registryHost: string;
+  /** The first builder. */
   builder: Builder;
+  builders: Builder[];
   secret: string;
+  /** The builders' S3 settings for the local bucket (S3_ENDPOINT and the rest), to start another builder on it. */
+  s3Env: Record<string, string>;
+  /** With secondWorker: the second worker instance's URL (http://127.0.0.1:PORT). */
+  secondRegistryUrl?: string;
+  /** Starts builder i again (after it was stopped) with the same port, folder and settings. */
+  restartBuilder(index: number): Promise<Builder>;
   stop(): Promise<void>;
+}
+
+/** The R2 bucket's name, as wrangler.toml's bucket_name says. */
+const BUCKET_NAME = "nix-edge-registry";
+
+/** A free TCP port on 127.0.0.1, to hand to a process that starts later. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => server.listen(0, "127.0.0.1", resolve).once("error", reject));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 /**
@@ -75,7 +117,19 @@ export const LOCAL_NIX_CONFIG = SINGLE_USER_ROOT ? "build-users-group =" : "";
 /** Nix without substituters: offline, every build would otherwise wait on DNS for the binary cache. */
 export const OFFLINE_NIX_CONFIG = ["substituters =", "experimental-features = nix-command", LOCAL_NIX_CONFIG].filter(Boolean).join("\n");
 
-export async function startBuilder(options: Omit<StackOptions, "port" | "workerStateDir"> & { secret: string }): Promise<Builder> {
+export interface BuilderOptions {
+  pkgsPath?: string;
+  builderPort: number;
+  builderDataDir: string;
+  secret: string;
+  /** The S3 settings of the bucket it writes into (S3_ENDPOINT, S3_BUCKET, keys). */
+  s3Env: Record<string, string>;
+  builderEnv?: Record<string, string>;
+  builderCommandPrefix?: string[];
+  onBuilderLog?: (line: string) => void;
+}
+
+export async function startBuilder(options: BuilderOptions): Promise<Builder> {
   const tsx = fileURLToPath(new URL("../node_modules/.bin/tsx", import.meta.url));
   // --exit-with-stdin: the builder stops when this process's end of its stdin closes, which happens however this
   // process ends, SIGKILL included.
@@ -88,6 +142,7 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
       BUILDER_HOST: "127.0.0.1",
       BUILDER_PORT: String(options.builderPort),
       BUILDER_DATA_DIR: options.builderDataDir,
+      ...options.s3Env,
       ...(options.pkgsPath ? { NIXERY_PKGS_PATH: options.pkgsPath } : {}),
       NIX_CONFIG:
         options.pkgsPath && !process.env.NIX_CONFIG
@@ -130,26 +185,34 @@ export async function startBuilder(options: Omit<StackOptions, "port" | "workerS
     logLines,
     stop: () =>
       new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once("exit", () => resolve());
         child.kill("SIGTERM");
       }),
   };
 }
 
+/** Where Miniflare keeps local state, in the layout wrangler dev and getPlatformProxy use. */
+const persistence = (stateDir: string) => ({
+  r2Persist: join(stateDir, "v3", "r2"),
+  durableObjectsPersist: join(stateDir, "v3", "do"),
+});
+
 /**
- * The worker, bundled as `wrangler deploy` bundles it, in workerd through Miniflare (what `wrangler dev` runs
- * it with), minus wrangler dev's proxy in front: one hop less on every blob, and no file watcher that would
- * reload the worker mid-test when a source file changes.
+ * The worker, bundled as `wrangler deploy` bundles it, in workerd through Miniflare (what `wrangler dev` runs it
+ * with), minus wrangler dev's proxy in front (one hop less on every blob, and no file watcher that would reload the
+ * worker mid-test), next to the local S3 endpoint onto its bucket.
  */
 async function startWorker(options: {
   stateDir: string;
-  builderUrl: string;
+  builderUrls: string[];
   secret: string;
+  vars: Record<string, string>;
   /** Where workerd listens: a free port for the front to forward to, or the registry's own port with tls. */
   port: number;
   tls: boolean;
-}): Promise<{ url: URL; dispose(): Promise<void> }> {
+  secondWorker: boolean;
+}): Promise<{ url: URL; secondUrl?: string; s3Env: Record<string, string>; dispose(): Promise<void> }> {
   const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
   try {
     await execFileAsync(
@@ -159,18 +222,35 @@ async function startWorker(options: {
     );
     const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
     await startWorkerdDyingWithParent(join(PROJECT_ROOT, "node_modules/.cache/nix-edge-registry"));
-    const miniflare = new Miniflare({
+    const credentials = randomS3Credentials();
+    const s3 = await localS3EndpointWorker({ port: 0, bucket: BUCKET_NAME, credentials });
+    const registry = {
       ...(workerOptions as Record<string, unknown>),
+      name: "registry",
       modules: true,
       modulesRoot: bundleDir,
       scriptPath: join(bundleDir, "index.js"),
       bindings: {
         ...(workerOptions.bindings as Record<string, unknown> | undefined),
-        BUILDER_URL: options.builderUrl,
+        BUILDER_URL: options.builderUrls.join(","),
         BUILDER_SECRET: options.secret,
+        ...options.vars,
       },
-      // The same layout wrangler dev and getPlatformProxy use: <state>/v3/r2.
-      r2Persist: join(options.stateDir, "v3", "r2"),
+    };
+    const second = options.secondWorker
+      ? [
+          {
+            ...registry,
+            name: "registry-2",
+            // The coordinators of the first instance: one per image key across both, as across the edge.
+            durableObjects: { BUILD_COORDINATOR: { className: "BuildCoordinator", scriptName: "registry" } },
+            unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
+          },
+        ]
+      : [];
+    const miniflare = new Miniflare({
+      workers: [registry, ...second, s3.options],
+      ...persistence(options.stateDir),
       host: "127.0.0.1",
       port: options.port,
       https: options.tls,
@@ -180,10 +260,15 @@ async function startWorker(options: {
       await miniflare.dispose().catch(() => undefined);
       throw portTaken(error, options.port) ?? error;
     });
+    const endpoint = await s3EndpointUrl(miniflare);
+    const secondUrl = options.secondWorker ? (await miniflare.unsafeGetDirectURL("registry-2")).origin : undefined;
     return {
       url,
+      secondUrl,
+      s3Env: builderS3Environment({ endpoint, bucket: BUCKET_NAME, credentials }),
       dispose: async () => {
         await miniflare.dispose();
+        await s3.dispose();
         await rm(bundleDir, { recursive: true, force: true });
       },
     };
@@ -191,6 +276,26 @@ async function startWorker(options: {
     await rm(bundleDir, { recursive: true, force: true });
     throw error;
   }
+}
+
+/**
+ * Only the local bucket and its S3 endpoint, for running builders without a worker (the builder's own tests, the
+ * benchmark's build figures). stateDir is a worker state folder: a stack started on it later serves what was built.
+ */
+export async function startLocalBucket(stateDir: string): Promise<{ s3Env: Record<string, string>; dispose(): Promise<void> }> {
+  await startWorkerdDyingWithParent(join(PROJECT_ROOT, "node_modules/.cache/nix-edge-registry"));
+  const credentials = randomS3Credentials();
+  const s3 = await localS3EndpointWorker({ port: 0, bucket: BUCKET_NAME, credentials });
+  const miniflare = new Miniflare({ workers: [s3.options], ...persistence(stateDir), handleRuntimeStdio: forwardWorkerdOutput } as MiniflareOptions);
+  await miniflare.ready;
+  const endpoint = await s3EndpointUrl(miniflare);
+  return {
+    s3Env: builderS3Environment({ endpoint, bucket: BUCKET_NAME, credentials }),
+    dispose: async () => {
+      await miniflare.dispose();
+      await s3.dispose();
+    },
+  };
 }
 
 /** A clearer error for a port someone else holds, or undefined when that isn't what went wrong. */
@@ -205,43 +310,83 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   process.env.WRANGLER_SEND_ERROR_REPORTS ??= "false";
   process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= "false";
   const secret = options.secret ?? randomBytes(32).toString("hex");
-  const builder = await startBuilder({ ...options, secret });
+  const count = options.builders ?? 1;
+  // The worker is told where the builders will listen before they start: they need its bucket to start.
+  const ports: number[] = [];
+  for (let i = 0; i < count; i++) ports.push(i === 0 && options.builderPort !== 0 ? options.builderPort : await freePort());
+  const builderUrls = ports.map((port) => `http://127.0.0.1:${port}`);
+  const workerUrls = options.builderFront ? await Promise.all(builderUrls.map(options.builderFront)) : builderUrls;
+  const tls = options.tls ?? false;
+  const worker = await startWorker({
+    stateDir: options.workerStateDir,
+    builderUrls: workerUrls,
+    secret,
+    vars: options.workerVars ?? {},
+    port: tls ? options.port : 0,
+    tls,
+    secondWorker: options.secondWorker ?? false,
+  });
+  const builderOptions = (index: number): BuilderOptions => ({
+    ...options,
+    secret,
+    s3Env: worker.s3Env,
+    builderPort: ports[index],
+    builderDataDir: count === 1 ? options.builderDataDir : join(options.builderDataDir, String(index + 1)),
+  });
+  const builders: Builder[] = [];
+  const stopAll = async () => {
+    await Promise.all(builders.map((builder) => builder.stop()));
+  };
   try {
-    const tls = options.tls ?? false;
-    const worker = await startWorker({ stateDir: options.workerStateDir, builderUrl: builder.url, secret, port: tls ? options.port : 0, tls });
+    for (let i = 0; i < count; i++) builders.push(await startBuilder(builderOptions(i)));
+    const common = {
+      builders,
+      secret,
+      s3Env: worker.s3Env,
+      secondRegistryUrl: worker.secondUrl,
+      async restartBuilder(index: number) {
+        await builders[index].stop();
+        builders[index] = await startBuilder(builderOptions(index));
+        return builders[index];
+      },
+    };
     if (tls) {
       return {
+        ...common,
+        // A getter, not a spread value: restartBuilder(0) replaces the first builder.
+        get builder() {
+          return builders[0];
+        },
         registryUrl: `https://127.0.0.1:${worker.url.port}`,
         registryHost: `127.0.0.1:${worker.url.port}`,
-        builder,
-        secret,
         stop: async () => {
           await worker.dispose();
-          await builder.stop();
+          await stopAll();
         },
       };
     }
     const front = await startPlainHttpFront(
       { host: worker.url.hostname, port: Number(worker.url.port) },
       { host: "127.0.0.1", port: options.port },
-    ).catch(async (error: unknown) => {
-      // A taken PORT must not leave workerd running behind it.
-      await worker.dispose();
+    ).catch((error: unknown) => {
       throw portTaken(error, options.port) ?? error;
     });
     return {
+      ...common,
+      get builder() {
+        return builders[0];
+      },
       registryUrl: `http://127.0.0.1:${front.port}`,
       registryHost: `127.0.0.1:${front.port}`,
-      builder,
-      secret,
       stop: async () => {
         await front.close();
         await worker.dispose();
-        await builder.stop();
+        await stopAll();
       },
     };
   } catch (error) {
-    await builder.stop();
+    await stopAll();
+    await worker.dispose();
     throw error;
   }
 }

@@ -1,5 +1,6 @@
-// Runs the registry in the foreground with the embedded defaults: local R2 under .wrangler/state,
-// builder blobs under .data/builder. Prints how to pull, logs builds, stops on Ctrl-C.
+// Runs the registry in the foreground with the embedded defaults: local R2 (and the build coordinators) under
+// .wrangler/state, the builder writing into it (spool and job journal under .data/builder). Prints how to pull, logs
+// builds, stops on Ctrl-C.
 import { join } from "node:path";
 import { PROJECT_ROOT, startStack } from "./local-stack.ts";
 

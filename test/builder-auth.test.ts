@@ -1,7 +1,7 @@
 // Issue "Production path": the builder serves only its worker. Every endpoint but /health and /ready wants an
 // HMAC-SHA256 signature over method, path and query, a timestamp and the body's hash (common/builder-api.ts);
 // a missing, wrong, foreign or stale signature gets 401 UNAUTHORIZED, so a captured request can't be replayed.
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -9,20 +9,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SIGNATURE_HEADER, signRequest, TIMESTAMP_HEADER } from "../common/builder-api.ts";
-import { startBuilder, type Builder } from "../scripts/local-stack.ts";
+import type { JobRecord } from "../common/bucket-layout.ts";
+import { startBuilder, startLocalBucket, type Builder } from "../scripts/local-stack.ts";
 import { TEST_PKGS } from "./support/stack.ts";
 
 const secret = randomBytes(32).toString("hex");
 let builder: Builder;
+let bucket: Awaited<ReturnType<typeof startLocalBucket>>;
 let scratch: string;
 
-const BUILD_BODY = JSON.stringify({ packages: ["hello"], system: "x86_64-linux", tag: "latest", revision: "0".repeat(40) });
-const BLOB_PATH = `/blobs/sha256:${"a".repeat(64)}`;
+const JOB_ID = randomUUID();
+const JOB_BODY = JSON.stringify({ packages: ["hello"], system: "x86_64-linux", tag: "latest", revision: "0".repeat(40), jobId: JOB_ID });
 
-const endpoints: { method: "GET" | "POST"; path: string; body: string }[] = [
-  { method: "POST", path: "/build", body: BUILD_BODY },
+const endpoints: { method: "POST"; path: string; body: string }[] = [
+  { method: "POST", path: "/jobs", body: JOB_BODY },
   { method: "POST", path: "/resolve", body: JSON.stringify({ tag: "latest" }) },
-  { method: "GET", path: BLOB_PATH, body: "" },
 ];
 
 async function call(method: string, path: string, body: string, headers: Record<string, string>): Promise<Response> {
@@ -42,17 +43,19 @@ async function expectUnauthorized(response: Response, reason: RegExp): Promise<v
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "builder-auth-"));
-  builder = await startBuilder({ builderPort: 0, builderDataDir: join(scratch, "builder"), pkgsPath: TEST_PKGS, secret });
+  bucket = await startLocalBucket(join(scratch, "bucket"));
+  builder = await startBuilder({ builderPort: 0, builderDataDir: join(scratch, "builder"), pkgsPath: TEST_PKGS, secret, s3Env: bucket.s3Env });
 });
 
 afterAll(async () => {
   await builder?.stop();
+  await bucket?.dispose();
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
 describe("requests to the builder", () => {
   for (const { method, path, body } of endpoints) {
-    describe(`${method} ${path.replace(/a{64}/, "<hex>")}`, () => {
+    describe(`${method} ${path}`, () => {
       it("without a signature: 401", async () => {
         await expectUnauthorized(await call(method, path, body, {}), /not signed/);
       });
@@ -77,28 +80,54 @@ describe("requests to the builder", () => {
         await expectUnauthorized(await call(method, path, body, future), /s old; requests are accepted for 60 s/);
       });
 
-      it("correctly signed just now: not 401", async () => {
+      it("correctly signed just now: answered", async () => {
         const response = await call(method, path, body, await signRequest(secret, method, path, body));
-        expect(response.status).not.toBe(401);
-        await response.body?.cancel();
+        expect(response.status).toBe(200);
+        const answer = (await response.json()) as Record<string, unknown>;
+        if (path === "/jobs") expect(answer).toMatchObject({ jobId: JOB_ID, request: { packages: ["hello"] } });
+        else expect(answer).toHaveProperty("revision");
       });
     });
   }
 
   it("a signature for one request does not carry over to another path, method or body", async () => {
-    const headers = await signRequest(secret, "POST", "/build", BUILD_BODY);
-    await expectUnauthorized(await call("POST", "/resolve", BUILD_BODY, headers), /does not match/);
-    await expectUnauthorized(await call("POST", "/build", BUILD_BODY.replace("hello", "curl"), headers), /does not match/);
-    const blobHeaders = await signRequest(secret, "GET", BLOB_PATH, "");
-    await expectUnauthorized(await call("GET", `${BLOB_PATH.slice(0, -1)}b`, "", blobHeaders), /does not match/);
-    // HEAD answers carry no body: the status alone.
-    expect((await call("HEAD", BLOB_PATH, "", blobHeaders)).status).toBe(401);
+    const headers = await signRequest(secret, "POST", "/jobs", JOB_BODY);
+    await expectUnauthorized(await call("POST", "/resolve", JOB_BODY, headers), /does not match/);
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY.replace("hello", "curl"), headers), /does not match/);
+    // Another job id in the same request: a captured submission can't be turned into another job.
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY.replace(JOB_ID, randomUUID()), headers), /does not match/);
+    const resolveBody = JSON.stringify({ tag: "latest" });
+    await expectUnauthorized(await call("POST", "/resolve", resolveBody, await signRequest(secret, "GET", "/resolve", resolveBody)), /does not match/);
   });
 
   it("a malformed timestamp: 401", async () => {
-    const headers = await signRequest(secret, "POST", "/build", BUILD_BODY);
+    const headers = await signRequest(secret, "POST", "/jobs", JOB_BODY);
     headers[TIMESTAMP_HEADER] = "yesterday";
-    await expectUnauthorized(await call("POST", "/build", BUILD_BODY, headers), /timestamp is malformed/);
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY, headers), /timestamp is malformed/);
+  });
+
+  it("a refused POST /jobs starts no job: only a signed one does", async () => {
+    const jobs = async () => ((await (await fetch(`${builder.url}/health`)).json()) as { jobs: { started: number } }).jobs.started;
+    const started = () => builder.logLines.filter((line) => line.includes('"event":"job-started"')).length;
+    const before = { health: await jobs(), logged: started() };
+    const body = JOB_BODY.replace(JOB_ID, randomUUID()).replace('"hello"', '"coreutils"');
+    await expectUnauthorized(await call("POST", "/jobs", body, {}), /not signed/);
+    await expectUnauthorized(await call("POST", "/jobs", body, await signRequest(`${secret}-other`, "POST", "/jobs", body)), /does not match/);
+    await expectUnauthorized(await call("POST", "/jobs", body, await signRequest(secret, "POST", "/jobs", body, Date.now() - 5 * 60_000)), /s old/);
+    expect(await jobs()).toBe(before.health);
+    expect(started()).toBe(before.logged);
+    const signed = await call("POST", "/jobs", body, await signRequest(secret, "POST", "/jobs", body));
+    expect(signed.status).toBe(200);
+    expect(((await signed.json()) as JobRecord).request.packages).toEqual(["coreutils"]);
+    expect(await jobs()).toBe(before.health + 1);
+    expect(started()).toBe(before.logged + 1);
+  });
+
+  it("the builder serves no blobs: there is no /blobs endpoint, signed or not", async () => {
+    const path = `/blobs/sha256:${"a".repeat(64)}`;
+    const response = await call("GET", path, "", await signRequest(secret, "GET", path, ""));
+    expect(response.status).toBe(404);
+    expect(((await response.json()) as { errors: { code: string }[] }).errors[0].code).toBe("UNSUPPORTED");
   });
 
   it("/health and /ready need no signature", async () => {
@@ -134,7 +163,7 @@ describe("request bodies, before any signature check", () => {
     socket.on("error", () => undefined); // the builder may reset while we still write
     socket.on("close", () => (closed = true));
     // Chunked, so no Content-Length tells the builder the size up front: it has to count.
-    socket.write("POST /build HTTP/1.1\r\nHost: builder\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    socket.write("POST /jobs HTTP/1.1\r\nHost: builder\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
     const chunk = Buffer.alloc(1024 * 1024, 0x20);
     const frame = Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]);
     let sent = 0;
@@ -156,7 +185,7 @@ describe("request bodies, before any signature check", () => {
   });
 
   it("refuses a body whose Content-Length is over the limit without reading it", async () => {
-    const response = await fetch(`${builder.url}/build`, { method: "POST", body: "x".repeat(64 * 1024 + 1) });
+    const response = await fetch(`${builder.url}/jobs`, { method: "POST", body: "x".repeat(64 * 1024 + 1) });
     expect(response.status).toBe(413);
     expect(response.headers.get("connection")).toBe("close");
   });

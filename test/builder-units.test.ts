@@ -1,26 +1,58 @@
 // The builder's pure parts, without a running stack: tarballs, layering, request signing, names and ranges.
 import { execFileSync } from "node:child_process";
-import { mkdtemp, mkdir, writeFile, chmod, symlink, rm } from "node:fs/promises";
+import { createHash, randomUUID } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
-import { parseDigest } from "../common/digest.ts";
+import { parseDigest, type Digest } from "../common/digest.ts";
 import { parseRange, satisfyRange } from "../common/http-range.ts";
 import { parseImageName } from "../common/image-name.ts";
 import { classifyTag } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
-import { LocalBlobStore } from "../builder-service/local-store.ts";
+import type { StagedBlob } from "../builder-service/blob-store.ts";
 import { rootfsEntries, storePathEntries, storePathEntriesUnder, type TarEntry } from "../builder-service/tarball.ts";
 import type { StorePathNode } from "../builder-service/closure.ts";
-import { validateBuildRequest } from "../builder-service/build-request.ts";
+import { validateBuildRequest, validateJobRequest } from "../builder-service/build-request.ts";
 import { nixConfig, probeNix, readNixSettings } from "../builder-service/nix-settings.ts";
 import { thrownMessage } from "../builder-service/nix-runner.ts";
 import { OFFLINE_NIX_CONFIG } from "../scripts/local-stack.ts";
 
 const scratch = await mkdtemp(join(tmpdir(), "units-"));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
+
+/**
+ * Where writeLayer puts a layer, reduced to files: staged bytes go to a temporary file, which commit checks against
+ * the digest and size it is given and renames to <dir>/<hex>.
+ */
+function folderStore(dir: string): { stage(): Promise<StagedBlob>; commits: { digest: Digest; size: number }[] } {
+  const commits: { digest: Digest; size: number }[] = [];
+  return {
+    commits,
+    async stage() {
+      await mkdir(dir, { recursive: true });
+      const path = join(dir, `staged-${randomUUID()}`);
+      const sink = createWriteStream(path);
+      return {
+        sink,
+        async commit(digest, size) {
+          const bytes = await readFile(path);
+          expect(bytes.length).toBe(size);
+          expect(`sha256:${createHash("sha256").update(bytes).digest("hex")}`).toBe(digest);
+          await rename(path, join(dir, digest.slice("sha256:".length)));
+          commits.push({ digest, size });
+        },
+        async abort() {
+          sink.destroy();
+          await rm(path, { force: true });
+        },
+      };
+    },
+  };
+}
 
 function node(name: string, references: string[] = [], narSize = 1000): StorePathNode {
   const path = `/nix/store/${name.padEnd(32, "a").slice(0, 32)}-${name}`;
@@ -68,17 +100,34 @@ describe("tarballs", () => {
     const storeA = await storePathEntriesFromRoot(join(scratch, "a"));
     const storeB = await storePathEntriesFromRoot(join(scratch, "b"));
     expect(relocate(storeA, join(scratch, "a"))).toEqual(relocate(storeB, join(scratch, "b")));
-    const store = new LocalBlobStore(join(scratch, "blobs"));
-    await store.init();
+    const store = folderStore(join(scratch, "blobs"));
     const layerA = await writeLayer(storeA, store);
     const layerB = await writeLayer(storeB, store);
     expect(layerA).toEqual(layerB);
-    const listing = execFileSync("tar", ["-tvzf", join(scratch, "blobs/blobs/sha256", layerA.digest.slice(7))], { encoding: "utf8" });
+    // Committed under the digest of the bytes staged, with their size (folderStore checks both).
+    expect(store.commits).toEqual([
+      { digest: layerA.digest, size: layerA.size },
+      { digest: layerA.digest, size: layerA.size },
+    ]);
+    const tarBytes = execFileSync("gzip", ["-dc", join(scratch, "blobs", layerA.digest.slice(7))]);
+    expect(tarBytes.length).toBe(layerA.tarSize);
+    expect(`sha256:${createHash("sha256").update(tarBytes).digest("hex")}`).toBe(layerA.diffId);
+    const listing = execFileSync("tar", ["-tvzf", join(scratch, "blobs", layerA.digest.slice(7))], { encoding: "utf8" });
     const lines = listing.trim().split("\n");
     expect(lines[0]).toMatch(/^dr-xr-xr-x 0\/0 +0 1970-01-01 00:00 nix\/?$/);
     expect(lines.some((l) => /^-r-xr-xr-x 0\/0 .* nix\/store\/0{32}-demo\/bin\/tool$/.test(l))).toBe(true);
     expect(lines.some((l) => /^-r--r--r-- 0\/0 .* nix\/store\/0{32}-demo\/README$/.test(l))).toBe(true);
     expect(lines.some((l) => / nix\/store\/0{32}-demo\/link -> bin\/tool$/.test(l))).toBe(true);
+  });
+
+  it("throws the staged bytes away when the tree can't be read, and commits nothing", async () => {
+    const dir = join(scratch, "aborted");
+    const store = folderStore(dir);
+    // A file that vanished between listing and tarring (a store path garbage-collected meanwhile).
+    const missing: TarEntry[] = [{ name: "nix", type: "directory", mode: 0o555 }, { name: "nix/gone", type: "file", mode: 0o444, size: 10, source: join(scratch, "no-such-file") }];
+    await expect(writeLayer(missing, store)).rejects.toThrow();
+    expect(store.commits).toEqual([]);
+    expect(execFileSync("ls", ["-A", dir], { encoding: "utf8" })).toBe("");
   });
 
   it("refuses paths outside the store", async () => {
@@ -109,15 +158,15 @@ describe("request signing", () => {
 
   it("accepts a fresh signature and refuses a wrong secret, another path, another body, or an old one", async () => {
     const now = Date.now();
-    const headers = await signRequest(secret, "POST", "/build", '{"a":1}', now);
+    const headers = await signRequest(secret, "POST", "/jobs", '{"a":1}', now);
     const given = { signature: headers[SIGNATURE_HEADER], timestamp: headers[TIMESTAMP_HEADER] };
-    expect(await verifyRequest(secret, "POST", "/build", '{"a":1}', given, now)).toEqual({ ok: true });
-    expect((await verifyRequest("another-secret-0123456789", "POST", "/build", '{"a":1}', given, now)).ok).toBe(false);
+    expect(await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, now)).toEqual({ ok: true });
+    expect((await verifyRequest("another-secret-0123456789", "POST", "/jobs", '{"a":1}', given, now)).ok).toBe(false);
     expect((await verifyRequest(secret, "POST", "/resolve", '{"a":1}', given, now)).ok).toBe(false);
-    expect((await verifyRequest(secret, "POST", "/build", '{"a":2}', given, now)).ok).toBe(false);
-    const old = await verifyRequest(secret, "POST", "/build", '{"a":1}', given, now + 5 * 60_000);
+    expect((await verifyRequest(secret, "POST", "/jobs", '{"a":2}', given, now)).ok).toBe(false);
+    const old = await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, now + 5 * 60_000);
     expect(old).toMatchObject({ ok: false, reason: expect.stringMatching(/old/) });
-    expect((await verifyRequest(secret, "POST", "/build", "", { signature: undefined, timestamp: undefined })).ok).toBe(false);
+    expect((await verifyRequest(secret, "POST", "/jobs", "", { signature: undefined, timestamp: undefined })).ok).toBe(false);
   });
 });
 
@@ -174,6 +223,21 @@ describe("names, tags, digests and ranges", () => {
     expect(validateBuildRequest({ packages: ['x"; builtins.exec'], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
     expect(validateBuildRequest({ packages: ["hello"], system: "riscv", tag: "latest", revision: "abc" }).ok).toBe(false);
     expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
+  });
+
+  it("the builder re-checks job requests: a build request plus a job id of letters, digits and dashes", () => {
+    const build = { packages: ["hello", "a.b", "hello"], system: "x86_64-linux", tag: "latest", revision: "abc" };
+    const jobId = randomUUID();
+    expect(validateJobRequest({ ...build, jobId })).toEqual({
+      ok: true,
+      request: { packages: ["a.b", "hello"], system: "x86_64-linux", tag: "latest", revision: "abc", jobId },
+    });
+    expect(validateJobRequest(build)).toMatchObject({ ok: false, reason: expect.stringMatching(/jobId/) });
+    expect(validateJobRequest({ ...build, jobId: "../../etc" }).ok).toBe(false);
+    expect(validateJobRequest({ ...build, jobId: "x".repeat(65) }).ok).toBe(false);
+    expect(validateJobRequest({ ...build, jobId: 7 }).ok).toBe(false);
+    // The build request's own checks come first.
+    expect(validateJobRequest({ ...build, packages: ['x"; builtins.exec'], jobId }).ok).toBe(false);
   });
 });
 

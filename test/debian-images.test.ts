@@ -47,6 +47,11 @@ describe("images of real software", () => {
     };
     const [curl, python] = await Promise.all([layers("curl"), layers("python3")]);
     // glibc, openssl and the rest of the common base are the same blobs in both images.
-    expect(curl.filter((d) => python.includes(d)).length).toBeGreaterThan(5);
+    const shared = curl.filter((d) => python.includes(d));
+    expect(shared.length).toBeGreaterThan(5);
+    // And went into the bucket once: no blob was uploaded twice.
+    const uploaded = stack.logEvents("s3-upload").map((entry) => entry.digest);
+    expect(uploaded.filter((digest, i) => uploaded.indexOf(digest) !== i)).toEqual([]);
+    for (const digest of shared) expect(uploaded, digest).toContain(digest);
   });
 });

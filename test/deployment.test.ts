@@ -1,6 +1,7 @@
 // Issue "Production path": what a deployment is made of, checked without deploying anything: the
-// builder-service command, the systemd unit, the Debian/Ubuntu install script (syntax and --dry-run only),
-// the README's configuration table against the builder's own list, and `wrangler deploy --dry-run`.
+// builder-service command (against a local bucket: the builder always writes into the registry's bucket through
+// the S3 API), the systemd unit, the Debian/Ubuntu install script (syntax and --dry-run only), the README's
+// configuration table against the builder's own list, and `wrangler deploy --dry-run`.
 import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -9,7 +10,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENVIRONMENT_HELP } from "../builder-service/config.ts";
-import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startLocalBucket } from "../scripts/local-stack.ts";
 import { TEST_PKGS } from "./support/stack.ts";
 
 const execFileAsync = promisify(execFile);
@@ -28,12 +29,15 @@ async function run(command: string, args: string[], env: Record<string, string |
 }
 
 let scratch: string;
+/** A local bucket with its S3 endpoint, as R2 is for a deployed builder. */
+let bucket: Awaited<ReturnType<typeof startLocalBucket>>;
 // PATH for the install script's dry runs: it checks that systemctl exists (and never runs it in a dry run), so
 // where there is none (a container), a stub stands in for it.
 let installerPath: string;
 
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "deployment-test-"));
+  bucket = await startLocalBucket(join(scratch, "bucket"));
   installerPath = process.env.PATH ?? "/usr/bin:/bin";
   if ((await run("sh", ["-c", "command -v systemctl"])).code !== 0) {
     await mkdir(join(scratch, "bin"));
@@ -48,6 +52,7 @@ function dryRun(...args: string[]) {
 }
 
 afterAll(async () => {
+  await bucket?.dispose();
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
@@ -64,19 +69,22 @@ describe("the builder-service command", () => {
     expect(pkg.bin["builder-service"]).toBe("deploy/builder-service");
   });
 
-  /** A working configuration: the offline test set, a local store under `dataDir`. */
+  /** A working configuration: the offline test set, the local bucket, a data folder under `dataDir`. */
   const goodEnv = (dataDir: string) => ({
     PATH: process.env.PATH,
     BUILDER_SECRET: "a-secret-of-enough-length",
     BUILDER_DATA_DIR: join(scratch, dataDir),
     NIXERY_PKGS_PATH: TEST_PKGS,
     NIX_CONFIG: OFFLINE_NIX_CONFIG,
+    ...bucket.s3Env,
   });
 
   it("--check passes a good configuration and exits 0 without serving", async () => {
     const { code, stdout } = await run(WRAPPER, ["--check"], goodEnv("data"));
     expect(code).toBe(0);
-    expect(stdout).toMatch(/configuration OK\n {2}store: {2}local folder .*\n {2}source: .*\n {2}nix: {4}2\.\d+\S*, new enough for the package set `latest` serves/);
+    const store = `S3 bucket ${bucket.s3Env.S3_BUCKET} at ${bucket.s3Env.S3_ENDPOINT}`;
+    expect(stdout).toContain(`configuration OK\n  store:  ${store}\n`);
+    expect(stdout).toMatch(/\n {2}source: .*\n {2}nix: {4}2\.\d+\S*, new enough for the package set `latest` serves/);
   });
 
   it("--check stops with exit 2 on a Nix setting that is wrong or that Nix refuses, naming the variable", async () => {
@@ -89,13 +97,21 @@ describe("the builder-service command", () => {
     expect(refused.stderr).toContain("NIX_CONFIG: Nix does not know the setting 'max-substitution-jobs-typo'");
   });
 
-  it("--check names what is missing and exits 2", async () => {
-    const { code, stderr } = await run(WRAPPER, ["--check"], { PATH: process.env.PATH, BUILDER_STORE: "s3" });
+  it("--check names everything missing and exits 2: the secret and every S3 setting (the bucket is not optional)", async () => {
+    const { code, stderr } = await run(WRAPPER, ["--check"], { PATH: process.env.PATH });
     expect(code).toBe(2);
     for (const name of ["BUILDER_SECRET", "S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) {
-      expect(stderr).toContain(name);
+      expect(stderr).toContain(`${name} is not set`);
     }
   });
+
+  it("--check refuses BUILDER_STORE=local, which no longer exists, saying what to do instead", async () => {
+    const { code, stderr } = await run(WRAPPER, ["--check"], { ...goodEnv("data-local-store"), BUILDER_STORE: "local" });
+    expect(code).toBe(2);
+    expect(stderr).toContain("BUILDER_STORE=local is no longer a choice");
+    expect(stderr).toContain("Remove BUILDER_STORE");
+  });
+
   it("--exit-with-stdin stops the builder when its parent's end of stdin closes (npm start killed outright)", async () => {
     const child = spawn(WRAPPER, ["--exit-with-stdin"], {
       env: {
@@ -105,6 +121,7 @@ describe("the builder-service command", () => {
         BUILDER_DATA_DIR: join(scratch, "data-stdin"),
         NIXERY_PKGS_PATH: TEST_PKGS,
         NIX_CONFIG: OFFLINE_NIX_CONFIG,
+        ...bucket.s3Env,
       },
       stdio: ["pipe", "pipe", "pipe"],
     });
@@ -392,7 +409,9 @@ describe("the README", () => {
     const deployment = readme.slice(readme.indexOf("\n## Deployment\n"));
     expect(deployment.startsWith("\n## Deployment\n")).toBe(true);
     for (const [name, meaning] of ENVIRONMENT_HELP) expect(deployment).toContain(`| \`${name}\` | ${meaning} |`);
-    for (const name of ["REGISTRY_BUCKET", "BUILDER_URL", "BUILDER_SECRET", "TAG_CACHE_SECONDS"]) expect(deployment).toContain(`| \`${name}\` |`);
+    for (const name of ["REGISTRY_BUCKET", "BUILDER_URL", "BUILDER_SECRET", "TAG_CACHE_SECONDS", "BUILDER_STALE_SECONDS", "BUILD_COORDINATOR"]) {
+      expect(deployment).toContain(`| \`${name}\` |`);
+    }
     for (const command of ["npx wrangler r2 bucket create", "deploy/install-builder.sh", "npx wrangler deploy", "npx wrangler secret put BUILDER_SECRET", "docker pull"]) {
       expect(deployment).toContain(command);
     }
@@ -400,13 +419,14 @@ describe("the README", () => {
 });
 
 describe("wrangler deploy --dry-run", () => {
-  it("bundles the worker offline with its R2 binding and BUILDER_URL", async () => {
+  it("bundles the worker offline with its R2 binding, BUILDER_URL and its build coordinators", async () => {
     const outdir = join(scratch, "dist");
     const env = { ...process.env, WRANGLER_SEND_METRICS: "false", WRANGLER_SEND_ERROR_REPORTS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
     const { code, stdout, stderr } = await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), ["deploy", "--dry-run", "--outdir", outdir], env);
     expect(code, stderr).toBe(0);
     expect(stdout).toContain("env.REGISTRY_BUCKET (nix-edge-registry)");
     expect(stdout).toContain("env.BUILDER_URL");
+    expect(stdout).toContain("env.BUILD_COORDINATOR (BuildCoordinator)");
     expect(existsSync(join(outdir, "index.js"))).toBe(true);
     const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
     expect(pkg.scripts["deploy:check"]).toContain("wrangler deploy --dry-run --outdir dist");

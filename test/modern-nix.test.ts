@@ -3,7 +3,8 @@
 // (test/support/modern-nix.ts; the first run bootstraps it, about a minute). A stand-in for the channel service
 // and GitHub's archives (a local HTTP server) serves nix/test-nixpkgs as shipped, with nixpkgs' guard
 // (lib/minver.nix: 2.18); shell/hello, python3packages.requests and the multi-output curl are pulled with skopeo
-// and podman and run, and the builder's Nix really was that Nix.
+// and podman and run, and the builder's Nix really was that Nix. The prefix gives the builder a mount namespace of
+// its own but the host's network: it writes into the stack's bucket through the S3 endpoint on 127.0.0.1.
 import { execFile } from "node:child_process";
 import { readFileSync, statSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
@@ -77,6 +78,8 @@ describe(`the builder under Nix >= ${MIN_NIX_VERSION}`, () => {
   it("is ready for the nixpkgs-shaped set as shipped (it needs Nix >= 2.18), before any pull", async () => {
     const response = await fetch(`${stack.builder.url}/ready`);
     expect(await response.json()).toEqual({ ready: true });
+    const health = (await (await fetch(`${stack.builder.url}/health`)).json()) as { store: string };
+    expect(health.store).toBe(`S3 bucket ${stack.s3Env.S3_BUCKET} at ${stack.s3Env.S3_ENDPOINT}`);
     const answer = await getManifest(stack.registryUrl, "hello", "latest");
     expect(answer.status).toBe(200);
     expect(answer.manifest.annotations?.["org.opencontainers.image.revision"]).toBe(COMMIT);

@@ -49,10 +49,6 @@ function channelEnv(channel: string): Record<string, string> {
   };
 }
 
-function builds(stack: TestStack): number {
-  return stack.builder.logLines.filter((line) => line.includes('"event":"build"')).length;
-}
-
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "nixpkgs-set-test-"));
   channels = await ChannelService.start(join(scratch, "channel-service"));
@@ -80,7 +76,14 @@ describe(`a package set that needs a newer Nix than this one (${hostNix} < ${too
   };
 
   it("builder-service --check names both versions and how to get a newer Nix, and exits 1", async () => {
-    const env = { PATH: process.env.PATH, BUILDER_SECRET: "a-secret-of-enough-length", BUILDER_DATA_DIR: join(scratch, "check"), ...channelEnv("nixos-toonew") };
+    const env = {
+      PATH: process.env.PATH,
+      BUILDER_SECRET: "a-secret-of-enough-length",
+      BUILDER_DATA_DIR: join(scratch, "check"),
+      // The stack's bucket: --check proves the bucket takes writes before it looks at Nix and the package set.
+      ...tooNew.s3Env,
+      ...channelEnv("nixos-toonew"),
+    };
     const result = await execFileAsync(WRAPPER, ["--check"], { env, timeout: 120_000 }).then(
       (r) => ({ code: 0, ...r }),
       (e: { code: number; stdout: string; stderr: string }) => e,
@@ -91,7 +94,7 @@ describe(`a package set that needs a newer Nix than this one (${hostNix} < ${too
   });
 
   it("/ready is 503 with the same problem, before any pull", async () => {
-    expect(tooNew.builderRequests("/build")).toBe(0);
+    expect(tooNew.jobsStarted()).toBe(0);
     const response = await fetch(`${tooNew.builder.url}/ready`);
     expect(response.status).toBe(503);
     const body = (await response.json()) as { ready: boolean; problem: string };
@@ -105,8 +108,10 @@ describe(`a package set that needs a newer Nix than this one (${hostNix} < ${too
     expect(answer.error?.code).toBe("NIX_TOO_OLD");
     named(answer.error!.message);
     expect(answer.error?.detail).toEqual({ needed: tooNewNeeds, have: hostNix });
-    expect(builds(tooNew)).toBe(0);
+    expect(tooNew.builds()).toBe(0);
     expect(await tooNew.r2Keys("blobs/")).toEqual([]);
+    expect(await tooNew.r2Keys("manifests/")).toEqual([]);
+    expect(await tooNew.r2Keys("images/")).toEqual([]);
   });
 
   it("npm start stops before serving, with the same message", async () => {
@@ -134,7 +139,7 @@ describe(`a package set that needs a newer Nix than this one (${hostNix} < ${too
 
 describe("a package set shaped like nixpkgs", () => {
   it("answers the alias of a removed package with a 404 that says what to use instead, building nothing", async () => {
-    const before = builds(usable);
+    const before = usable.builds();
     const renamed = await getManifest(usable.registryUrl, "hello-old", "latest");
     expect(renamed.status).toBe(404);
     expect(renamed.error?.code).toBe("MANIFEST_UNKNOWN");
@@ -143,7 +148,7 @@ describe("a package set shaped like nixpkgs", () => {
     expect(removed.status).toBe(404);
     expect(removed.error?.message).toContain("'curl-minimal-old' has been removed: use 'curl' instead");
     expect(removed.error?.detail).toMatchObject({ removed: [{ name: "curl-minimal-old" }], unknown: [], refused: [] });
-    expect(builds(usable)).toBe(before);
+    expect(usable.builds()).toBe(before);
   });
 
   it.each([
@@ -151,14 +156,14 @@ describe("a package set shaped like nixpkgs", () => {
     ["vendor-tool", "has an unfree license", "NIXPKGS_ALLOW_UNFREE=1", "unfree"],
     ["leaky-tool", "is marked as insecure", "NIXPKGS_ALLOW_INSECURE=1", "insecure"],
   ])("refuses %s with 403 DENIED naming the reason (%s) and the setting that allows it, building nothing", async (name, reason, knob, code) => {
-    const before = builds(usable);
+    const before = usable.builds();
     const answer = await getManifest(usable.registryUrl, name, "latest");
     expect(answer.status).toBe(403);
     expect(answer.error?.code).toBe("DENIED");
     expect(answer.error?.message).toContain(`${name} ${reason}`);
     expect(answer.error?.message).toContain(knob);
     expect(answer.error?.detail).toMatchObject({ refused: [{ name, reason: code }] });
-    expect(builds(usable)).toBe(before);
+    expect(usable.builds()).toBe(before);
   });
 
   it("gives a multi-output package the outputs nix-env installs: curl's program and manual, not its headers", async () => {

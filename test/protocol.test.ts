@@ -7,16 +7,19 @@
 // there is no body and that every header equals the GET's. Many come again with `?ns=docker.io` appended, as
 // containerd's mirrors send it. Digests in the table are the real ones of hello:latest, read in beforeAll.
 //
-// Rows run in order; the last table runs after the builder has been stopped.
+// Rows run in order; the last table runs after the builder has been stopped. Blobs come from R2 only (the builder
+// writes every blob there before the manifest that names it): no blob row may make a request to the builder.
 //
 // Requests say `Accept-Encoding: identity` unless a row says otherwise, so that the worker's own framing is what
 // is checked. For a client that accepts gzip (Go's net/http asks for it by default), Cloudflare's edge, and
 // wrangler's local server imitating it, compress the application/json responses (errors, tags/list, /v2/):
 // chunked, with no Content-Length. Manifest and blob media types are not in that list; the gzip rows check that
 // they keep their exact bytes and Content-Length.
+import { AwsClient } from "aws4fetch";
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { signRequest } from "../common/builder-api.ts";
+import { blobKey } from "../common/bucket-layout.ts";
+import type { Digest } from "../common/digest.ts";
 import { DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import type { RegistryErrorCode } from "../common/registry-errors.ts";
@@ -39,7 +42,10 @@ interface Fixtures {
   config: Blob;
   /** A layer fetched in full through the worker in beforeAll (so it is in R2, or on its way). */
   layer: Blob;
-  /** A layer read from the builder directly: not in R2 when the table reaches it (the builder-fallback path). */
+  /**
+   * A layer the worker has not served before the table reaches it, read from the bucket through its S3 API (as the
+   * builder wrote it there).
+   */
   unfetched: Blob;
 }
 
@@ -74,11 +80,12 @@ async function fetchBytes(path: string, headers: Record<string, string> = {}): P
   return { response, bytes };
 }
 
-/** A blob straight from the builder (signed as the worker signs), so that the worker has not seen it. */
-async function fromBuilder(digest: string): Promise<Uint8Array> {
-  const path = `/blobs/${digest}`;
-  const response = await fetch(`${stack.builder.url}${path}`, { headers: await signRequest(stack.secret, "GET", path, "") });
-  if (response.status !== 200) throw new Error(`builder GET ${path}: ${response.status}`);
+/** A blob straight from the bucket, through the S3 endpoint the builder writes with, so that the worker has not served it. */
+async function fromBucket(digest: string): Promise<Uint8Array> {
+  const env = stack.s3Env;
+  const client = new AwsClient({ accessKeyId: env.S3_ACCESS_KEY_ID, secretAccessKey: env.S3_SECRET_ACCESS_KEY, service: "s3", region: env.S3_REGION });
+  const response = await client.fetch(`${env.S3_ENDPOINT}/${env.S3_BUCKET}/${blobKey(digest as Digest)}`);
+  if (response.status !== 200) throw new Error(`S3 GET of ${digest}: ${response.status} ${await response.text()}`);
   return new Uint8Array(await response.arrayBuffer());
 }
 
@@ -111,7 +118,7 @@ beforeAll(async () => {
   const [config, layer, unfetched] = await Promise.all([
     fetchBytes(`/v2/hello/blobs/${ociManifest.config.digest}`),
     fetchBytes(`/v2/hello/blobs/${layerRef.digest}`),
-    fromBuilder(unfetchedRef.digest),
+    fromBucket(unfetchedRef.digest),
   ]);
   f = {
     oci: { digest: oci.response.headers.get("docker-content-digest")!, bytes: oci.bytes, manifest: ociManifest },
@@ -149,12 +156,10 @@ interface Expectation {
   body?: Uint8Array;
   /** The exact JSON body (GET). */
   json?: unknown;
-  /** How many /build requests may reach the builder during this row (unchecked when absent). */
+  /** How many build jobs may start during this row (unchecked when absent); Nix builds nothing either. */
   builds?: number;
   /** How many /resolve requests may reach the builder during this row (unchecked when absent). */
   resolves?: number;
-  /** How many /blobs/ requests must at least reach the builder (the fallback path). */
-  blobFetchesAtLeast?: number;
 }
 
 interface Row {
@@ -407,15 +412,14 @@ const table: Row[] = [
     path: (fx) => `/v2/hello/blobs/${fx.layer.digest}`,
     expect: (fx) => ({ status: 200, body: fx.layer.bytes, headers: blobHeaders(fx.layer) }),
   }),
-  // The first requests for this layer go to the builder: a HEAD (answered from the builder's HEAD), then a Range
-  // (forwarded to the builder; a full copy into R2 starts meanwhile).
+  // A layer no client has asked for yet: in R2 all the same, since the builder wrote it before the manifest.
   row({
-    name: "HEAD blob not yet in R2: answered from the builder",
+    name: "HEAD blob never served before: from R2",
     method: "HEAD",
     path: (fx) => `/v2/hello/blobs/${fx.unfetched.digest}`,
-    expect: (fx) => ({ status: 200, headers: blobHeaders(fx.unfetched), blobFetchesAtLeast: 1 }),
+    expect: (fx) => ({ status: 200, headers: blobHeaders(fx.unfetched) }),
   }),
-  range("through the builder fallback, not yet in R2", (fx) => fx.unfetched, "bytes=5-14", () => [5, 14], { blobFetchesAtLeast: 1 }),
+  range("never served before, from R2", (fx) => fx.unfetched, "bytes=5-14", () => [5, 14]),
   ...withNs([range("a-b", (fx) => fx.layer, "bytes=10-19", () => [10, 19])]),
   range("a-b of one byte", (fx) => fx.layer, "bytes=0-0", () => [0, 0]),
   range("a-", (fx) => fx.layer, "bytes=100-", (size) => [100, size - 1]),
@@ -505,10 +509,12 @@ const whileBuilderDown: Row[] = inBuilderDownTable([
     message: [/builder can't be reached/],
     headers: { "retry-after": /^\d+$/ },
   }),
-  ...errorRow("blob in neither R2 nor reachable: 503 BUILDER_UNAVAILABLE", `/v2/hello/blobs/${ZERO_DIGEST}`, {
-    status: 503,
-    code: "BUILDER_UNAVAILABLE",
-    headers: { "retry-after": /^\d+$/ },
+  // Blobs never come from the builder: one not in R2 is unknown, builder or not.
+  ...errorRow("blob not in R2: 404 BLOB_UNKNOWN, as with the builder up", `/v2/hello/blobs/${ZERO_DIGEST}`, {
+    status: 404,
+    code: "BLOB_UNKNOWN",
+    message: [/sha256:0{64}/],
+    headers: { "retry-after": null },
   }),
   ...getAndHead({
     name: "built image by tag (stale resolution, manifest from R2)",
@@ -565,9 +571,9 @@ async function runRow(r: Row): Promise<void> {
   const path = force(r.path);
   const expected = force(r.expect);
   const counts = () => ({
-    builds: stack.builderRequests("/build"),
+    jobs: stack.jobsStarted(),
     resolves: stack.builderRequests("/resolve"),
-    blobs: stack.builderRequests("/blobs/"),
+    requests: stack.builderRequests("/"),
   });
   const before = counts();
   const buildsBefore = expected.builds === undefined ? undefined : (await stack.builderCounters()).builds;
@@ -627,12 +633,14 @@ async function runRow(r: Row): Promise<void> {
   await settle();
   const after = counts();
   if (expected.builds !== undefined) {
-    expect(after.builds - before.builds, `${where}: /build requests`).toBe(expected.builds);
+    expect(after.jobs - before.jobs, `${where}: build jobs started`).toBe(expected.builds);
     if (buildsBefore !== undefined) expect((await stack.builderCounters()).builds, `${where}: builds`).toBe(buildsBefore);
   }
   if (expected.resolves !== undefined) expect(after.resolves - before.resolves, `${where}: /resolve requests`).toBe(expected.resolves);
-  if (expected.blobFetchesAtLeast !== undefined) {
-    expect(after.blobs - before.blobs, `${where}: /blobs/ requests to the builder`).toBeGreaterThanOrEqual(expected.blobFetchesAtLeast);
+  // A blob is served from R2 or not at all: the builder hears nothing of it.
+  if (path.includes("/blobs/")) {
+    expect(after.requests - before.requests, `${where}: requests to the builder`).toBe(0);
+    expect(after.jobs - before.jobs, `${where}: build jobs started`).toBe(0);
   }
 }
 
@@ -672,17 +680,19 @@ describe("the registry protocol, route by route", () => {
   it("builds on HEAD of a tag not built yet, and answers with the headers the following GET gives (which doesn't build)", async () => {
     const path = "/v2/greeting/tools.greet/manifests/latest";
     const buildsBefore = (await stack.builderCounters()).builds;
+    const jobsBefore = stack.jobsStarted();
     const head = await fetch(`${stack.registryUrl}${path}`, { method: "HEAD" });
     expect(head.status).toBe(200);
     expect(new Uint8Array(await head.arrayBuffer()).byteLength).toBe(0);
     expect((await stack.builderCounters()).builds).toBe(buildsBefore + 1);
+    await settle();
+    expect(stack.jobsStarted()).toBe(jobsBefore + 1);
 
-    const requestsBefore = stack.builderRequests("/build");
     const get = await fetch(`${stack.registryUrl}${path}`);
     const body = new Uint8Array(await get.arrayBuffer());
     await settle();
     expect(get.status).toBe(200);
-    expect(stack.builderRequests("/build")).toBe(requestsBefore);
+    expect(stack.jobsStarted()).toBe(jobsBefore + 1);
     expect((await stack.builderCounters()).builds).toBe(buildsBefore + 1);
 
     expect(headerRecord(head.headers)).toEqual(headerRecord(get.headers));

@@ -1,18 +1,19 @@
 // Issue "Production path": the builder's S3 blob store against a local S3 server that checks SigV4
 // signatures (s3rver) and, through the test front, bodies against their signed sha256 and Content-MD5.
 // No Nix here: blobs are made of random bytes, staged and committed the way layer-pipeline.ts does.
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { builderCacheKey, imageRecordKey, jobRecordKey, manifestKey, recentJobKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
+import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import { ConfigError, loadConfig, type S3StoreConfig } from "../builder-service/config.ts";
 import type { Logger } from "../builder-service/log.ts";
 import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
 import { startTestS3, type TestS3 } from "./support/s3-server.ts";
+import { digestOf, writeBlob } from "./support/staged-blobs.ts";
 
 const MiB = 1024 * 1024;
 
@@ -48,24 +49,7 @@ async function newStore(overrides: Partial<S3StoreConfig> = {}, idleTimeoutMs?: 
   return store;
 }
 
-const digestOf = (bytes: Buffer): Digest => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 
-/** Stages and commits bytes the way layer-pipeline.ts does (in 64 KiB chunks). */
-async function writeBlob(store: S3BlobStore, bytes: Buffer, digest = digestOf(bytes)): Promise<Digest> {
-  const staged = await store.stage();
-  try {
-    await pipeline(Readable.from(chunks(bytes, 64 * 1024)), staged.sink);
-    await staged.commit(digest, bytes.length);
-  } catch (error) {
-    await staged.abort();
-    throw error;
-  }
-  return digest;
-}
-
-function* chunks(bytes: Buffer, size: number): Generator<Buffer> {
-  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size);
-}
 
 const hexOf = (digest: Digest) => digest.slice("sha256:".length);
 const requestsFor = (key: string) => s3.requests.filter((r) => r.key === key);
@@ -98,7 +82,7 @@ describe("the S3 blob store", () => {
     expect(puts).toHaveLength(1);
     expect(puts[0].outcome).toBe(200);
     expect(await store.stat(digest)).toEqual({ size: bytes.length });
-    // Read back whole and by range (the builder's /blobs fallback).
+    // Read back whole and by range.
     const whole = await store.read(digest);
     expect(Buffer.concat(await whole!.toArray()).equals(bytes)).toBe(true);
     const slice = await store.read(digest, { start: 10, end: 19 });
@@ -221,13 +205,79 @@ describe("the S3 blob store", () => {
     await expect(store.putBytes(wrong, bytes)).rejects.toThrow(/not to sha256:abab/);
   });
 
-  it("keeps the builder's records under builder-cache/, apart from the worker's images/", async () => {
+  it("stores a manifest under manifests/sha256/<hex> as its exact bytes, with its media type as the content type, once", async () => {
     const store = await newStore();
-    expect(await store.getRecord("images/abc.json")).toBeNull();
-    await store.putRecord("images/abc.json", new TextEncoder().encode('{"x":1}'));
-    expect(new TextDecoder().decode((await store.getRecord("images/abc.json"))!)).toBe('{"x":1}');
-    expect((await s3.list("builder-cache/images/")).map((o) => o.key)).toEqual(["builder-cache/images/abc.json"]);
-    expect(await s3.list("images/")).toEqual([]);
+    for (const mediaType of [OCI_MANIFEST, DOCKER_MANIFEST]) {
+      const body = JSON.stringify({ schemaVersion: 2, mediaType, config: { size: 2, nonce: randomBytes(8).toString("hex") }, layers: [] }, null, 3);
+      const digest = digestOf(Buffer.from(body));
+      const key = manifestKey(digest);
+      expect(key).toBe(`manifests/sha256/${hexOf(digest)}`);
+      await store.putManifest(digest, body, mediaType);
+      const stored = await s3.get(key);
+      expect(stored?.bytes.toString("utf8")).toBe(body);
+      expect(stored?.contentType).toBe(mediaType);
+      // Not under blobs/: the worker serves manifests from manifests/ with that content type.
+      expect(await s3.get(`blobs/sha256/${hexOf(digest)}`)).toBeNull();
+      await store.putManifest(digest, body, mediaType);
+      expect(requestsFor(key).filter((r) => r.method === "PUT")).toHaveLength(1);
+      // A body that is not the digest's is refused before anything is sent.
+      const other = manifestKey(`sha256:${"cd".repeat(32)}`);
+      await expect(store.putManifest(`sha256:${"cd".repeat(32)}`, body, mediaType)).rejects.toThrow(/not to sha256:cdcd/);
+      expect(requestsFor(other)).toEqual([]);
+    }
+  });
+
+  it("writes the builder's own records under the keys of common/bucket-layout.ts, and reads them back", async () => {
+    const store = await newStore();
+    const imageKey = "e".repeat(64);
+    const records = [
+      builderCacheKey("layers", "abc.json"),
+      imageRecordKey(imageKey),
+      jobRecordKey(imageKey),
+      recentJobKey(imageKey, Date.parse("2026-01-02T03:04:05Z")),
+    ];
+    expect(records).toEqual([
+      "builder-cache/layers/abc.json",
+      `images/${imageKey}.json`,
+      `jobs/${imageKey}.json`,
+      `recent-jobs/${String(9_999_999_999_999 - Date.parse("2026-01-02T03:04:05Z")).padStart(13, "0")}-${imageKey}`,
+    ]);
+    for (const key of records) {
+      expect(await store.getObject(key)).toBeNull();
+      const value = JSON.stringify({ key });
+      await store.putObject(key, new TextEncoder().encode(value), "application/json");
+      expect(new TextDecoder().decode((await store.getObject(key))!)).toBe(value);
+      expect((await s3.get(key))?.contentType).toBe("application/json");
+    }
+    // A slice of a larger buffer: only the slice is stored.
+    const buffer = new TextEncoder().encode('xx{"sliced":true}yy');
+    await store.putObject(records[0], buffer.subarray(2, buffer.length - 2), "application/json");
+    expect((await s3.get(records[0]))?.bytes.toString()).toBe('{"sliced":true}');
+  });
+
+  it("refuses to write keys that are not the builder's, before sending anything", async () => {
+    const store = await newStore();
+    const hex = "f".repeat(64);
+    const refused = [
+      // The worker's.
+      "resolutions/latest.json",
+      "tags/hello/latest",
+      // Content-addressed: written only through stage/putBytes/putManifest, which check the digest.
+      `blobs/sha256/${hex}`,
+      `manifests/sha256/${hex}`,
+      // Not keys of the layout at all.
+      "images/abc.json",
+      `jobs/${hex}.json.tmp`,
+      "builder-cache/../images/x.json",
+      "recent-jobs/123-abc",
+      "",
+    ];
+    for (const key of refused) {
+      await expect(store.putObject(key, new TextEncoder().encode("{}"), "application/json"), key).rejects.toThrow(/the builder does not write/);
+      expect(requestsFor(key), key).toEqual([]);
+    }
+    expect(() => builderCacheKey("layers", "../x")).toThrow(/invalid builder cache record name/);
+    expect(() => builderCacheKey("Layers", "x.json")).toThrow(/invalid builder cache record name/);
   });
 
   it("fails the startup check with an error that names the wrong setting", async () => {
@@ -249,6 +299,12 @@ describe("the S3 blob store", () => {
 
 describe("the S3 store's configuration", () => {
   const base = { BUILDER_SECRET: "0123456789abcdef0123" };
+  const complete = {
+    S3_ENDPOINT: "https://abc.r2.cloudflarestorage.com/",
+    S3_BUCKET: "nix-edge-registry",
+    S3_ACCESS_KEY_ID: "key",
+    S3_SECRET_ACCESS_KEY: "secret",
+  };
   const problems = (env: Record<string, string>) => {
     try {
       loadConfig(env);
@@ -259,17 +315,33 @@ describe("the S3 store's configuration", () => {
     }
   };
 
-  it("names every missing setting at once", () => {
-    const message = problems({ ...base, BUILDER_STORE: "s3" });
-    for (const name of ["S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) {
-      expect(message).toContain(`${name} is not set`);
+  it("needs the S3 settings, and names every missing one at once", () => {
+    for (const env of [base, { ...base, BUILDER_STORE: "s3" }]) {
+      const message = problems(env);
+      for (const name of ["S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) {
+        expect(message).toContain(`${name} is not set: `);
+      }
+      expect(message.split("\n")).toHaveLength(4);
     }
-    expect(message.split("\n")).toHaveLength(4);
+    const partial = problems({ ...base, S3_ENDPOINT: complete.S3_ENDPOINT, S3_BUCKET: complete.S3_BUCKET });
+    expect(partial.split("\n").map((line) => line.split(" ")[0])).toEqual(["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]);
+  });
+
+  it("refuses BUILDER_STORE=local (and any other store): the builder always writes into the bucket", () => {
+    for (const store of ["local", "r2"]) {
+      const message = problems({ ...base, ...complete, BUILDER_STORE: store });
+      expect(message).toContain(`BUILDER_STORE=${store} is no longer a choice: the builder always writes into the registry's bucket through the S3 API`);
+      expect(message).toContain("Remove BUILDER_STORE");
+      expect(message.split("\n")).toHaveLength(1);
+    }
+    // With the S3 settings missing too, both are named.
+    const both = problems({ ...base, BUILDER_STORE: "local" });
+    expect(both).toContain("BUILDER_STORE=local is no longer a choice");
+    expect(both).toContain("S3_ENDPOINT is not set");
   });
 
   it("explains values that are wrong", () => {
     const message = problems({
-      BUILDER_STORE: "s3",
       S3_ENDPOINT: "https://abc.r2.cloudflarestorage.com/my-bucket",
       S3_BUCKET: "My_Bucket",
       S3_ACCESS_KEY_ID: "k",
@@ -282,20 +354,11 @@ describe("the S3 store's configuration", () => {
     expect(message).toContain("S3_BUCKET=My_Bucket is not a bucket name");
     expect(message).toContain("S3_PART_SIZE_BYTES=1048576 is not a whole number from 5242880 to 5368709120");
     expect(message).toContain("S3_MULTIPART_THRESHOLD_BYTES=8GiB is not a whole number");
-    expect(problems({ ...base, BUILDER_STORE: "r2" })).toContain("BUILDER_STORE=r2 is not a store; use local or s3");
-    expect(problems({ ...base, S3_BUCKET: "registry" })).toContain("S3_BUCKET is set but BUILDER_STORE is not set (local)");
+    expect(problems({ ...base, ...complete, S3_ENDPOINT: "ftp://abc.example.com" })).toContain("must start with https://");
   });
 
-  it("reads a complete S3 configuration, with R2's region by default", () => {
-    const config = loadConfig({
-      ...base,
-      BUILDER_STORE: "s3",
-      S3_ENDPOINT: "https://abc.r2.cloudflarestorage.com/",
-      S3_BUCKET: "nix-edge-registry",
-      S3_ACCESS_KEY_ID: "key",
-      S3_SECRET_ACCESS_KEY: "secret",
-    });
-    expect(config.store).toEqual({
+  it("reads a complete S3 configuration, with R2's region by default, with BUILDER_STORE unset or s3", () => {
+    const expected = {
       kind: "s3",
       endpoint: "https://abc.r2.cloudflarestorage.com",
       bucket: "nix-edge-registry",
@@ -306,7 +369,9 @@ describe("the S3 store's configuration", () => {
       partSizeBytes: 64 * MiB,
       partConcurrency: 4,
       maxAttempts: 5,
-    });
-    expect(loadConfig(base).store).toEqual({ kind: "local" });
+    };
+    expect(loadConfig({ ...base, ...complete }).store).toEqual(expected);
+    expect(loadConfig({ ...base, ...complete, BUILDER_STORE: "s3" }).store).toEqual(expected);
+    expect(loadConfig({ ...base, ...complete, BUILDER_STORE: " s3 " }).store).toEqual(expected);
   });
 });

@@ -42,17 +42,6 @@ function sourceEnv(vars: Record<string, string>, nixConfig = OFFLINE_NIX_CONFIG)
   return { NIXERY_PKGS_PATH: "", NIXERY_TAG_TTL_SECONDS: String(TTL_SECONDS), NIX_CONFIG: nixConfig, ...vars };
 }
 
-function logEvents(stack: TestStack, event: string): Record<string, unknown>[] {
-  return stack.builder.logLines.flatMap((line) => {
-    try {
-      const entry = JSON.parse(line) as Record<string, unknown>;
-      return entry.event === event ? [entry] : [];
-    } catch {
-      return [];
-    }
-  });
-}
-
 /**
  * GET name:tag with a resolution the builder made just now (not one the worker cached a while ago, which could
  * expire during the test): asks again after the ttl when the worker answered from its cache.
@@ -108,9 +97,11 @@ afterAll(async () => {
 
 describe("a git repository of a package set (NIXERY_PKGS_REPO)", () => {
   it("builds each commit given as the tag from that commit, and says so in labels, annotations and logs", async () => {
+    const jobs = gitStack.jobsStarted();
     const one = await getManifest(gitStack.registryUrl, "hello", commits.one);
     const two = await getManifest(gitStack.registryUrl, "hello", commits.two);
     expect([one.status, two.status]).toEqual([200, 200]);
+    expect(gitStack.jobsStarted()).toBe(jobs + 2); // one build job per commit
     expect(one.digest).not.toBe(two.digest);
     expect(one.manifest.annotations?.[REVISION]).toBe(commits.one);
     expect(one.manifest.annotations?.[SOURCE]).toBe(repo.url);
@@ -121,9 +112,9 @@ describe("a git repository of a package set (NIXERY_PKGS_REPO)", () => {
     expect(await pullAndRun(gitStack, `hello:${commits.one}`, ["hello"])).toBe(`Hello from commit one (${RUN})\n`);
     expect(await pullAndRun(gitStack, `hello:${commits.two}`, ["hello"])).toBe(`Hello from commit two (${RUN})\n`);
 
-    const builds = logEvents(gitStack, "build");
+    const builds = gitStack.logEvents("build");
     expect(builds.map((b) => b.revision)).toEqual(expect.arrayContaining([commits.one, commits.two]));
-    expect(logEvents(gitStack, "resolve")).toContainEqual(
+    expect(gitStack.logEvents("resolve")).toContainEqual(
       expect.objectContaining({ tag: commits.one, revision: commits.one, ttlSeconds: 0, source: repo.url }),
     );
   });
@@ -131,24 +122,24 @@ describe("a git repository of a package set (NIXERY_PKGS_REPO)", () => {
   it("resolves a branch name and a git tag to their commits, sharing the commit's image", async () => {
     const two = await getManifest(gitStack.registryUrl, "hello", commits.two);
     const one = await getManifest(gitStack.registryUrl, "hello", commits.one);
-    const builds = gitStack.builderRequests("/build");
+    const jobs = gitStack.jobsStarted();
     const main = await getManifest(gitStack.registryUrl, "hello", "main");
     const v1 = await getManifest(gitStack.registryUrl, "hello", "v1");
     expect(main.manifest.annotations?.[REVISION]).toBe(commits.two);
     expect(main.digest).toBe(two.digest);
     expect(v1.digest).toBe(one.digest);
-    expect(gitStack.builderRequests("/build")).toBe(builds);
+    expect(gitStack.jobsStarted()).toBe(jobs);
   });
 
   it("answers 404 MANIFEST_UNKNOWN for an unknown branch or commit, and builds nothing", async () => {
-    const builds = gitStack.builderRequests("/build");
+    const jobs = gitStack.jobsStarted();
     for (const tag of ["nosuchbranch", fakeCommit(), "v2"]) {
       const answer = await getManifest(gitStack.registryUrl, "hello", tag);
       expect(answer.status, tag).toBe(404);
       expect(answer.error?.code).toBe("MANIFEST_UNKNOWN");
       expect(answer.error?.message).toContain(tag);
     }
-    expect(gitStack.builderRequests("/build")).toBe(builds);
+    expect(gitStack.jobsStarted()).toBe(jobs);
   });
 
   it("follows the branch with latest: a new commit shows once the resolution expires, not before", async () => {
@@ -170,9 +161,9 @@ describe("a git repository of a package set (NIXERY_PKGS_REPO)", () => {
     expect(after.digest).not.toBe(before.digest);
     expect(await pullAndRun(gitStack, "hello:latest", ["hello"])).toBe(`Hello from commit three (${RUN})\n`);
     // The image is keyed by the commit: the commit as a tag is the same image, not built again.
-    const builds = gitStack.builderRequests("/build");
+    const jobs = gitStack.jobsStarted();
     expect((await getManifest(gitStack.registryUrl, "hello", commits.three)).digest).toBe(after.digest);
-    expect(gitStack.builderRequests("/build")).toBe(builds);
+    expect(gitStack.jobsStarted()).toBe(jobs);
   });
 });
 
@@ -180,12 +171,12 @@ describe("package names", () => {
   it("ignores order and duplicates: hello/tools.greet is tools.greet/hello, hello/hello is hello", async () => {
     const tag = commits.one;
     const pair = await getManifest(gitStack.registryUrl, "hello/tools.greet", tag);
-    const builds = gitStack.builderRequests("/build");
+    const jobs = gitStack.jobsStarted();
     expect((await getManifest(gitStack.registryUrl, "tools.greet/hello", tag)).digest).toBe(pair.digest);
     expect((await getManifest(gitStack.registryUrl, "hello/hello", tag)).digest).toBe(
       (await getManifest(gitStack.registryUrl, "hello", tag)).digest,
     );
-    expect(gitStack.builderRequests("/build")).toBe(builds);
+    expect(gitStack.jobsStarted()).toBe(jobs);
   });
 
   it("matches a lower-case name case-insensitively (bashinteractive is bashInteractive)", async () => {
@@ -270,14 +261,14 @@ describe("a nixpkgs channel (the default source)", () => {
   });
 
   it("answers 404 for an unknown channel, a tag that is no channel name and an unknown commit, building nothing", async () => {
-    const builds = channelStack.builderRequests("/build");
+    const jobs = channelStack.jobsStarted();
     const unknownCommit = fakeCommit();
     for (const tag of ["nixos-nope", "nosuchtag", unknownCommit]) {
       const answer = await getManifest(channelStack.registryUrl, "hello", tag);
       expect(answer.status, tag).toBe(404);
       expect(answer.error?.code).toBe("MANIFEST_UNKNOWN");
     }
-    expect(channelStack.builderRequests("/build")).toBe(builds);
+    expect(channelStack.jobsStarted()).toBe(jobs);
     expect(channels.requests).toContain("GET /nixos-nope/git-revision");
     expect(channels.requests.some((r) => r.includes("nosuchtag"))).toBe(false); // not a channel name: not even asked
     expect(channels.requests).toContain(`HEAD /archive/${unknownCommit}.tar.gz`);
@@ -288,7 +279,7 @@ describe("a nixpkgs channel (the default source)", () => {
     const answer = await getManifest(channelStack.registryUrl, "hello", tag);
     expect(answer.manifest.annotations?.[REVISION]).toBe(tag);
     expect(await pullAndRun(channelStack, `hello:${tag}`, ["hello"])).toBe(`Hello from a pinned commit (${RUN})\n`);
-    expect(logEvents(channelStack, "resolve")).toContainEqual(expect.objectContaining({ tag, revision: tag, ttlSeconds: 0 }));
+    expect(channelStack.logEvents("resolve")).toContainEqual(expect.objectContaining({ tag, revision: tag, ttlSeconds: 0 }));
   });
 
   it("moves latest to the channel's new commit once the resolution expires; the commit's image is reused", async () => {
@@ -299,17 +290,24 @@ describe("a nixpkgs channel (the default source)", () => {
     expect((await getManifest(channelStack.registryUrl, "hello", "latest")).digest).toBe(before.digest);
     expect(Date.now() - resolvedAt).toBeLessThan(TTL_SECONDS * 1000); // else the check above proves nothing
     await sleep(TTL_SECONDS * 1000 + 200 - (Date.now() - resolvedAt));
-    const builds = channelStack.builderRequests("/build");
+    const jobs = channelStack.jobsStarted();
     const after = await getManifest(channelStack.registryUrl, "hello", "latest");
     expect(after.manifest.annotations?.[REVISION]).toBe(channelCommits.pinned);
     expect(after.digest).toBe((await getManifest(channelStack.registryUrl, "hello", channelCommits.pinned)).digest);
     expect(after.digest).not.toBe(before.digest);
-    expect(channelStack.builderRequests("/build")).toBe(builds); // built already, under the commit's key
+    expect(channelStack.jobsStarted()).toBe(jobs); // built already, under the commit's key
   });
 });
 
 describe("choosing the source (builder configuration)", () => {
-  const base = { BUILDER_SECRET: "a-secret-of-enough-length" };
+  // The bucket's settings are required whatever the source; only the source settings vary below.
+  const base = {
+    BUILDER_SECRET: "a-secret-of-enough-length",
+    S3_ENDPOINT: "https://account.r2.cloudflarestorage.com",
+    S3_BUCKET: "nix-edge-registry",
+    S3_ACCESS_KEY_ID: "key-id",
+    S3_SECRET_ACCESS_KEY: "secret",
+  };
 
   it("serves a git repository with NIXERY_PKGS_REPO, a folder with NIXERY_PKGS_PATH, else a channel", () => {
     expect(loadConfig({ ...base, NIXERY_PKGS_REPO: "https://example.org/pkgs.git", NIXERY_PKGS_BRANCH: "release-1" }).source).toEqual({

@@ -1,14 +1,10 @@
-// Calls to the builder service, each signed with the shared secret (common/builder-api.ts).
-import {
-  signRequest,
-  type BuildRequest,
-  type BuildResult,
-  type BuiltManifest,
-  type ResolveRequest,
-  type ResolveResult,
-} from "../common/builder-api.ts";
-import { isDigest, type Digest } from "../common/digest.ts";
+// Calls to the builder services, each signed with the shared secret (common/builder-api.ts). Every call is short:
+// no request to a builder stays open long enough for a proxy in front of it (Cloudflare cuts at 100 s) to cut it.
+import { MAX_JOB_WAIT_SECONDS, signRequest, type JobRequest, type ResolveRequest, type ResolveResult } from "../common/builder-api.ts";
+import { isJobRecord, type JobRecord } from "../common/bucket-layout.ts";
 import { isRegistryErrorBody, type RegistryErrorBody } from "../common/registry-errors.ts";
+import { rankBuilders } from "../common/builder-ranking.ts";
+import { BuilderConfigError, builderUrls } from "./builder-pool.ts";
 import type { Env } from "./env.ts";
 
 /** The outcome of a JSON call to the builder. Errors carry the builder's body text so it can be relayed as is. */
@@ -21,31 +17,19 @@ export type BuilderOutcome<T> =
   /** The builder answered something the worker cannot use (bad signature, malformed JSON...). */
   | { kind: "broken"; reason: string };
 
-/** A configuration problem on the worker's side (e.g. no secret): becomes a 500 that says so. */
-export class BuilderConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "BuilderConfigError";
-  }
-}
+/** A tag's resolution may fetch a channel's metadata. */
+const RESOLVE_TIMEOUT_MS = 25_000;
+/** A live builder answers a job request at once, or after the wait the request asks for. */
+const JOB_TIMEOUT_MS = (MAX_JOB_WAIT_SECONDS + 5) * 1000;
 
-const RESOLVE_TIMEOUT_MS = 30_000;
-/** Builds may take long (Nix); only a hung builder is cut off. */
-const BUILD_TIMEOUT_MS = 15 * 60_000;
+/** Answers of a proxy in front of a builder that is down or slow: 502-504, and Cloudflare's 520-527 and 530. */
+const PROXY_STATUSES = new Set([502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 530]);
 
-const PROXY_STATUSES = new Set([502, 503, 504]);
-
-function builderUrl(env: Env, path: string): URL {
-  if (!env.BUILDER_URL) throw new BuilderConfigError("BUILDER_URL is not configured for the worker");
-  let base: URL;
-  try {
-    base = new URL(env.BUILDER_URL);
-  } catch {
-    throw new BuilderConfigError(`BUILDER_URL "${env.BUILDER_URL}" is not a URL`);
-  }
-  // Keep any path prefix of BUILDER_URL ("https://host/builder" + "/build").
-  const prefix = base.pathname.replace(/\/+$/, "");
-  return new URL(`${prefix}${path}`, base.origin);
+function builderUrl(base: string, path: string): URL {
+  const url = new URL(base);
+  // Keep any path prefix of the builder's URL ("https://host/builder" + "/jobs").
+  const prefix = url.pathname.replace(/\/+$/, "");
+  return new URL(`${prefix}${path}`, url.origin);
 }
 
 function secretOf(env: Env): string {
@@ -59,13 +43,14 @@ function secretOf(env: Env): string {
 
 async function signedFetch(
   env: Env,
+  base: string,
   method: string,
   path: string,
   body: string,
   extraHeaders: Record<string, string>,
-  timeoutMs: number | undefined,
+  timeoutMs: number,
 ): Promise<Response | { unavailable: string }> {
-  const url = builderUrl(env, path);
+  const url = builderUrl(base, path);
   const signature = await signRequest(secretOf(env), method, url.pathname + url.search, body);
   const headers: Record<string, string> = { ...extraHeaders, ...signature };
   if (body !== "") headers["Content-Type"] = "application/json";
@@ -74,7 +59,7 @@ async function signedFetch(
       method,
       headers,
       body: body === "" ? undefined : body,
-      signal: timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs),
+      signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
@@ -85,13 +70,14 @@ async function signedFetch(
 
 async function postJson<T>(
   env: Env,
+  base: string,
   path: string,
   request: unknown,
   validate: (value: unknown) => string | null,
   timeoutMs: number,
 ): Promise<BuilderOutcome<T>> {
   const body = JSON.stringify(request);
-  const response = await signedFetch(env, "POST", path, body, { Accept: "application/json" }, timeoutMs);
+  const response = await signedFetch(env, base, "POST", path, body, { Accept: "application/json" }, timeoutMs);
   if ("unavailable" in response) return { kind: "unavailable", reason: response.unavailable };
   let text: string;
   try {
@@ -135,49 +121,21 @@ function validateResolve(value: unknown): string | null {
   return null;
 }
 
-function validateManifest(value: unknown, which: string): string | null {
-  if (typeof value !== "object" || value === null) return `manifests.${which} is missing`;
-  const m = value as Partial<Record<keyof BuiltManifest, unknown>>;
-  if (typeof m.digest !== "string" || !isDigest(m.digest)) return `manifests.${which}.digest is not a sha256 digest`;
-  if (typeof m.mediaType !== "string") return `manifests.${which}.mediaType is missing`;
-  if (typeof m.body !== "string") return `manifests.${which}.body is missing`;
-  return null;
-}
-
-function validateBuild(value: unknown): string | null {
-  if (typeof value !== "object" || value === null) return "not an object";
-  const v = value as Record<string, unknown>;
-  if (typeof v.imageKey !== "string") return "imageKey is missing";
-  if (typeof v.revision !== "string") return "revision is missing";
-  if (typeof v.manifests !== "object" || v.manifests === null) return "manifests is missing";
-  const manifests = v.manifests as Record<string, unknown>;
-  return validateManifest(manifests.oci, "oci") ?? validateManifest(manifests.docker, "docker");
-}
-
-export function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<ResolveResult>> {
-  const request: ResolveRequest = { tag };
-  return postJson<ResolveResult>(env, "/resolve", request, validateResolve, RESOLVE_TIMEOUT_MS);
-}
-
-export function buildImage(env: Env, request: BuildRequest): Promise<BuilderOutcome<BuildResult>> {
-  return postJson<BuildResult>(env, "/build", request, validateBuild, BUILD_TIMEOUT_MS);
-}
-
 /**
- * GET or HEAD a blob from the builder, optionally with a Range header. Returns the builder's response as is
- * (200/206/404/416...), or why it could not be reached. A 502/503/504 counts as unreachable.
+ * Resolves a tag with the builders ranked for it, the next one when one is unreachable: every builder serves the same
+ * package source.
  */
-export async function fetchBlob(
-  env: Env,
-  method: "GET" | "HEAD",
-  digest: Digest,
-  range?: string,
-): Promise<Response | { unavailable: string }> {
-  const response = await signedFetch(env, method, `/blobs/${digest}`, "", range ? { Range: range } : {}, undefined);
-  if ("unavailable" in response) return response;
-  if (PROXY_STATUSES.has(response.status)) {
-    response.body?.cancel().catch(() => undefined);
-    return { unavailable: `a proxy in front of the builder answered ${response.status} for blob ${digest}` };
+export async function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<ResolveResult>> {
+  const request: ResolveRequest = { tag };
+  let outcome: BuilderOutcome<ResolveResult> | null = null;
+  for (const base of await rankBuilders(builderUrls(env), `resolve\n${tag}`)) {
+    outcome = await postJson<ResolveResult>(env, base, "/resolve", request, validateResolve, RESOLVE_TIMEOUT_MS);
+    if (outcome.kind !== "unavailable") return outcome;
   }
-  return response;
+  return outcome!;
+}
+
+/** Starts the image's build job on this builder, or asks after it: answered at once with the job's record. */
+export function submitJob(env: Env, base: string, request: JobRequest): Promise<BuilderOutcome<JobRecord>> {
+  return postJson<JobRecord>(env, base, "/jobs", request, (value) => (isJobRecord(value) ? null : "not a job record"), JOB_TIMEOUT_MS);
 }

@@ -1,10 +1,18 @@
 // The worker's bindings, as wrangler.toml declares them.
+import type { BuildCoordinator } from "./build-coordinator.ts";
 
 export interface Env {
   /** One content-addressed store for manifests, blobs and the worker's small records (see storage.ts). */
   REGISTRY_BUCKET: R2Bucket;
-  /** Base URL of the builder service, e.g. http://127.0.0.1:8788 (a path prefix is kept). */
+  /**
+   * Base URL of the builder service, e.g. http://127.0.0.1:8788 (a path prefix is kept), or several separated by
+   * commas or spaces: jobs are spread over them by image key, and go to the next when one is down.
+   */
   BUILDER_URL: string;
+  /** One build coordinator per image key (build-coordinator.ts). */
+  BUILD_COORDINATOR: DurableObjectNamespace<BuildCoordinator>;
+  /** Seconds a builder may leave a job's status unanswered before the job goes to the next builder (default 30). */
+  BUILDER_STALE_SECONDS?: string;
   /**
    * Shared HMAC secret for signing builder requests. Production: `wrangler secret put BUILDER_SECRET`;
    * local dev: `.dev.vars`, `--var BUILDER_SECRET:...`, or a plain_text binding given to unstable_startWorker.

@@ -1,16 +1,20 @@
 // The worker: the pull side of the OCI distribution API, for images built from Nix on demand.
 //
 //   GET|HEAD /v2/                                  API version check
-//   GET|HEAD /v2/<name>/manifests/<tag|digest>     manifests.ts (builds on a miss, HEAD too)
-//   GET|HEAD /v2/<name>/blobs/<digest>             blobs.ts (Range; builder fallback copied into R2)
+//   GET|HEAD /v2/<name>/manifests/<tag|digest>     manifests.ts (a build job on a miss, HEAD too; the pull waits)
+//   GET|HEAD /v2/<name>/blobs/<digest>             blobs.ts (from R2, with Range)
 //   GET|HEAD /v2/<name>/tags/list?n=&last=         tags.ts
 //   GET|HEAD /v2/<name>/referrers/<digest>         referrers.ts (always an empty index)
 //   other methods on /v2/...                       405 UNSUPPORTED (no push, no delete)
+//   GET|HEAD /api/builds[/<image key>]            builds-api.ts (build progress as JSON)
 //   GET|HEAD /                                     how to pull
+//
+// The build coordinator (a Durable Object per image key) is exported from here, as Workers require.
 //
 // Routing looks at the path only (itty-router matches url.pathname), so containerd's `?ns=...` changes nothing.
 import { Router, type IRequest } from "itty-router";
 import { handleBlob } from "./blobs.ts";
+import { handleBuild, handleBuildList } from "./builds-api.ts";
 import type { Env } from "./env.ts";
 import { handleManifest } from "./manifests.ts";
 import { handleReferrers } from "./referrers.ts";
@@ -78,8 +82,12 @@ getAndHead("/v2/:name+/blobs/:digest", handleBlob);
 getAndHead("/v2/:name+/tags/list", handleTagsList);
 getAndHead("/v2/:name+/referrers/:digest", handleReferrers);
 router.all("/v2/*", v2Fallback);
+getAndHead("/api/builds", handleBuildList);
+getAndHead("/api/builds/:key", handleBuild);
 getAndHead("/", landing);
 router.all("*", notFound);
+
+export { BuildCoordinator } from "./build-coordinator.ts";
 
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {

@@ -31,22 +31,12 @@ export function isolateCached(inner: RegistryStorage): RegistryStorage {
       return stored;
     },
 
-    async putManifest(hex, body, mediaType) {
-      await inner.putManifest(hex, body, mediaType);
-      manifests.set(hex, { mediaType, bytes: new TextEncoder().encode(body) });
-    },
-
     async getImage(key) {
       const known = images.get(key);
       if (known) return known;
       const record = await inner.getImage(key);
       if (record) images.set(key, record);
       return record;
-    },
-
-    async putImage(key, record) {
-      await inner.putImage(key, record);
-      images.set(key, record);
     },
   };
 }

@@ -1,13 +1,13 @@
 // GET|HEAD /v2/<name>/manifests/<reference>: by digest from R2; by tag through resolution, the image record,
-// and a build on a miss (HEAD builds too: docker and containerd HEAD first).
+// and on a miss a build job the pull waits on (HEAD builds too: docker and containerd HEAD first).
 import type { IRequest } from "itty-router";
 import type { Digest } from "../common/digest.ts";
 import { imageKey } from "../common/image-key.ts";
 import type { ImageRequest } from "../common/image-name.ts";
-import { FLAVOUR_MEDIA_TYPE, OCI_MANIFEST } from "../common/media-types.ts";
+import { OCI_MANIFEST } from "../common/media-types.ts";
 import { classifyTag } from "../common/tag.ts";
 import type { Env } from "./env.ts";
-import { buildOnce } from "./images.ts";
+import { awaitImage } from "./image-builds.ts";
 import { isolateCached } from "./isolate-cache.ts";
 import { negotiateFlavour } from "./negotiation.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
@@ -154,21 +154,22 @@ async function manifestByTag(
       console.warn(`image ${key} names ${flavour} manifest ${record[flavour]}, which is missing; building again`);
     }
 
-    const built = await buildOnce(env, storage, ctx, key, image, tag, resolution.revision);
+    const built = await awaitImage(env, key, { packages: image.packages, system: image.system, tag, revision: resolution.revision });
     if (!built.ok) {
-      const moved = built.failure.kind === "relay" && built.failure.status === 409;
+      // The package set moved since the tag was resolved (409): resolve again, once.
+      const moved = built.failure.kind !== "unavailable" && built.failure.status === 409;
       if (moved && attempt === 0) continue;
       return failureResponse(method, built.failure);
     }
+    const manifest = await loadManifest(storage, method, built.image[flavour]);
+    if (!manifest) {
+      return errorResponse(method, 500, "UNKNOWN", `image ${key} was built, but its ${flavour} manifest ${built.image[flavour]} is not in the bucket`, {
+        name,
+        tag,
+      });
+    }
     await ensureTagMarker(storage, name, tag, true);
-    const manifest = built.manifests[flavour];
-    const bytes = new TextEncoder().encode(manifest.body);
-    return serveManifest(
-      request,
-      { digest: manifest.digest, mediaType: manifest.mediaType || FLAVOUR_MEDIA_TYPE[flavour], size: bytes.byteLength, bytes },
-      cacheControl,
-      true,
-    );
+    return serveManifest(request, manifest, cacheControl, true);
   }
 }
 

@@ -35,7 +35,10 @@ export function isFresh(env: Env, resolution: StoredResolution, now: number = Da
   return now - fetchedAt < seconds * 1000;
 }
 
-/** One /resolve call per tag at a time in this isolate. */
+/**
+ * One /resolve call per tag at a time in this isolate. Not a build: a lookup that is cheap and gives the same answer
+ * to whoever asks, so sharing it per isolate is enough; builds are shared across the edge by their coordinators.
+ */
 const inFlight = new Map<string, Promise<ResolutionOutcome>>();
 
 /**

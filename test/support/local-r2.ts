@@ -1,8 +1,7 @@
-// The worker's local R2 bucket (miniflare's, on disk under the stack's persist folder), opened from the test
-// process through wrangler's platform proxy: the same data the running worker reads and writes.
+// The worker's local R2 bucket (Miniflare's, on disk under the stack's persist folder), opened from the test
+// process by a Miniflare of its own bound to the same bucket: the same data the running worker reads.
 import { join } from "node:path";
-import { getPlatformProxy } from "wrangler";
-import { PROJECT_ROOT } from "../../scripts/local-stack.ts";
+import { Miniflare } from "miniflare";
 
 /** The part of the R2 binding the tests use. */
 export interface LocalR2 {
@@ -11,14 +10,17 @@ export interface LocalR2 {
 }
 
 export async function withWorkerR2<T>(workerStateDir: string, use: (bucket: LocalR2) => Promise<T>): Promise<T> {
-  const proxy = await getPlatformProxy<{ REGISTRY_BUCKET: LocalR2 }>({
-    configPath: join(PROJECT_ROOT, "wrangler.toml"),
-    persist: { path: join(workerStateDir, "v3") },
-    remoteBindings: false,
+  const miniflare = new Miniflare({
+    modules: true,
+    script: "export default { fetch() { return new Response(null, { status: 404 }); } };",
+    // wrangler.toml's binding and bucket_name, and the stack's r2Persist.
+    r2Buckets: { REGISTRY_BUCKET: "nix-edge-registry" },
+    r2Persist: join(workerStateDir, "v3", "r2"),
   });
   try {
-    return await use(proxy.env.REGISTRY_BUCKET);
+    const bucket = (await miniflare.getR2Bucket("REGISTRY_BUCKET")) as unknown as LocalR2;
+    return await use(bucket);
   } finally {
-    await proxy.dispose();
+    await miniflare.dispose();
   }
 }

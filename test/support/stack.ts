@@ -1,5 +1,6 @@
-// Starts a real stack for one test file: the builder (real Nix, offline package set) and the worker in
-// workerd with its own local R2; plus the real clients the tests pull with.
+// Starts a real stack for one test file: the builder (real Nix, offline package set; or several) writing through
+// the local S3 endpoint into the worker's own local R2, and the worker in workerd; plus the real clients the tests
+// pull with.
 import { execFile } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -12,22 +13,68 @@ const execFileAsync = promisify(execFile);
 
 export const TEST_PKGS = join(PROJECT_ROOT, "nix/test-pkgs");
 
+export interface TestStackOptions {
+  builderEnv?: Record<string, string>;
+  builderCommandPrefix?: string[];
+  pkgsPath?: string;
+  tls?: boolean;
+  /** How many builders (default 1); see StackOptions. */
+  builders?: number;
+  /** Something between the worker and each builder; see StackOptions. */
+  builderFront?: (builderUrl: string) => Promise<string>;
+  /** Extra variables for the worker (BUILDER_STALE_SECONDS, TAG_CACHE_SECONDS, ...). */
+  workerVars?: Record<string, string>;
+}
+
+/** The builder's /health counters. */
+export interface BuilderCounters {
+  builds: number;
+  layersWritten: number;
+  layersReused: number;
+  tarBytesWritten: number;
+  bytesStored: number;
+  jobs: { started: number; done: number; failed: number; running: number };
+}
+
+/** One structured log line of a builder. */
+export type LogEntry = Record<string, unknown> & { event?: string };
+
 export interface TestStack extends Stack {
   scratch: string;
   workerStateDir: string;
-  /** The builder's counters from /health. */
-  builderCounters(): Promise<{ builds: number; layersWritten: number; layersReused: number }>;
-  /** How many requests of this kind reached the builder, from its structured log. */
+  /** The first builder's counters from /health. */
+  builderCounters(): Promise<BuilderCounters>;
+  /**
+   * The log entries of this event from every builder of the stack, in the order they arrived (a restarted
+   * builder's earlier runs included).
+   */
+  logEvents(event: string): LogEntry[];
+  /** How many build jobs the builders started (`job-started`): one per image build the worker asked for. */
+  jobsStarted(): number;
+  /** How many images the builders built with Nix (`build`). */
+  builds(): number;
+  /**
+   * How many requests to paths starting with `path` the builders logged (/resolve, ...). Answers 200 to POST /jobs
+   * (submissions and polls) are not logged: count jobs with jobsStarted().
+   */
   builderRequests(path: string): number;
   /** Keys in the worker's local R2 bucket (read after the worker has stopped, or live: R2 is on disk). */
   r2Keys(prefix?: string): Promise<string[]>;
 }
 
-export async function startTestStack(
-  options: { builderEnv?: Record<string, string>; builderCommandPrefix?: string[]; pkgsPath?: string; tls?: boolean } = {},
-): Promise<TestStack> {
+export async function startTestStack(options: TestStackOptions = {}): Promise<TestStack> {
   const scratch = await mkdtemp(join(tmpdir(), "registry-test-"));
   const workerStateDir = join(scratch, "worker-state");
+  // Every builder's log, kept here so that it outlives a builder that is restarted.
+  const entries: LogEntry[] = [];
+  const onBuilderLog = (line: string) => {
+    try {
+      const entry = JSON.parse(line) as unknown;
+      if (typeof entry === "object" && entry !== null) entries.push(entry as LogEntry);
+    } catch {
+      // Not a log line of ours (a startup error): the stack's error message carries it.
+    }
+  };
   let stack: Stack;
   try {
     stack = await startStack({
@@ -39,28 +86,33 @@ export async function startTestStack(
       builderEnv: options.builderEnv,
       builderCommandPrefix: options.builderCommandPrefix,
       tls: options.tls,
+      builders: options.builders,
+      builderFront: options.builderFront,
+      workerVars: options.workerVars,
+      onBuilderLog,
     });
   } catch (error) {
     await rm(scratch, { recursive: true, force: true });
     throw error;
   }
+  const logEvents = (event: string) => entries.filter((entry) => entry.event === event);
   return {
     ...stack,
+    // The first builder as it is now, also after restartBuilder(0).
+    get builder() {
+      return stack.builders[0];
+    },
     scratch,
     workerStateDir,
     async builderCounters() {
       const response = await fetch(`${stack.builder.url}/health`);
-      return (await response.json()) as { builds: number; layersWritten: number; layersReused: number };
+      return (await response.json()) as BuilderCounters;
     },
+    logEvents,
+    jobsStarted: () => logEvents("job-started").length,
+    builds: () => logEvents("build").length,
     builderRequests(path: string) {
-      return stack.builder.logLines.filter((line) => {
-        try {
-          const entry = JSON.parse(line) as { event?: string; path?: string };
-          return entry.event === "request" && entry.path?.startsWith(path);
-        } catch {
-          return false;
-        }
-      }).length;
+      return logEvents("request").filter((entry) => typeof entry.path === "string" && entry.path.startsWith(path)).length;
     },
     r2Keys(prefix = "") {
       return withWorkerR2(workerStateDir, async (bucket) => {
@@ -80,7 +132,6 @@ export async function startTestStack(
     },
   };
 }
-
 
 export interface CommandOutput {
   stdout: string;
