@@ -14,7 +14,7 @@ import { loadConfig } from "../builder-service/config.ts";
 import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts";
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
 import { S3BlobStore } from "../builder-service/s3-store.ts";
-import { build, resolveLatest } from "../scripts/builder-calls.ts";
+import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startLocalBucket, startStack, type Stack } from "../scripts/local-stack.ts";
 import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
@@ -181,8 +181,7 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
       throw error;
     },
   );
-  const counters = async () =>
-    (await (await fetch(`${builder.url}/health`)).json()) as { tarBytesWritten: number; bytesStored: number; layersWritten: number; layersReused: number };
+  const counters = () => builderStatus(builder.url, secret);
   try {
     const { revision } = await resolveLatest(builder.url, secret);
 

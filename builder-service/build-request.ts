@@ -1,11 +1,10 @@
 // Checks a build request before any of it reaches Nix: the worker validated the name already, but the
 // builder trusts nothing it did not check itself.
 import { MAX_JOB_WAIT_SECONDS, type BuildRequest, type JobRequest } from "../common/builder-api.ts";
-import type { NixSystem } from "../common/image-name.ts";
+import { MAX_PACKAGES, type NixSystem } from "../common/image-name.ts";
 
 /** An attribute path: components of letters, digits, '_', '-', '+', '\'' separated by dots. */
-const ATTRIBUTE_PATH = /^[A-Za-z0-9_][A-Za-z0-9_+'-]*(\.[A-Za-z0-9_][A-Za-z0-9_+'-]*)*$/;
-const MAX_PACKAGES = 64;
+export const ATTRIBUTE_PATH = /^[A-Za-z0-9_][A-Za-z0-9_+'-]*(\.[A-Za-z0-9_][A-Za-z0-9_+'-]*)*$/;
 const SYSTEMS: readonly NixSystem[] = ["x86_64-linux", "aarch64-linux"];
 
 export type BuildRequestCheck = { ok: true; request: BuildRequest } | { ok: false; reason: string };
@@ -14,7 +13,7 @@ export function validateBuildRequest(value: unknown): BuildRequestCheck {
   if (typeof value !== "object" || value === null) return { ok: false, reason: "the build request is not a JSON object" };
   const { packages, system, tag, revision } = value as Record<string, unknown>;
   if (!Array.isArray(packages) || packages.length === 0 || packages.length > MAX_PACKAGES) {
-    return { ok: false, reason: `an image holds 1 to ${MAX_PACKAGES} packages` };
+    return { ok: false, reason: `an image holds 1 to ${MAX_PACKAGES} packages, not ${Array.isArray(packages) ? packages.length : "none"}` };
   }
   for (const pkg of packages) {
     if (typeof pkg !== "string" || pkg.length > 255 || !ATTRIBUTE_PATH.test(pkg)) {

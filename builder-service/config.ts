@@ -1,8 +1,12 @@
 // The builder's configuration, all from the environment, checked at startup with errors that name the variable.
 // Every problem is reported at once, so a new deployment is fixed in one edit, not one restart per variable.
 import { existsSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { DEFAULT_DENIED_ATTRIBUTES } from "../common/attribute-policy.ts";
+import { DEFAULT_MAX_CLOSURE_BYTES, DEFAULT_MAX_QUEUE, type AdmissionConfig } from "./admission.ts";
+import { ATTRIBUTE_PATH } from "./build-request.ts";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
 import { NIX_SETTINGS_HELP, readNixSettings, type NixSettings } from "./nix-settings.ts";
 import { CHANNEL_NAME } from "./sources/channel.ts";
@@ -43,6 +47,8 @@ export interface BuilderConfig {
   nixDir: string;
   /** Substituters, parallelism and the time limit for Nix (nix-settings.ts). */
   nix: NixSettings;
+  /** How many builds at once, and which (admission.ts). */
+  admission: AdmissionConfig;
   layerBudget: number;
   /** Nixery-format popularity data for layering, if any (see popularity.ts). */
   popularityPath: string | null;
@@ -60,6 +66,9 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["BUILDER_HOST", "address to listen on (default 127.0.0.1)"],
   ["BUILDER_PORT", "port to listen on (default 8788)"],
   ["BUILDER_DATA_DIR", "where layers are spooled before upload and unfinished jobs are journalled (default ./.data/builder)"],
+  ["BUILDER_MAX_BUILDS", "image builds run at once (default: half the cores, at least 1); more wait in a queue, in phase `queued`"],
+  ["BUILDER_MAX_QUEUE", `builds waiting for their turn (default ${DEFAULT_MAX_QUEUE}, 0 to 10000); past it a new build is refused with 503 BUILDER_BUSY and Retry-After, and the worker tries the next builder`],
+  ["BUILDER_MAX_CLOSURE_BYTES", `largest closure an image may have, the unpacked size of its store paths (default ${DEFAULT_MAX_CLOSURE_BYTES} = 8 GiB; 0: no limit); refused with 403 DENIED before anything is downloaded when the downloads alone are larger, else before layering`],
   ["NIXERY_PKGS_PATH", "serve this local package set (a folder with default.nix) instead of a channel; only the tag `latest`"],
   ["NIXERY_PKGS_REPO", "serve a package set from this git repository (https://, ssh://, file://) instead of a channel: tags are `latest`, branch and git tag names, and 40-hex commits; a bare mirror is kept under BUILDER_DATA_DIR/git"],
   ["NIXERY_PKGS_BRANCH", "with NIXERY_PKGS_REPO: the branch `latest` follows (default: the repository's default branch)"],
@@ -67,6 +76,8 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXERY_CHANNELS_URL", "channel service (default https://channels.nixos.org)"],
   ["NIXERY_ARCHIVE_URL", "source tarballs by commit (default https://github.com/NixOS/nixpkgs/archive)"],
   ["NIXERY_TAG_TTL_SECONDS", "how long a moving tag's resolution (latest, a channel, a branch) is reused before it is resolved again (default 300); commits are pinned forever"],
+  ["NIXERY_DENY_ATTRIBUTES", `attribute names or paths never built, separated by commas or spaces, matched case-insensitively at any depth of a name (\`pkgscross.riscv64.hello\` reaches pkgsCross); replaces the default list: ${DEFAULT_DENIED_ATTRIBUTES.join(", ")}; \`none\` denies nothing. Refused with 403 DENIED, nothing built`],
+  ["NIXERY_ALLOW_ATTRIBUTES", "if set, only these attribute paths and what is under them are built (e.g. `hello, python3Packages`), compared like NIXERY_DENY_ATTRIBUTES; the deny-list still applies"],
   ...NIX_SETTINGS_HELP,
   ["NIXPKGS_ALLOW_UNFREE", "nixpkgs' own switch, passed to Nix: `1` builds packages with unfree licenses (refused by default, with a message naming this variable)"],
   ["NIXPKGS_ALLOW_BROKEN", "nixpkgs' own switch: `1` builds packages marked broken (refused by default)"],
@@ -188,6 +199,33 @@ function sourceConfig(env: NodeJS.ProcessEnv, problems: string[]): BuilderConfig
   };
 }
 
+/** Attribute paths separated by commas or white space; each must be one (a.b.c). */
+function attributeList(env: NodeJS.ProcessEnv, name: string, problems: string[]): string[] | null {
+  const raw = (env[name] ?? "").trim();
+  if (raw === "") return null;
+  const entries = raw.split(/[\s,]+/).filter(Boolean);
+  for (const entry of entries) {
+    if (entry !== "none" && !ATTRIBUTE_PATH.test(entry)) problems.push(`${name}: ${JSON.stringify(entry)} is not an attribute path (e.g. pkgsCross or python3Packages.numpy)`);
+  }
+  return entries;
+}
+
+function admissionConfig(env: NodeJS.ProcessEnv, problems: string[]): AdmissionConfig {
+  const number = numberReader(env, problems);
+  const deny = attributeList(env, "NIXERY_DENY_ATTRIBUTES", problems);
+  const allow = attributeList(env, "NIXERY_ALLOW_ATTRIBUTES", problems);
+  if (allow?.includes("none")) problems.push("NIXERY_ALLOW_ATTRIBUTES=none would build nothing; unset it to build everything the deny-list allows");
+  return {
+    maxBuilds: number("BUILDER_MAX_BUILDS", Math.max(1, Math.floor(availableParallelism() / 2)), 1, 1024),
+    maxQueue: number("BUILDER_MAX_QUEUE", DEFAULT_MAX_QUEUE, 0, 10_000),
+    maxClosureBytes: number("BUILDER_MAX_CLOSURE_BYTES", DEFAULT_MAX_CLOSURE_BYTES, 0, Number.MAX_SAFE_INTEGER),
+    attributes: {
+      deny: deny === null ? DEFAULT_DENIED_ATTRIBUTES : deny.filter((entry) => entry !== "none"),
+      allow,
+    },
+  };
+}
+
 function popularityPath(env: NodeJS.ProcessEnv): string | null {
   if (env.NIXERY_POPULARITY_PATH) return resolve(env.NIXERY_POPULARITY_PATH);
   const beside = env.NIXERY_PKGS_PATH ? resolve(env.NIXERY_PKGS_PATH, "popularity.json") : null;
@@ -207,6 +245,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
   }
   const port = number("BUILDER_PORT", 8788, 0, 65535);
   const nix = readNixSettings(env, problems);
+  const admission = admissionConfig(env, problems);
   const layerBudget = number("NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125);
   const tagTtlSeconds = number("NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000);
 
@@ -231,6 +270,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     source,
     port,
     nix,
+    admission,
     layerBudget,
     popularityPath: popularityPath(env),
     tagTtlSeconds,

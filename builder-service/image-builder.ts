@@ -5,9 +5,10 @@ import os from "node:os";
 import type { BuildRequest } from "../common/builder-api.ts";
 import { builderCacheKey, type JobPhase, type JobProgress } from "../common/bucket-layout.ts";
 import { isDigest, sha256Hex, type Digest } from "../common/digest.ts";
+import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
-import { storePathName } from "./closure.ts";
+import { storePathName, type ImageClosure } from "./closure.ts";
 import { planLayers } from "./layering.ts";
 import type { Popularity } from "./popularity.ts";
 import { writeLayer } from "./layer-pipeline.ts";
@@ -23,6 +24,8 @@ export interface ImageBuilderOptions {
   source: PackageSource;
   nix: NixRunner;
   log: Logger;
+  /** The limits a build must keep (admission.ts): the attribute policy, NIX_MAX_JOBS=0, the closure size. */
+  admission: BuildAdmission;
   layerBudget: number;
   /** Which store paths are widely used, for layering past the budget (see layering.ts). */
   popularity?: Popularity;
@@ -78,20 +81,37 @@ export class ImageBuilder {
 
   /** Builds the image and stores its blobs and manifests; the caller writes the image record. */
   async build(request: BuildRequest, key: string, report: BuildReporter): Promise<BuiltImage> {
-    const { store, source, nix, log } = this.options;
+    const { store, source, nix, log, admission } = this.options;
     const started = performance.now();
     report.phase("evaluating");
     const nixSource = await source.nixSource(request.revision);
     await nix.ensureNewEnough(nixSource, request.revision);
-    await nix.checkPackages(request.packages, nixSource, request.system);
-    const checked = performance.now();
-    report.phase("building");
-    const nixProgress = new NixBuildProgress();
-    const closure = await nix.buildClosure(request.packages, nixSource, request.system, (line) => {
-      if (nixProgress.line(line)) report.progress(nixProgress.progress);
-    });
-    nixProgress.finish();
-    report.progress(nixProgress.progress);
+    const resolved = await nix.checkPackages(request.packages, nixSource, request.system);
+    admission.checkResolved(resolved);
+    // Evaluated once; Nix's plan for it (a dry run) is admitted before anything is fetched or built.
+    const derivation = await nix.instantiateImage(request.packages, nixSource, request.system);
+    let checked: number;
+    let closure: ImageClosure;
+    try {
+      if (admission.judgesPlans) admission.checkPlan(await nix.planBuild(derivation.drvPath), derivation.drvPath);
+      checked = performance.now();
+      report.phase("building");
+      const nixProgress = new NixBuildProgress();
+      const onLogLine = (line: string) => {
+        if (nixProgress.line(line)) report.progress(nixProgress.progress);
+      };
+      // The same limits on the plan the build announces, in case the caches changed since the dry run. With
+      // NIX_MAX_JOBS=0 the plan allows one build, the image's metadata, which Nix builds only with a build slot.
+      closure = await nix.buildClosure(derivation.drvPath, onLogLine, {
+        maxJobs: admission.substituteOnly ? 1 : undefined,
+        check: (plan) => admission.checkPlan(plan, derivation.drvPath),
+      });
+      nixProgress.finish();
+      report.progress(nixProgress.progress);
+    } finally {
+      await derivation.release();
+    }
+    admission.checkClosure(closure.graph);
     const built = performance.now();
 
     report.phase("layering");

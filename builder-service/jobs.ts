@@ -2,10 +2,13 @@
 // bucket (jobs/<imageKey>.json) as it goes, and, last of all, the image record that makes the image exist.
 //
 // - One job per image key at a time in this process; asking again reports on it.
+// - Admission (admission.ts) first: names the attribute policy refuses and jobs past the queue's end are refused
+//   before a job exists. BUILDER_MAX_BUILDS jobs run at once; the others wait in phase "queued", in arrival order.
 // - The record is rewritten on every phase, at most every PROGRESS_INTERVAL_MS for progress within a phase, and
 //   at least every heartbeatSeconds while the job runs: a record that stops changing means a builder that stopped.
 // - Every unfinished job is journalled on local disk (<data>/jobs/<imageKey>.json). A builder that restarts finds
 //   them there and runs them again (the layers already uploaded are reused), so none stays "running" forever.
+import { randomUUID } from "node:crypto";
 import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { JobRequest } from "../common/builder-api.ts";
@@ -22,12 +25,14 @@ import {
   type JobRecord,
 } from "../common/bucket-layout.ts";
 import { imageKey } from "../common/image-key.ts";
+import { AdmissionError, type BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore } from "./blob-store.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { Logger } from "./log.ts";
 import { NixBuildError, NixTooOldError, UnknownPackagesError } from "./nix-runner.ts";
 import { S3Error } from "./s3-store.ts";
 import { RevisionUnavailableError } from "./sources/package-source.ts";
+import { CommandTimeoutError } from "./time-limited-command.ts";
 
 const PROGRESS_INTERVAL_MS = 1000;
 const FINISHED_JOB_MEMORY_MS = 10 * 60_000;
@@ -44,6 +49,8 @@ export interface BuildJobsOptions {
   heartbeatSeconds: number;
   /** Describes the package source in error messages. */
   sourceDescription: string;
+  /** The attribute policy, and the places for running and queued jobs. */
+  admission: BuildAdmission;
 }
 
 interface Journalled {
@@ -80,6 +87,7 @@ export class BuildJobs {
 
   /** Reports on the image's job, starting one unless a running job, or a finished one with this id, exists. */
   async submit(request: JobRequest): Promise<JobRecord> {
+    this.options.admission.checkNames(request.packages);
     const key = await imageKey(request.revision, request.system, request.packages);
     const answer = (this.deciding.get(key) ?? Promise.resolve()).then(() => this.decide(key, request));
     const settled = answer.catch(() => undefined);
@@ -125,6 +133,19 @@ export class BuildJobs {
       const key = await imageKey(entry.request.revision, entry.request.system, entry.request.packages);
       if (isImageRecord(await getJson(this.options.store, imageRecordKey(key)))) {
         // Finished meanwhile, by another builder the job was given to.
+        await rm(path, { force: true });
+        continue;
+      }
+      let refusal: AdmissionError | null = null;
+      try {
+        // The policy may have changed with the restart.
+        this.options.admission.checkNames(entry.request.packages);
+      } catch (error) {
+        if (!(error instanceof AdmissionError)) throw error;
+        refusal = error;
+      }
+      if (refusal) {
+        await this.finish(this.newJob(key, entry.request), "failed", { error: refusal.refusal });
         await rm(path, { force: true });
         continue;
       }
@@ -197,11 +218,29 @@ export class BuildJobs {
   }
 
   private async start(key: string, request: JobRequest, resumes: number): Promise<JobRecord> {
-    const { log, store } = this.options;
+    const { log, store, admission } = this.options;
+    // Room is checked and taken in one synchronous step. A resumed job was admitted before the restart: it queues
+    // whatever the queue holds.
+    if (resumes === 0) admission.checkRoom();
+    const slot = admission.slots.acquire();
+    const queued = admission.slots.queued > 0;
     const job = this.newJob(key, request);
     this.counters.started++;
-    log.info("job-started", { imageKey: key, jobId: request.jobId, packages: request.packages, system: request.system, revision: request.revision });
-    await this.journal(key, { request: { ...withoutJobId(request), jobId: request.jobId }, resumes });
+    log.info("job-started", {
+      imageKey: key,
+      jobId: request.jobId,
+      packages: request.packages,
+      system: request.system,
+      revision: request.revision,
+      ...(queued ? { queued: admission.slots.queued } : {}),
+    });
+    try {
+      await this.journal(key, { request: { ...withoutJobId(request), jobId: request.jobId }, resumes });
+    } catch (error) {
+      // The job will not run: its place goes to the next.
+      void slot.then((release) => release());
+      throw error;
+    }
     await Promise.all([
       this.write(job),
       store.putObject(recentJobKey(key, Date.parse(job.record.startedAt)), new Uint8Array(), "application/octet-stream").catch((error: unknown) =>
@@ -210,12 +249,13 @@ export class BuildJobs {
     ]);
     job.timer = setInterval(() => void this.write(job), this.options.heartbeatSeconds * 1000);
     job.timer.unref();
-    void this.run(key, job);
+    void this.run(key, job, slot);
     return job.record;
   }
 
-  private async run(key: string, job: Job): Promise<void> {
+  private async run(key: string, job: Job, slot: Promise<() => void>): Promise<void> {
     const { builder, store, log } = this.options;
+    const release = await slot;
     try {
       const built = await builder.build(job.record.request, key, {
         phase: (phase) => this.enter(job, phase),
@@ -240,6 +280,7 @@ export class BuildJobs {
       );
       job.markFinished();
     } finally {
+      release();
       await rm(this.journalPath(key), { force: true });
     }
   }
@@ -294,6 +335,7 @@ export class BuildJobs {
 
   private describe(error: unknown, key: string): JobError {
     const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof AdmissionError) return error.refusal;
     if (error instanceof UnknownPackagesError) {
       const detail = { unknown: error.unknown, removed: error.removed, refused: error.refused };
       // Packages that exist but that the package set refuses (broken, unfree, insecure) are denied, not unknown.
@@ -308,11 +350,15 @@ export class BuildJobs {
     }
     // The package set moved since the tag was resolved: the worker resolves again.
     if (error instanceof RevisionUnavailableError) return { status: 409, code: "MANIFEST_UNKNOWN", message };
+    // A command past its time limit: the message names the command, the limit and its setting, nothing else.
+    if (error instanceof CommandTimeoutError) return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${message}` };
     // Anything else (the bucket refusing a write, a bug) is for the operator: the record is public (the worker's
     // /api/builds), and such messages name endpoints and buckets.
-    this.options.log.error("job-crashed", { imageKey: key, error: String((error as Error)?.stack ?? error) });
+    // The id, in the log line and in the record, lets an operator find the one from the other.
+    const id = randomUUID();
+    this.options.log.error("job-crashed", { id, imageKey: key, error: String((error as Error)?.stack ?? error) });
     const what = error instanceof S3Error ? "the builder could not write the image into the bucket" : "the builder failed unexpectedly";
-    return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${what}; the builder's log has the details` };
+    return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${what}; the builder's log has the details under id ${id}`, detail: { id } };
   }
 
   private journalPath(key: string): string {

@@ -1,6 +1,7 @@
 // The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
 // (see config.ts).
 import { access, constants } from "node:fs/promises";
+import { BuildAdmission } from "./admission.ts";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
 import { ImageBuilder } from "./image-builder.ts";
@@ -10,6 +11,7 @@ import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
 import { nixConfig, NixSettingsError, probeNix } from "./nix-settings.ts";
 import { loadPopularity } from "./popularity.ts";
+import { cachedReadiness } from "./readiness.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
 import { ChannelSource } from "./sources/channel.ts";
@@ -42,7 +44,8 @@ function usage(): string {
     "Configuration (environment variables):",
     ...ENVIRONMENT_HELP.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`),
     "",
-    "Endpoints: GET /health, GET /ready, and for the worker (signed): POST /resolve, POST /jobs.",
+    "Endpoints: GET /health and GET /ready (unsigned, and saying no more than up and ready or not), and signed:",
+    "GET /status (why not ready, the bucket, counters) and, for the worker, POST /resolve and POST /jobs.",
   ].join("\n");
 }
 
@@ -52,7 +55,7 @@ function usage(): string {
  */
 async function createSource(config: BuilderConfig, log: Logger, checkOnly: boolean): Promise<PackageSource> {
   if (config.source.kind === "path") {
-    const source = new LocalPathSource(config.source.path, config.tagTtlSeconds);
+    const source = new LocalPathSource(config.source.path, config.tagTtlSeconds, config.nix.timeoutSeconds);
     await source.check();
     return source;
   }
@@ -62,6 +65,7 @@ async function createSource(config: BuilderConfig, log: Logger, checkOnly: boole
       branch: config.source.branch,
       dataDir: config.dataDir,
       ttlSeconds: config.tagTtlSeconds,
+      nixTimeoutSeconds: config.nix.timeoutSeconds,
       log,
     });
     if (checkOnly) await source.check();
@@ -161,7 +165,8 @@ async function main(): Promise<void> {
   });
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
-  const builder = new ImageBuilder({ store, source, nix, log, layerBudget: config.layerBudget, popularity });
+  const admission = new BuildAdmission(config.admission, config.nix.maxJobs === 0);
+  const builder = new ImageBuilder({ store, source, nix, log, admission, layerBudget: config.layerBudget, popularity });
   const jobs = new BuildJobs({
     store,
     builder,
@@ -169,10 +174,11 @@ async function main(): Promise<void> {
     journalDir: `${config.dataDir}/jobs`,
     heartbeatSeconds: JOB_HEARTBEAT_SECONDS,
     sourceDescription: source.description,
+    admission,
   });
   const resumed = await jobs.resumeUnfinished();
   if (resumed > 0) log.info("jobs-resumed", { count: resumed });
-  const readiness = async (): Promise<string | null> => {
+  const readiness = cachedReadiness(async () => {
     if (compatibility.problem) return compatibility.problem;
     try {
       await access(config.dataDir, constants.W_OK);
@@ -180,7 +186,7 @@ async function main(): Promise<void> {
       return `the data folder ${config.dataDir} is not writable`;
     }
     return store.probe();
-  };
+  }, log);
   const handler = createBuilderHandler({
     secret: config.secret,
     store,

@@ -8,6 +8,11 @@
 import type { Count, JobProgress } from "../common/bucket-layout.ts";
 
 const UNITS: Record<string, number> = { KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
+const BUILD_LINE = /^(?:these (\d+) derivations|this derivation) will be built:$/;
+const FETCH_LINE =
+  /^(?:these (\d+) paths|this path) will be fetched \(([\d.]+) (KiB|MiB|GiB|TiB) download(?:, ([\d.]+) (KiB|MiB|GiB|TiB) unpacked)?/;
+
+const bytes = (amount: string, unit: string): number => Math.round(Number(amount) * UNITS[unit]);
 
 export class NixBuildProgress {
   private readonly derivations: Count = { done: 0, total: 0 };
@@ -17,15 +22,15 @@ export class NixBuildProgress {
   /** Takes one line of Nix's log; true when the progress changed. */
   line(text: string): boolean {
     const line = text.trim();
-    let match = /^these (\d+) derivations will be built:$/.exec(line);
-    if (match || line === "this derivation will be built:") {
-      this.derivations.total += match ? Number(match[1]) : 1;
+    let match = BUILD_LINE.exec(line);
+    if (match) {
+      this.derivations.total += match[1] ? Number(match[1]) : 1;
       return true;
     }
-    match = /^(?:these (\d+) paths|this path) will be fetched \(([\d.]+) (KiB|MiB|GiB|TiB) download/.exec(line);
+    match = FETCH_LINE.exec(line);
     if (match) {
       this.fetched.total += match[1] ? Number(match[1]) : 1;
-      this.fetched.downloadBytes += Math.round(Number(match[2]) * UNITS[match[3]]);
+      this.fetched.downloadBytes += bytes(match[2], match[3]);
       return true;
     }
     if (/^building '\/nix\/store\/[^']+\.drv'/.test(line)) {
@@ -48,5 +53,44 @@ export class NixBuildProgress {
 
   get progress(): Pick<JobProgress, "derivations" | "fetched"> {
     return { derivations: { ...this.derivations }, fetched: { ...this.fetched } };
+  }
+}
+
+/** What nix-build is about to do, as it announces it before doing any of it (and as a dry run prints it). */
+export interface BuildPlan {
+  /** The derivations it will build (.drv store paths). */
+  build: string[];
+  /** The paths it will download from binary caches, with their sizes: compressed, and unpacked into the store. */
+  fetch: { paths: number; downloadBytes: number; unpackedBytes: number };
+}
+
+/** Reads a BuildPlan from Nix's log, line by line (a plan of a cold nixpkgs closure lists thousands of paths). */
+export class NixBuildPlanReader {
+  readonly plan: BuildPlan = { build: [], fetch: { paths: 0, downloadBytes: 0, unpackedBytes: 0 } };
+  private list: "build" | "fetch" | null = null;
+
+  /** Takes one line; true when it added a derivation to build. */
+  line(text: string): boolean {
+    const line = text.trim();
+    if (BUILD_LINE.test(line)) {
+      this.list = "build";
+      return false;
+    }
+    const fetch = FETCH_LINE.exec(line);
+    if (fetch) {
+      this.list = "fetch";
+      this.plan.fetch.paths += fetch[1] ? Number(fetch[1]) : 1;
+      this.plan.fetch.downloadBytes += bytes(fetch[2], fetch[3]);
+      if (fetch[4]) this.plan.fetch.unpackedBytes += bytes(fetch[4], fetch[5]);
+      return false;
+    }
+    // The list under each heading: one indented store path a line.
+    if (this.list && /^\s/.test(text) && /^\/nix\/store\/\S+$/.test(line)) {
+      if (this.list !== "build") return false;
+      this.plan.build.push(line);
+      return true;
+    }
+    this.list = null;
+    return false;
   }
 }

@@ -1,10 +1,12 @@
 // Runs Nix: the package check (nix-instantiate --eval) and the image build (nix-build), with a time limit.
 // Package names reach Nix only as JSON through --argstr, never as Nix code.
 import { spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, readlink, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NixSystem } from "../common/image-name.ts";
 import type { ImageClosure } from "./closure.ts";
+import { NixBuildPlanReader, type BuildPlan } from "./nix-progress.ts";
 import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
 import type { RootfsEntry } from "./tarball.ts";
 
@@ -103,11 +105,31 @@ interface CommandResult {
   timedOut: boolean;
 }
 
+/** The image's derivation, evaluated once and kept from the garbage collector until release() (after the build). */
+export interface ImageDerivation {
+  drvPath: string;
+  release(): Promise<void>;
+}
+
+/** What a build may do, judged on Nix's plan as it announces it. */
+export interface BuildGuard {
+  /** Replaces max-jobs for this build (the image's own derivation must be built even where NIX_MAX_JOBS=0). */
+  maxJobs?: number;
+  /** Called as the plan comes in; what it throws stops the build at once and is the build's error. */
+  check(plan: BuildPlan): void;
+}
+
 /** Keep the end of Nix's log: the failing builder's last lines are what explains a failure. */
 const STDERR_TAIL_BYTES = 16 * 1024;
 const LOG_TAIL_LINES = 25;
 
-function run(command: string, args: string[], options: NixRunnerOptions, onLogLine?: (line: string) => void): Promise<CommandResult> {
+function run(
+  command: string,
+  args: string[],
+  options: NixRunnerOptions,
+  onLogLine?: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       env: { ...process.env, ...options.env },
@@ -126,17 +148,22 @@ function run(command: string, args: string[], options: NixRunnerOptions, onLogLi
       partialLine = lines.pop() ?? "";
       for (const line of lines) onLogLine(line);
     });
-    const timer = setTimeout(() => {
-      timedOut = true;
-      // The whole process group: nix-build's builders are its children.
+    // The whole process group: nix-build's builders are its children.
+    const kill = () => {
       try {
         process.kill(-child.pid!, "SIGKILL");
       } catch {
         child.kill("SIGKILL");
       }
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
     }, options.timeoutSeconds * 1000);
+    signal?.addEventListener("abort", kill, { once: true });
     child.on("error", (error) => {
       clearTimeout(timer);
+      signal?.removeEventListener("abort", kill);
       reject(
         (error as NodeJS.ErrnoException).code === "ENOENT"
           ? new Error(`${command} is not installed or not on PATH; install Nix (Debian: apt-get install nix-bin)`)
@@ -145,6 +172,8 @@ function run(command: string, args: string[], options: NixRunnerOptions, onLogLi
     });
     child.on("close", (code) => {
       clearTimeout(timer);
+      signal?.removeEventListener("abort", kill);
+      if (onLogLine && partialLine) onLogLine(partialLine);
       resolve({ stdout, stderrTail: stderr, code, timedOut });
     });
   });
@@ -250,15 +279,16 @@ export class NixRunner {
   /**
    * Checks every name against the package set without building; throws UnknownPackagesError naming every name
    * that is unknown, removed (with the package set's message) or refused (with the setting that would allow it).
+   * Returns the attribute path each name was found at (a case-insensitive match, `2048` as `_2048`).
    */
-  async checkPackages(packages: readonly string[], source: NixSource, system: NixSystem): Promise<void> {
+  async checkPackages(packages: readonly string[], source: NixSource, system: NixSystem): Promise<Record<string, string>> {
     const result = await run(
       "nix-instantiate",
       ["--eval", "--strict", "--json", ...this.args(packages, source, system, "resolve")],
       this.options,
     );
     this.throwOnFailure(result, "checking package names");
-    const parsed = JSON.parse(result.stdout) as { unknown?: unknown; throws?: unknown; refused?: unknown };
+    const parsed = JSON.parse(result.stdout) as { resolved?: unknown; unknown?: unknown; throws?: unknown; refused?: unknown };
     const strings = (value: unknown) => (Array.isArray(value) ? value.filter((x): x is string => typeof x === "string") : []);
     const unknown = strings(parsed.unknown);
     const refusedMap = typeof parsed.refused === "object" && parsed.refused !== null ? (parsed.refused as Record<string, unknown>) : {};
@@ -270,6 +300,8 @@ export class NixRunner {
       strings(parsed.throws).map(async (name) => ({ name, message: await this.explain(name, source, system) })),
     );
     if (unknown.length > 0 || removed.length > 0 || refused.length > 0) throw new UnknownPackagesError(unknown, removed, refused);
+    const resolved = typeof parsed.resolved === "object" && parsed.resolved !== null ? (parsed.resolved as Record<string, unknown>) : {};
+    return Object.fromEntries(Object.entries(resolved).filter((entry): entry is [string, string] => typeof entry[1] === "string"));
   }
 
   /** The message the package set throws for a name (an alias of a removed package says what replaced it). */
@@ -282,19 +314,59 @@ export class NixRunner {
     return thrownMessage(result.stderrTail) ?? "it fails to evaluate";
   }
 
-  /** Builds the packages and returns their closure graph and root filesystem; Nix's log lines go to onLogLine. */
-  async buildClosure(
-    packages: readonly string[],
-    source: NixSource,
-    system: NixSystem,
-    onLogLine?: (line: string) => void,
-  ): Promise<ImageClosure> {
+  /**
+   * Evaluates the image's derivation without building anything. It is evaluated once: the plan and the build then
+   * start from the .drv, which a GC root (an indirect one, in a temporary folder) keeps until release().
+   */
+  async instantiateImage(packages: readonly string[], source: NixSource, system: NixSystem): Promise<ImageDerivation> {
+    const rootDir = await mkdtemp(join(tmpdir(), "image-drv-"));
+    const release = () => rm(rootDir, { recursive: true, force: true });
+    try {
+      const root = join(rootDir, "image.drv");
+      const result = await run("nix-instantiate", ["--add-root", root, "--indirect", ...this.args(packages, source, system, "image")], this.options);
+      this.throwOnFailure(result, "evaluating the image");
+      return { drvPath: await readlink(root), release };
+    } catch (error) {
+      await release();
+      throw error;
+    }
+  }
+
+  /** What building the derivation takes, as Nix plans it (a dry run: nothing is fetched or built). */
+  async planBuild(drvPath: string): Promise<BuildPlan> {
+    const reader = new NixBuildPlanReader();
+    const result = await run("nix-store", ["--realise", "--dry-run", drvPath], this.options, (line) => reader.line(line));
+    this.throwOnFailure(result, "planning the build");
+    return reader.plan;
+  }
+
+  /**
+   * Builds the image's derivation and returns its closure graph and root filesystem; Nix's log lines go to
+   * onLogLine. With a guard, the build stops as soon as Nix announces a plan the guard refuses.
+   */
+  async buildClosure(drvPath: string, onLogLine?: (line: string) => void, guard?: BuildGuard): Promise<ImageClosure> {
+    const reader = new NixBuildPlanReader();
+    const stop = new AbortController();
+    let refused: unknown = null;
+    const maxJobs = guard?.maxJobs === undefined ? [] : ["--max-jobs", String(guard.maxJobs)];
     const result = await run(
       "nix-build",
-      ["--no-out-link", ...this.args(packages, source, system, "image")],
+      ["--no-out-link", ...maxJobs, drvPath],
       this.options,
-      onLogLine,
+      (line) => {
+        onLogLine?.(line);
+        if (!guard || refused !== null) return;
+        reader.line(line);
+        try {
+          guard.check(reader.plan);
+        } catch (error) {
+          refused = error;
+          stop.abort();
+        }
+      },
+      stop.signal,
     );
+    if (refused !== null) throw refused;
     this.throwOnFailure(result, "building the image");
     const outPath = result.stdout.trim().split("\n").pop() ?? "";
     if (!outPath.startsWith("/nix/store/")) {
@@ -330,6 +402,14 @@ export class NixRunner {
     }
     const unsupported = unsupportedSystemMessage(result.stderrTail);
     if (unsupported) throw new NixBuildError(unsupported, [], log);
+    // Nix 2.8 says it on one line, later ones over several: "Unable to start any build; either increase '--max-jobs' ...".
+    if (/unable to start any build/i.test(result.stderrTail)) {
+      throw new NixBuildError(
+        "Nix would have to build something, and this builder's Nix builds nothing itself (NIX_MAX_JOBS=0, or max-jobs = 0 in its NIX_CONFIG): it only downloads from binary caches, which lack it",
+        [],
+        log,
+      );
+    }
     const failed = [...result.stderrTail.matchAll(/builder for '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv' failed/g)].map(
       (match) => match[1],
     );

@@ -1,7 +1,7 @@
 // The builder's Nix settings: binary caches, parallelism and the time limit, from named environment variables,
 // handed to every Nix command as NIX_CONFIG lines. At startup Nix itself reads them once (`probeNix`), so a value
 // Nix rejects stops the builder with the variable's name instead of failing every build later.
-import { spawn } from "node:child_process";
+import { CommandNotFoundError, CommandTimeoutError, runCommand, type CommandResult } from "./time-limited-command.ts";
 
 export interface NixSettings {
   /** Replaces Nix's list of binary caches; null keeps Nix's own (cache.nixos.org unless nix.conf says otherwise). */
@@ -31,12 +31,12 @@ const VARIABLE_OF_SETTING: Record<string, string> = {
 };
 
 export const NIX_SETTINGS_HELP: readonly [name: string, meaning: string][] = [
-  ["NIX_TIMEOUT", `time limit in seconds for one Nix evaluation or build (default ${DEFAULT_NIX_TIMEOUT_SECONDS}; Nixery's name; NIX_TIMEOUT_SECONDS is the same setting)`],
+  ["NIX_TIMEOUT", `time limit in seconds for one Nix command: an evaluation, a build, or copying a package set into the store (default ${DEFAULT_NIX_TIMEOUT_SECONDS}; Nixery's name; NIX_TIMEOUT_SECONDS is the same setting)`],
   ["NIX_SUBSTITUTERS", "binary caches Nix downloads from, space-separated (default: Nix's own, https://cache.nixos.org; `none` for none, so everything is built here)"],
   ["NIX_TRUSTED_PUBLIC_KEYS", "keys the binary caches sign with, space-separated (default: Nix's own, cache.nixos.org-1:...)"],
   ["NIX_EXTRA_SUBSTITUTERS", "your own binary caches, added to NIX_SUBSTITUTERS (e.g. https://cache.example.com or s3://bucket?endpoint=...)"],
   ["NIX_EXTRA_TRUSTED_PUBLIC_KEYS", "the keys of NIX_EXTRA_SUBSTITUTERS (name:base64, as `nix key convert-secret-to-public` prints)"],
-  ["NIX_MAX_JOBS", "derivations Nix builds at once: `auto` (one per core, the default) or a number; 0 builds nothing and only downloads from the caches"],
+  ["NIX_MAX_JOBS", "derivations Nix builds at once: `auto` (one per core, the default) or a number; 0 builds nothing but each image's own small metadata and only downloads from the caches: an image with a package no cache has is refused with 403 DENIED naming this variable"],
   ["NIX_CORES", "cores one build may use (default 0: all)"],
 ];
 
@@ -142,25 +142,21 @@ export class NixSettingsError extends Error {}
  * does not exist (every build would fail on it).
  */
 export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<NixProbe> {
-  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], {
+  let result: CommandResult;
+  try {
+    result = await runCommand("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], {
+      label: "nix-instantiate --eval builtins.nixVersion",
+      timeoutMs,
       env,
-      stdio: ["ignore", "pipe", "pipe"],
-      timeout: timeoutMs,
     });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (out += chunk));
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (err += chunk));
-    child.on("error", (error) =>
-      reject(
-        (error as NodeJS.ErrnoException).code === "ENOENT"
-          ? new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the README's VM requirements)")
-          : error,
-      ),
-    );
-    child.on("close", (exitCode) => resolve({ code: exitCode, stdout: out, stderr: err }));
-  });
+  } catch (error) {
+    if (error instanceof CommandTimeoutError) throw new NixSettingsError(`Nix does not start: ${error.message}`);
+    if (error instanceof CommandNotFoundError) {
+      throw new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the README's VM requirements)");
+    }
+    throw error;
+  }
+  const { code, stdout, stderr } = result;
   const problems: string[] = [];
   for (const match of stderr.matchAll(/setting '([a-z-]+)'/g)) {
     const variable = VARIABLE_OF_SETTING[match[1]] ?? "NIX_CONFIG";

@@ -1,14 +1,20 @@
-// The builder's HTTP API (see common/builder-api.ts): /health and /ready for operators, and the signed
+// The builder's HTTP API (see common/builder-api.ts): /health and /ready, open to anyone and saying no more than
+// "up" and "ready or not"; GET /status, signed, for operators (why not ready, the bucket, counters); and the signed
 // endpoints the worker calls: POST /resolve and POST /jobs (start a build job, or report on it; answered at once).
 import { IttyRouter, type IRequest } from "itty-router";
+import { randomUUID } from "node:crypto";
 import {
+  NONCE_HEADER,
+  SeenNonces,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
   verifyRequest,
+  type BuilderStatus,
   type ResolveRequest,
 } from "../common/builder-api.ts";
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
 import { classifyTag } from "../common/tag.ts";
+import { AdmissionError } from "./admission.ts";
 import type { BlobStore } from "./blob-store.ts";
 import { validateJobRequest } from "./build-request.ts";
 import type { ImageBuilder } from "./image-builder.ts";
@@ -23,7 +29,7 @@ export interface BuilderServerDeps {
   builder: ImageBuilder;
   jobs: BuildJobs;
   log: Logger;
-  /** Checks that Nix and the store work, for /ready. */
+  /** Checks that Nix and the store work, for /ready and /status: cheap to call often (readiness.ts caches it). */
   readiness: () => Promise<string | null>;
 }
 
@@ -47,21 +53,33 @@ type SignedRequest = IRequest & { rawBody: string };
 export function createBuilderHandler(deps: BuilderServerDeps): (request: Request) => Promise<Response> {
   const { log } = deps;
   const router = IttyRouter();
+  const seenNonces = new SeenNonces();
 
   const authenticate = async (request: IRequest): Promise<Response | undefined> => {
-    const body = request.method === "POST" ? await readBounded(request, MAX_REQUEST_BYTES) : "";
-    if (body === null) {
+    const read = request.method === "POST" ? await readBounded(request, MAX_REQUEST_BYTES) : { text: "" };
+    if (read === "too-large") {
       // Connection: close, so that the rest of an oversized body is not read at all.
       const response = fail(413, "UNSUPPORTED", `request body too large: the builder takes at most ${MAX_REQUEST_BYTES} bytes`);
       response.headers.set("connection", "close");
       return response;
     }
+    // The client went away in the middle of its body: not the builder's failure, and nobody is left to answer.
+    if (read === "incomplete") return fail(400, "UNSUPPORTED", "the request body did not arrive whole");
+    const body = read.text;
     (request as SignedRequest).rawBody = body;
     const url = new URL(request.url);
-    const check = await verifyRequest(deps.secret, request.method, url.pathname + url.search, body, {
+    const signed = {
       signature: request.headers.get(SIGNATURE_HEADER) ?? undefined,
       timestamp: request.headers.get(TIMESTAMP_HEADER) ?? undefined,
-    });
+      nonce: request.headers.get(NONCE_HEADER) ?? undefined,
+    };
+    const check = await verifyRequest(deps.secret, request.method, url.pathname + url.search, body, signed, seenNonces);
+    if (!check.ok && check.busy) {
+      log.warn("nonces-full", { method: request.method, path: url.pathname, remembered: seenNonces.size });
+      const response = fail(503, "BUILDER_UNAVAILABLE", `the builder is too busy: ${check.reason}`);
+      response.headers.set("retry-after", String(check.busy.retryAfterSeconds));
+      return response;
+    }
     if (!check.ok) {
       log.warn("unauthorized", { method: request.method, path: url.pathname, reason: check.reason });
       return fail(401, "UNAUTHORIZED", `this builder only serves its registry's worker: ${check.reason}`);
@@ -70,18 +88,19 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
   };
 
   router
-    .get("/health", () =>
-      json(200, {
-        ok: true,
+    .get("/health", () => json(200, { ok: true }))
+    .get("/ready", async () => ((await deps.readiness()) ? json(503, { ready: false }) : json(200, { ready: true })))
+    .get("/status", authenticate, async () => {
+      const problem = await deps.readiness();
+      const status: BuilderStatus = {
+        ready: problem === null,
+        problem,
         store: deps.store.description,
         source: deps.source.description,
         ...deps.builder.counters,
         jobs: { ...deps.jobs.counters, running: deps.jobs.running },
-      }),
-    )
-    .get("/ready", async () => {
-      const problem = await deps.readiness();
-      return problem ? json(503, { ready: false, problem }) : json(200, { ready: true });
+      };
+      return json(200, status);
     })
     .post("/resolve", authenticate, async (request) => {
       const body = parseJson<ResolveRequest>((request as SignedRequest).rawBody);
@@ -99,7 +118,16 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
     .post("/jobs", authenticate, async (request) => {
       const checked = validateJobRequest(parseJson<unknown>((request as SignedRequest).rawBody));
       if (!checked.ok) return fail(400, "NAME_INVALID", checked.reason);
-      return json(200, await deps.jobs.submit(checked.request));
+      try {
+        return json(200, await deps.jobs.submit(checked.request));
+      } catch (error) {
+        // Refused before any job exists: a denied name (403), or no room to run or queue it (503, Retry-After).
+        if (!(error instanceof AdmissionError)) throw error;
+        const { status, code, message, detail } = error.refusal;
+        log.warn("job-refused", { code, packages: checked.request.packages, message });
+        const retryAfter: Record<string, string> = error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
+        return json(status, errorBody(code, message, detail), retryAfter);
+      }
     })
     .all("*", () => fail(404, "UNSUPPORTED", "no such builder endpoint; see common/builder-api.ts"));
 
@@ -109,13 +137,17 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
     try {
       response = await router.fetch(request);
     } catch (error) {
-      log.error("request-failed", { method: request.method, url: request.url, error: String((error as Error).stack ?? error) });
-      response = fail(500, "UNKNOWN", `the builder failed unexpectedly: ${(error as Error).message}`);
+      // The error may name the bucket, its endpoint or a key id (an S3 error): the log gets it, the caller an id.
+      const id = randomUUID();
+      log.error("request-failed", { id, method: request.method, url: request.url, error: String((error as Error).stack ?? error) });
+      response = fail(500, "UNKNOWN", `the builder failed unexpectedly; its log has the details under id ${id}`, { id });
     }
     const url = new URL(request.url);
     // The worker asks after running jobs every second or so: those answers are not worth a line each.
     const poll = url.pathname === "/jobs" && response.status === 200;
-    if (url.pathname !== "/health" && !poll) {
+    // Nor are the probes, which monitors ask as often as they like (/status answers only to the secret's holders).
+    const probe = url.pathname === "/health" || url.pathname === "/ready" || (url.pathname === "/status" && response.status === 200);
+    if (!probe && !poll) {
       log.info("request", { method: request.method, path: url.pathname, status: response.status, ms: Math.round(performance.now() - started) });
     }
     return response;
@@ -123,30 +155,32 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
 }
 
 /**
- * The body as text, or null as soon as it is longer than `limit` bytes: read before the signature is checked, so
- * an unsigned request must not be able to make the builder hold more than that.
+ * The body as text, or "too-large" as soon as it is longer than `limit` bytes: read before the signature is checked,
+ * so an unsigned request must not be able to make the builder hold more than that. "incomplete" when the connection
+ * ended before the body did.
  */
-async function readBounded(request: Request, limit: number): Promise<string | null> {
+async function readBounded(request: Request, limit: number): Promise<{ text: string } | "too-large" | "incomplete"> {
   const declared = Number(request.headers.get("content-length"));
   if (declared > limit) {
     await request.body?.cancel();
-    return null;
+    return "too-large";
   }
-  if (!request.body) return "";
+  if (!request.body) return { text: "" };
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
+    const chunk = await reader.read().catch(() => null);
+    if (chunk === null) return "incomplete";
+    if (chunk.done) break;
+    size += chunk.value.byteLength;
     if (size > limit) {
       await reader.cancel();
-      return null;
+      return "too-large";
     }
-    chunks.push(value);
+    chunks.push(chunk.value);
   }
-  return Buffer.concat(chunks).toString("utf8");
+  return { text: Buffer.concat(chunks).toString("utf8") };
 }
 
 function parseJson<T>(text: string): T | null {

@@ -1,10 +1,14 @@
 // The contract between the worker and the builder: request and response shapes, and request signing.
-// Every builder endpoint but /health and /ready requires a signature, so an exposed builder is not a free build farm.
+// Every builder endpoint but /health and /ready requires a signature, so an exposed builder is not a free build farm;
+// those two say nothing but "up" and "ready or not" (GET /status, signed, has the rest).
+// A signature covers a random nonce too, and the builder remembers the nonces it accepted for as long as their
+// signatures are valid: a captured request can't be sent again, not even within the signature window.
 import { hmacSha256Hex, sha256Hex } from "./digest.ts";
 import type { NixSystem } from "./image-name.ts";
 
 export const SIGNATURE_HEADER = "x-builder-signature";
 export const TIMESTAMP_HEADER = "x-builder-timestamp";
+export const NONCE_HEADER = "x-builder-nonce";
 /** How old a signed request may be; a captured request is useless after this. */
 export const SIGNATURE_MAX_AGE_SECONDS = 60;
 
@@ -42,11 +46,36 @@ export interface JobRequest extends BuildRequest {
   waitSeconds?: number;
 }
 
+/**
+ * GET /status (signed): what the unsigned /health and /ready leave out, for operators and tests. `problem` says why
+ * the builder is not ready; `store` names the bucket and its endpoint.
+ */
+export interface BuilderStatus {
+  ready: boolean;
+  problem: string | null;
+  store: string;
+  source: string;
+  /** The counters since the builder started (builder-service/image-builder.ts BuilderCounters says what each counts). */
+  builds: number;
+  layersWritten: number;
+  layersReused: number;
+  tarBytesWritten: number;
+  bytesStored: number;
+  jobs: { started: number; done: number; failed: number; running: number };
+}
+
 /** Well inside the 100 s after which Cloudflare cuts a request to an origin that hasn't answered. */
 export const MAX_JOB_WAIT_SECONDS = 10;
 
-function signedMessage(method: string, pathAndQuery: string, timestamp: string, bodyHash: string): string {
-  return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${bodyHash}`;
+function signedMessage(method: string, pathAndQuery: string, timestamp: string, nonce: string, bodyHash: string): string {
+  return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${nonce}\n${bodyHash}`;
+}
+
+/** 128 random bits as hex: no two requests share one, whatever the rate. */
+const NONCE = /^[0-9a-f]{32}$/;
+
+function newNonce(): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 export async function signRequest(
@@ -57,28 +86,97 @@ export async function signRequest(
   now: number = Date.now(),
 ): Promise<Record<string, string>> {
   const timestamp = String(Math.floor(now / 1000));
-  const signature = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, timestamp, await sha256Hex(body)));
-  return { [SIGNATURE_HEADER]: signature, [TIMESTAMP_HEADER]: timestamp };
+  const nonce = newNonce();
+  const signature = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, timestamp, nonce, await sha256Hex(body)));
+  return { [SIGNATURE_HEADER]: signature, [TIMESTAMP_HEADER]: timestamp, [NONCE_HEADER]: nonce };
 }
 
-export type SignatureCheck = { ok: true } | { ok: false; reason: string };
+/** `busy`: the builder holds as many nonces as it may (see SeenNonces); the request may be sent again later. */
+export type SignatureCheck = { ok: true } | { ok: false; reason: string; busy?: { retryAfterSeconds: number } };
+
+/**
+ * The nonces of accepted requests, each kept until its signature's window closes (timestamp + 60 s): a nonce seen
+ * again within that time is a replay, and after it the timestamp check refuses the request anyway.
+ *
+ * Memory is bounded: at most `capacity` nonces (100,000, some 10 MB: over 1,600 signed requests a second, each
+ * kept about 60 s). When that many are live, new requests are refused (busy) until the oldest expire, rather than
+ * forgetting a nonce that could then be replayed. Only correctly signed requests are remembered, so only a holder
+ * of the secret can fill it.
+ */
+export class SeenNonces {
+  /** nonce -> the second (since the epoch) its request stops being accepted; in arrival order. */
+  private readonly until = new Map<string, number>();
+
+  constructor(readonly capacity = 100_000) {}
+
+  get size(): number {
+    return this.until.size;
+  }
+
+  /** Remembers the nonce unless it is known already ("replayed") or the memory is full ("full"). */
+  admit(nonce: string, timestampSeconds: number, nowMs: number = Date.now()): "fresh" | "replayed" | "full" {
+    const now = nowMs / 1000;
+    this.forgetExpired(now, false);
+    if (this.until.has(nonce)) return "replayed";
+    // Arrival order is nearly expiry order but not quite (clocks differ): look at every entry before refusing.
+    if (this.until.size >= this.capacity) this.forgetExpired(now, true);
+    if (this.until.size >= this.capacity) return "full";
+    this.until.set(nonce, timestampSeconds + SIGNATURE_MAX_AGE_SECONDS);
+    return "fresh";
+  }
+
+  /** Seconds until the oldest remembered nonce expires, for Retry-After. */
+  secondsUntilRoom(nowMs: number = Date.now()): number {
+    let soonest = Infinity;
+    for (const expiry of this.until.values()) soonest = Math.min(soonest, expiry);
+    return Math.max(1, Math.ceil(soonest - nowMs / 1000));
+  }
+
+  private forgetExpired(now: number, everywhere: boolean): void {
+    for (const [nonce, expiry] of this.until) {
+      if (expiry < now) this.until.delete(nonce);
+      else if (!everywhere) return;
+    }
+  }
+}
 
 export async function verifyRequest(
   secret: string,
   method: string,
   pathAndQuery: string,
   body: string,
-  headers: { signature: string | undefined; timestamp: string | undefined },
+  headers: { signature: string | undefined; timestamp: string | undefined; nonce: string | undefined },
+  seen: SeenNonces,
   now: number = Date.now(),
 ): Promise<SignatureCheck> {
   if (!headers.signature || !headers.timestamp) return { ok: false, reason: "the request is not signed" };
+  if (!headers.nonce) {
+    return { ok: false, reason: `the request carries no nonce (${NONCE_HEADER}); the worker must be as new as the builder` };
+  }
+  if (!NONCE.test(headers.nonce)) return { ok: false, reason: "the request's nonce is not 32 lower-case hex characters" };
   if (!/^\d{1,12}$/.test(headers.timestamp)) return { ok: false, reason: "the signature timestamp is malformed" };
   const age = Math.abs(now / 1000 - Number(headers.timestamp));
   if (age > SIGNATURE_MAX_AGE_SECONDS) {
     return { ok: false, reason: `the signature is ${Math.round(age)} s old; requests are accepted for ${SIGNATURE_MAX_AGE_SECONDS} s (check both clocks)` };
   }
-  const expected = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, headers.timestamp, await sha256Hex(body)));
+  const expected = await hmacSha256Hex(
+    secret,
+    signedMessage(method, pathAndQuery, headers.timestamp, headers.nonce, await sha256Hex(body)),
+  );
   if (!timingSafeEqualHex(expected, headers.signature)) return { ok: false, reason: "the signature does not match" };
+  // Only now: a request that is not correctly signed must not take a place in the memory.
+  const admitted = seen.admit(headers.nonce, Number(headers.timestamp), now);
+  if (admitted === "replayed") {
+    return { ok: false, reason: `the request was replayed: its nonce was used already (nonces are remembered for ${SIGNATURE_MAX_AGE_SECONDS} s)` };
+  }
+  if (admitted === "full") {
+    const retryAfterSeconds = seen.secondsUntilRoom(now);
+    return {
+      ok: false,
+      reason: `the builder holds the nonces of ${seen.capacity} signed requests from the last ${SIGNATURE_MAX_AGE_SECONDS} s, its limit; try again in ${retryAfterSeconds} s`,
+      busy: { retryAfterSeconds },
+    };
+  }
   return { ok: true };
 }
 

@@ -7,6 +7,9 @@ const NAME_GRAMMAR = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:
 /** Long names are refused before they reach Nix; the OCI spec lets registries cap them. */
 export const MAX_NAME_LENGTH = 255;
 
+/** Most packages in one image, meta-packages expanded: the worker refuses more before asking any builder. */
+export const MAX_PACKAGES = 64;
+
 export type NixSystem = "x86_64-linux" | "aarch64-linux";
 
 export const META_PACKAGES: Readonly<Record<string, readonly string[]>> = {
@@ -30,7 +33,7 @@ export function isValidRepositoryName(name: string): boolean {
 
 export function parseImageName(name: string): NameCheck {
   if (name.length > MAX_NAME_LENGTH) {
-    return { ok: false, reason: `repository names are at most ${MAX_NAME_LENGTH} characters` };
+    return { ok: false, reason: `repository names are at most ${MAX_NAME_LENGTH} characters; this one has ${name.length}` };
   }
   if (!NAME_GRAMMAR.test(name)) {
     return {
@@ -45,7 +48,8 @@ export function parseImageName(name: string): NameCheck {
   for (const component of name.split("/")) {
     if (component === ARM64_META) {
       system = "aarch64-linux";
-    } else if (component in META_PACKAGES) {
+    } else if (Object.hasOwn(META_PACKAGES, component)) {
+      // Own keys only: `in` would take "constructor" (a valid name) for a meta-package through Object.prototype.
       for (const pkg of META_PACKAGES[component]) packages.set(pkg.toLowerCase(), pkg);
     } else if (!packages.has(component)) {
       packages.set(component, component);
@@ -53,6 +57,9 @@ export function parseImageName(name: string): NameCheck {
   }
   if (packages.size === 0) {
     return { ok: false, reason: `"${name}" names no package, only a meta-package that changes the system` };
+  }
+  if (packages.size > MAX_PACKAGES) {
+    return { ok: false, reason: `an image holds at most ${MAX_PACKAGES} packages; this name asks for ${packages.size}` };
   }
   return { ok: true, image: { packages: [...packages.values()].sort(), system } };
 }

@@ -14,6 +14,10 @@ export type RegistryErrorCode =
   /** The builder's Nix is older than the package set needs (nixpkgs' lib/minver.nix). */
   | "NIX_TOO_OLD"
   | "BUILDER_UNAVAILABLE"
+  /** The builder runs and queues as many build jobs as it may (BUILDER_MAX_BUILDS, BUILDER_MAX_QUEUE): 503 with Retry-After. */
+  | "BUILDER_BUSY"
+  /** The OCI distribution spec's code for 429: here, a client's quota of cold builds is used up. */
+  | "TOOMANYREQUESTS"
   | "UNKNOWN";
 
 export interface RegistryError {

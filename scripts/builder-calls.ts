@@ -1,6 +1,6 @@
 // Signed calls to a builder, as the worker makes them, for tests and the benchmark that talk to it directly.
 import { randomUUID } from "node:crypto";
-import { signRequest, type ResolveResult } from "../common/builder-api.ts";
+import { signRequest, type BuilderStatus, type ResolveResult } from "../common/builder-api.ts";
 import type { JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 
@@ -11,6 +11,13 @@ export async function signedFetch(builderUrl: string, secret: string, method: st
     headers: { ...headers, ...(body ? { "content-type": "application/json" } : {}) },
     body: body || undefined,
   });
+}
+
+/** The builder's GET /status: why it is not ready, its bucket, its counters. */
+export async function builderStatus(builderUrl: string, secret: string): Promise<BuilderStatus> {
+  const response = await signedFetch(builderUrl, secret, "GET", "/status");
+  if (response.status !== 200) throw new Error(`GET /status failed: ${response.status} ${await response.text()}`);
+  return (await response.json()) as BuilderStatus;
 }
 
 export async function resolveLatest(builderUrl: string, secret: string): Promise<ResolveResult> {

@@ -13,6 +13,7 @@ import { promisify } from "node:util";
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { createServer, type AddressInfo } from "node:net";
+import type { Readable } from "node:stream";
 import {
   builderS3Environment,
   localS3EndpointWorker,
@@ -48,6 +49,8 @@ export interface StackOptions {
    * the build coordinators, served plain http at Stack.secondRegistryUrl.
    */
   secondWorker?: boolean;
+  /** Replaces wrangler.toml's COLD_BUILDS limit (cold builds per client per minute), e.g. a small one for tests. */
+  coldBuildsPerMinute?: number;
   /** The worker's local R2, its coordinators' storage (and other local state). */
   workerStateDir: string;
   secret?: string;
@@ -60,6 +63,8 @@ export interface StackOptions {
   builderCommandPrefix?: string[];
   /** Where the builder's log lines go besides the stack's own record of them. */
   onBuilderLog?: (line: string) => void;
+  /** Gets every line workerd writes (the worker's and its coordinators' console output), besides this process's output. */
+  onWorkerLog?: (line: string) => void;
   /**
    * Serve https straight from workerd (Miniflare's self-signed certificate for localhost and 127.0.0.1), as the
    * edge serves it, instead of plain http through the TCP front. Container clients then talk to workerd directly.
@@ -212,6 +217,8 @@ async function startWorker(options: {
   port: number;
   tls: boolean;
   secondWorker: boolean;
+  coldBuildsPerMinute?: number;
+  onLog?: (line: string) => void;
 }): Promise<{ url: URL; secondUrl?: string; s3Env: Record<string, string>; dispose(): Promise<void> }> {
   const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
   try {
@@ -236,6 +243,9 @@ async function startWorker(options: {
         BUILDER_SECRET: options.secret,
         ...options.vars,
       },
+      ...(options.coldBuildsPerMinute === undefined
+        ? {}
+        : { ratelimits: { COLD_BUILDS: { simple: { limit: options.coldBuildsPerMinute, period: 60 } } } }),
     };
     const second = options.secondWorker
       ? [
@@ -254,7 +264,7 @@ async function startWorker(options: {
       host: "127.0.0.1",
       port: options.port,
       https: options.tls,
-      handleRuntimeStdio: forwardWorkerdOutput,
+      handleRuntimeStdio: (stdout: Readable, stderr: Readable) => forwardWorkerdOutput(stdout, stderr, options.onLog),
     } as MiniflareOptions);
     const url = await miniflare.ready.catch(async (error: unknown) => {
       await miniflare.dispose().catch(() => undefined);
@@ -325,6 +335,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     port: tls ? options.port : 0,
     tls,
     secondWorker: options.secondWorker ?? false,
+    coldBuildsPerMinute: options.coldBuildsPerMinute,
+    onLog: options.onWorkerLog,
   });
   const builderOptions = (index: number): BuilderOptions => ({
     ...options,

@@ -2,6 +2,7 @@
 // .wrangler/state, the builder writing into it (spool and job journal under .data/builder). Prints how to pull, logs
 // builds, stops on Ctrl-C.
 import { join } from "node:path";
+import { builderStatus } from "./builder-calls.ts";
 import { PROJECT_ROOT, startStack } from "./local-stack.ts";
 
 const port = Number(process.env.PORT ?? 8787);
@@ -27,12 +28,11 @@ const stack = await startStack({
 });
 
 // The builder checks at startup that its Nix can evaluate the package set `latest` serves (nixpkgs needs a recent
-// Nix): if it can't, every pull would fail, so say so now, with what to install.
-const ready = await fetch(`${stack.builder.url}/ready`)
-  .then((response) => response.json() as Promise<{ ready: boolean; problem?: string }>)
-  .catch(() => null);
-if (ready && !ready.ready && ready.problem) {
-  console.error(`The registry cannot build images: ${ready.problem}`);
+// Nix): if it can't, every pull would fail, so say so now, with what to install. The signed /status says what is
+// wrong; the open /ready only whether.
+const status = await builderStatus(stack.builder.url, stack.secret).catch(() => null);
+if (status && !status.ready && status.problem) {
+  console.error(`The registry cannot build images: ${status.problem}`);
   await stack.stop();
   process.exit(1);
 }

@@ -16,10 +16,13 @@ const execFileAsync = promisify(execFile);
 
 const CLIENT_WENT_AWAY = /disconnected: ::write\(.*\): (Broken pipe|Connection reset by peer)/;
 
-export function forwardWorkerdOutput(stdout: Readable, stderr: Readable): void {
+/** Passes workerd's output on to this process's; `onLine`, when given, also gets each line (the worker's log). */
+export function forwardWorkerdOutput(stdout: Readable, stderr: Readable, onLine?: (line: string) => void): void {
   stdout.pipe(process.stdout);
+  if (onLine) createInterface({ input: stdout, crlfDelay: Infinity }).on("line", onLine);
   let skipStack = false;
   createInterface({ input: stderr, crlfDelay: Infinity }).on("line", (line) => {
+    onLine?.(line);
     if (CLIENT_WENT_AWAY.test(line)) {
       skipStack = true;
       return;

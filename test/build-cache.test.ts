@@ -11,7 +11,7 @@ import { loadConfig } from "../builder-service/config.ts";
 import type { Logger } from "../builder-service/log.ts";
 import { S3BlobStore } from "../builder-service/s3-store.ts";
 import { startBuilder, startLocalBucket, type Builder } from "../scripts/local-stack.ts";
-import { build, resolveLatest } from "../scripts/builder-calls.ts";
+import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
 import { startTestStack, TEST_PKGS, type BuilderCounters, type TestStack } from "./support/stack.ts";
 
 let secret: string;
@@ -55,7 +55,7 @@ async function manifestOf(store: S3BlobStore, record: JobRecord): Promise<ImageM
 }
 
 async function health(builder: Builder): Promise<BuilderCounters> {
-  return (await (await fetch(`${builder.url}/health`)).json()) as BuilderCounters;
+  return builderStatus(builder.url, secret);
 }
 
 /** How many log lines of this event the builder has written so far. */

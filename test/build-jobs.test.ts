@@ -17,10 +17,12 @@ import type { JobPhase } from "../common/bucket-layout.ts";
 import { imageKey } from "../common/image-key.ts";
 import { parseImageName } from "../common/image-name.ts";
 import { OCI_MANIFEST } from "../common/media-types.ts";
+import { builderStatus } from "../scripts/builder-calls.ts";
 import { PROJECT_ROOT, startStack, type Builder, type Stack } from "../scripts/local-stack.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
 import { startOriginTimeoutProxy, type OriginTimeoutProxy } from "./support/origin-timeout-proxy.ts";
 import { podmanRun } from "./support/stack.ts";
+import { slowProgram } from "./support/slow-fixtures.ts";
 
 const execFileAsync = promisify(execFile);
 const PROXY_LIMIT_MS = 3000;
@@ -28,20 +30,7 @@ const SLOW_SECONDS = 6;
 
 /** nix/test-pkgs plus slow fixtures: each sleeps, then installs a program printing its name and the run's nonce. */
 function slowPackageSet(nonce: string): string {
-  const slow = (name: string) => `
-  ${name} = derivation {
-    name = "${name}-1.0";
-    inherit system;
-    builder = "\${base.busybox}/bin/sh";
-    nonce = "${nonce}";
-    args = [ "-ec" ''
-      \${base.busybox}/bin/sleep ${SLOW_SECONDS}
-      \${base.busybox}/bin/mkdir -p $out/bin
-      echo '#!\${base.busybox}/bin/sh' > $out/bin/${name}
-      echo 'echo ${name} ${nonce}' >> $out/bin/${name}
-      \${base.busybox}/bin/chmod +x $out/bin/${name}
-    '' ];
-  };`;
+  const slow = (name: string) => slowProgram(name, SLOW_SECONDS, nonce);
   return `{ system ? builtins.currentSystem, ... }@args:
 let base = import ${join(PROJECT_ROOT, "nix/test-pkgs")} args;
 in base // {${slow("slowtool")}${slow("slowtool2")}${slow("slowtool3")}${slow("slowtool4")}
@@ -263,11 +252,11 @@ describe("build jobs", () => {
       }
     }
     expect(name).not.toBeNull();
-    const before = (await (await fetch(`${restarted.url}/health`)).json()) as { layersReused: number };
+    const before = await builderStatus(restarted.url, stack.secret);
     const shared = await fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
     expect(shared.status).toBe(200);
     expect(jobsStarted(await keyOf(name!))[first]).toBe(1);
-    const after = (await (await fetch(`${restarted.url}/health`)).json()) as { layersReused: number };
+    const after = await builderStatus(restarted.url, stack.secret);
     expect(after.layersReused - before.layersReused).toBeGreaterThanOrEqual(2); // busybox and slowtool3 at least
 
     // No blob was uploaded twice, by either builder, in this whole file.

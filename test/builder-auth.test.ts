@@ -1,6 +1,7 @@
 // Issue "Production path": the builder serves only its worker. Every endpoint but /health and /ready wants an
-// HMAC-SHA256 signature over method, path and query, a timestamp and the body's hash (common/builder-api.ts);
-// a missing, wrong, foreign or stale signature gets 401 UNAUTHORIZED, so a captured request can't be replayed.
+// HMAC-SHA256 signature over method, path and query, a timestamp, a nonce and the body's hash (common/builder-api.ts);
+// a missing, wrong, foreign or stale signature, or one whose nonce was used already, gets 401 UNAUTHORIZED, so a
+// captured request can't be replayed.
 import { randomBytes, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
@@ -8,8 +9,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SIGNATURE_HEADER, signRequest, TIMESTAMP_HEADER } from "../common/builder-api.ts";
+import { NONCE_HEADER, SIGNATURE_HEADER, signRequest, TIMESTAMP_HEADER } from "../common/builder-api.ts";
 import type { JobRecord } from "../common/bucket-layout.ts";
+import { builderStatus } from "../scripts/builder-calls.ts";
 import { startBuilder, startLocalBucket, type Builder } from "../scripts/local-stack.ts";
 import { TEST_PKGS } from "./support/stack.ts";
 
@@ -107,7 +109,7 @@ describe("requests to the builder", () => {
   });
 
   it("a refused POST /jobs starts no job: only a signed one does", async () => {
-    const jobs = async () => ((await (await fetch(`${builder.url}/health`)).json()) as { jobs: { started: number } }).jobs.started;
+    const jobs = async () => (await builderStatus(builder.url, secret)).jobs.started;
     const started = () => builder.logLines.filter((line) => line.includes('"event":"job-started"')).length;
     const before = { health: await jobs(), logged: started() };
     const body = JOB_BODY.replace(JOB_ID, randomUUID()).replace('"hello"', '"coreutils"');
@@ -130,9 +132,18 @@ describe("requests to the builder", () => {
     expect(((await response.json()) as { errors: { code: string }[] }).errors[0].code).toBe("UNSUPPORTED");
   });
 
-  it("/health and /ready need no signature", async () => {
-    expect((await fetch(`${builder.url}/health`)).status).toBe(200);
-    expect([200, 503]).toContain((await fetch(`${builder.url}/ready`)).status);
+  it("/health and /ready need no signature and say only up and ready; GET /status, which says more, needs one", async () => {
+    const health = await fetch(`${builder.url}/health`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toEqual({ ok: true });
+    const ready = await fetch(`${builder.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ ready: true });
+    await expectUnauthorized(await call("GET", "/status", "", {}), /not signed/);
+    await expectUnauthorized(await call("GET", "/status", "", await signRequest(`${secret}-other`, "GET", "/status", "")), /does not match/);
+    const status = await builderStatus(builder.url, secret);
+    expect(status).toMatchObject({ ready: true, problem: null, store: `S3 bucket ${bucket.s3Env.S3_BUCKET} at ${bucket.s3Env.S3_ENDPOINT}` });
+    expect(status.jobs.started).toBeGreaterThanOrEqual(0);
   });
 });
 
@@ -190,5 +201,51 @@ describe("request bodies, before any signature check", () => {
     const response = await fetch(`${builder.url}/jobs`, { method: "POST", body: "x".repeat(64 * 1024 + 1) });
     expect(response.status).toBe(413);
     expect(response.headers.get("connection")).toBe("close");
+  });
+});
+
+describe("replayed requests (a nonce in every signature, remembered for the signature window)", () => {
+  for (const { method, path, body } of endpoints) {
+    it(`${method} ${path} sent twice with the same signature: the second gets 401 naming the replay, and does nothing`, async () => {
+      const headers = await signRequest(secret, method, path, body);
+      expect((await call(method, path, body, headers)).status).toBe(200);
+      const requests = builder.logLines.length;
+      await expectUnauthorized(await call(method, path, body, headers), /replayed: its nonce was used already/);
+      await expectUnauthorized(await call(method, path, body, headers), /replayed/);
+      // Logged as refused, not served.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const logged = builder.logLines.slice(requests).filter((line) => line.includes(`"path":"${path}"`));
+      expect(logged.filter((line) => line.includes('"event":"unauthorized"'))).toHaveLength(2);
+    });
+  }
+
+  it("a request signed as before nonces existed (no nonce header) is refused with 401 saying so", async () => {
+    const headers = await signRequest(secret, "POST", "/jobs", JOB_BODY);
+    delete headers[NONCE_HEADER];
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY, headers), /carries no nonce \(x-builder-nonce\)/);
+  });
+
+  it("a captured request with a new nonce of its own does not pass: the nonce is signed", async () => {
+    const headers = await signRequest(secret, "POST", "/jobs", JOB_BODY);
+    headers[NONCE_HEADER] = randomBytes(16).toString("hex");
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY, headers), /does not match/);
+  });
+
+  it("the worker's way of asking after a job, signing each request anew, is answered every time", async () => {
+    for (let i = 0; i < 5; i++) {
+      expect((await call("POST", "/jobs", JOB_BODY, await signRequest(secret, "POST", "/jobs", JOB_BODY))).status).toBe(200);
+    }
+  });
+});
+
+describe("request headers", () => {
+  it("headers over the builder's 16 KiB limit get 431 with a registry error naming the limit", async () => {
+    const response = await fetch(`${builder.url}/jobs`, { method: "POST", headers: { "x-padding": "p".repeat(20 * 1024) }, body: "{}" });
+    expect(response.status).toBe(431);
+    expect(response.headers.get("content-type")).toBe("application/json");
+    const body = (await response.json()) as { errors: { code: string; message: string }[] };
+    expect(body.errors[0].message).toBe("request headers too large: the builder takes at most 16384 bytes of headers");
+    // Just under the limit is read, and refused only for what it lacks.
+    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY, { "x-padding": "p".repeat(15 * 1024) }), /not signed/);
   });
 });

@@ -1,16 +1,18 @@
 // The builder's pure parts, without a running stack: tarballs, layering, request signing, names and ranges.
 import { execFileSync } from "node:child_process";
+import { createServer as createHttpServer } from "node:http";
+import { createServer as createTcpServer, type AddressInfo, type Socket } from "node:net";
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
+import { NONCE_HEADER, SeenNonces, signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
 import { parseDigest, type Digest } from "../common/digest.ts";
 import { parseRange, satisfyRange } from "../common/http-range.ts";
 import { parseImageName } from "../common/image-name.ts";
-import { classifyTag } from "../common/tag.ts";
+import { classifyTag, tagProblem } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
 import type { StagedBlob } from "../builder-service/blob-store.ts";
@@ -19,6 +21,10 @@ import type { StorePathNode } from "../builder-service/closure.ts";
 import { validateBuildRequest, validateJobRequest } from "../builder-service/build-request.ts";
 import { nixConfig, probeNix, readNixSettings } from "../builder-service/nix-settings.ts";
 import { thrownMessage } from "../builder-service/nix-runner.ts";
+import { ChannelSource } from "../builder-service/sources/channel.ts";
+import { GitRepoSource } from "../builder-service/sources/git-repo.ts";
+import { CommandTimeoutError, runPipeline } from "../builder-service/time-limited-command.ts";
+import type { Logger } from "../builder-service/log.ts";
 import { OFFLINE_NIX_CONFIG } from "../scripts/local-stack.ts";
 
 const scratch = await mkdtemp(join(tmpdir(), "units-"));
@@ -159,14 +165,59 @@ describe("request signing", () => {
   it("accepts a fresh signature and refuses a wrong secret, another path, another body, or an old one", async () => {
     const now = Date.now();
     const headers = await signRequest(secret, "POST", "/jobs", '{"a":1}', now);
-    const given = { signature: headers[SIGNATURE_HEADER], timestamp: headers[TIMESTAMP_HEADER] };
-    expect(await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, now)).toEqual({ ok: true });
-    expect((await verifyRequest("another-secret-0123456789", "POST", "/jobs", '{"a":1}', given, now)).ok).toBe(false);
-    expect((await verifyRequest(secret, "POST", "/resolve", '{"a":1}', given, now)).ok).toBe(false);
-    expect((await verifyRequest(secret, "POST", "/jobs", '{"a":2}', given, now)).ok).toBe(false);
-    const old = await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, now + 5 * 60_000);
+    const given = { signature: headers[SIGNATURE_HEADER], timestamp: headers[TIMESTAMP_HEADER], nonce: headers[NONCE_HEADER] };
+    const seen = new SeenNonces();
+    expect((await verifyRequest("another-secret-0123456789", "POST", "/jobs", '{"a":1}', given, seen, now)).ok).toBe(false);
+    expect((await verifyRequest(secret, "POST", "/resolve", '{"a":1}', given, seen, now)).ok).toBe(false);
+    expect((await verifyRequest(secret, "POST", "/jobs", '{"a":2}', given, seen, now)).ok).toBe(false);
+    const old = await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, seen, now + 5 * 60_000);
     expect(old).toMatchObject({ ok: false, reason: expect.stringMatching(/old/) });
-    expect((await verifyRequest(secret, "POST", "/jobs", "", { signature: undefined, timestamp: undefined })).ok).toBe(false);
+    const unsigned = { signature: undefined, timestamp: undefined, nonce: undefined };
+    expect((await verifyRequest(secret, "POST", "/jobs", "", unsigned, seen)).ok).toBe(false);
+    // The refusals above took no place in the memory: the request is still accepted, once.
+    expect(seen.size).toBe(0);
+    expect(await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, seen, now)).toEqual({ ok: true });
+    expect(await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, seen, now + 1000)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/replayed/),
+    });
+  });
+
+  it("signs a fresh nonce into every request, and refuses a request without one or with another", async () => {
+    const now = Date.now();
+    const [first, second] = [await signRequest(secret, "GET", "/x", "", now), await signRequest(secret, "GET", "/x", "", now)];
+    expect(first[NONCE_HEADER]).toMatch(/^[0-9a-f]{32}$/);
+    expect(second[NONCE_HEADER]).not.toBe(first[NONCE_HEADER]);
+    expect(second[SIGNATURE_HEADER]).not.toBe(first[SIGNATURE_HEADER]);
+    const seen = new SeenNonces();
+    const given = (h: Record<string, string>) => ({ signature: h[SIGNATURE_HEADER], timestamp: h[TIMESTAMP_HEADER], nonce: h[NONCE_HEADER] });
+    expect(await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: undefined }, seen, now)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/no nonce/),
+    });
+    // The nonce is part of the signed message: a captured request can't be made new by changing it.
+    expect(await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: second[NONCE_HEADER] }, seen, now)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/does not match/),
+    });
+    expect((await verifyRequest(secret, "GET", "/x", "", given(first), seen, now)).ok).toBe(true);
+    expect((await verifyRequest(secret, "GET", "/x", "", given(second), seen, now)).ok).toBe(true);
+  });
+
+  it("remembers nonces until their window closes, and refuses new ones while full rather than forget live ones", () => {
+    const seen = new SeenNonces(3);
+    const t0 = 1_700_000_000_000;
+    const ts = t0 / 1000;
+    expect(["a", "b", "c"].map((nonce, i) => seen.admit(nonce, ts + i, t0))).toEqual(["fresh", "fresh", "fresh"]);
+    expect(seen.admit("a", ts, t0 + 59_000)).toBe("replayed");
+    expect(seen.admit("d", ts, t0 + 1000)).toBe("full");
+    expect(seen.secondsUntilRoom(t0 + 1000)).toBe(59);
+    // Past a's window (its timestamp + 60 s): forgotten, and d takes its place.
+    expect(seen.admit("d", ts + 61, t0 + 61_000)).toBe("fresh");
+    expect(seen.size).toBe(3);
+    expect(seen.admit("b", ts + 1, t0 + 61_000)).toBe("replayed");
+    expect(seen.admit("e", ts + 200, t0 + 200_000)).toBe("fresh");
+    expect(seen.size).toBe(1); // b, c and d (until ts + 121) are gone
   });
 });
 
@@ -184,6 +235,23 @@ describe("names, tags, digests and ranges", () => {
     expect(parseImageName("Hello").ok).toBe(false);
     expect(parseImageName("a//b").ok).toBe(false);
     expect(parseImageName("arm64").ok).toBe(false);
+  });
+
+  it("refuses names, images and tags over their limits, naming the limit and the size", () => {
+    const packages = (n: number) => Array.from({ length: n }, (_, i) => `p${i + 1}`);
+    expect(parseImageName(packages(64).join("/")).ok).toBe(true);
+    expect(parseImageName(packages(65).join("/"))).toEqual({ ok: false, reason: "an image holds at most 64 packages; this name asks for 65" });
+    // Counted as the builder will get them: meta-packages expanded, duplicates and the system switch left out.
+    expect(parseImageName(["arm64", "shell", ...packages(60), "p1"].join("/")).ok).toBe(true);
+    expect(parseImageName(["shell", ...packages(61)].join("/"))).toMatchObject({ ok: false, reason: expect.stringMatching(/asks for 65/) });
+    expect(parseImageName("a".repeat(256))).toEqual({ ok: false, reason: "repository names are at most 255 characters; this one has 256" });
+    expect(tagProblem("t".repeat(128))).toBeNull();
+    expect(tagProblem("t".repeat(129))).toBe("tags are at most 128 characters; this one has 129");
+    expect(tagProblem(".x")).toMatch(/not a tag/);
+    // The builder holds the same limit, so a request that skipped the worker's check is refused too.
+    const build = { system: "x86_64-linux", tag: "latest", revision: "abc" };
+    expect(validateBuildRequest({ ...build, packages: packages(64) }).ok).toBe(true);
+    expect(validateBuildRequest({ ...build, packages: packages(65) })).toEqual({ ok: false, reason: "an image holds 1 to 64 packages, not 65" });
   });
 
   it("classifies tags", () => {
@@ -299,5 +367,79 @@ describe("the builder's Nix settings", () => {
       "       'z' instead",
     ].join("\n");
     expect(thrownMessage(trace)).toBe("'x' has been removed: use 'z' instead");
+  });
+});
+
+describe("time limits on the builder's child processes and requests", () => {
+  const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined };
+  /** Pids of live processes whose command line contains `text` (zombies have none, so they don't count). */
+  function processesMentioning(text: string): number[] {
+    const pids = execFileSync("ps", ["-e", "-o", "pid=,stat=,args="], { encoding: "utf8" })
+      .split("\n")
+      .filter((line) => line.includes(text) && !/^\s*\d+\s+Z/.test(line))
+      .map((line) => Number(line.trim().split(/\s+/)[0]));
+    return pids.filter((pid) => pid !== process.pid);
+  }
+
+  it("stops a pipeline at its limit, the grandchildren holding its pipes included, and says what and which limit", async () => {
+    // A duration no other process here sleeps for, to find these by.
+    const marker = `sleep 30.${Date.now()}${process.pid}`;
+    const started = performance.now();
+    // The first stage leaves a child behind that holds the pipe: a plain timeout on the shell would wait for it.
+    const run = runPipeline(["sh", ["-c", `${marker} & ${marker}`]], ["cat", []], {
+      label: "sh | cat",
+      timeoutMs: 300,
+    });
+    await expect(run).rejects.toThrow(CommandTimeoutError);
+    await expect(run).rejects.toThrow("sh | cat took longer than its time limit of 0.3 s and was stopped");
+    expect(performance.now() - started).toBeLessThan(2000);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(processesMentioning(marker)).toEqual([]);
+  });
+
+  it("a git clone from a host that never answers is stopped at its limit with git's helpers, naming the limit", async () => {
+    // Accepts connections and says nothing, like a host behind a broken proxy.
+    const sockets = new Set<Socket>();
+    const silent = createTcpServer((socket) => sockets.add(socket.on("error", () => undefined)));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/pkgs-${randomUUID()}.git`;
+    try {
+      const source = new GitRepoSource({ url, branch: null, dataDir: join(scratch, "git-timeout"), ttlSeconds: 60, log: quiet, fetchTimeoutSeconds: 0.1 });
+      const started = performance.now();
+      // The first clone gets ten fetches' time: 1 s here.
+      await expect(source.init()).rejects.toThrow(`cannot clone NIXERY_PKGS_REPO=${url}: git clone took longer than its time limit of 1 s and was stopped`);
+      expect(performance.now() - started).toBeLessThan(3000);
+      expect(sockets.size).toBeGreaterThan(0); // git did reach the host, and waited on it
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(processesMentioning(url)).toEqual([]); // git and git-remote-http
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
+  });
+
+  it("a channel service that never answers, or stalls in its answer, is given up on at the limit, saying so", async () => {
+    const stalled = createHttpServer((request, response) => {
+      if (request.url === "/nixos-headers-only/git-revision") {
+        response.writeHead(200, { "content-type": "text/plain" });
+        response.write("0123456789");
+      }
+      // Otherwise no answer at all.
+    });
+    await new Promise<void>((resolve) => stalled.listen(0, "127.0.0.1", resolve));
+    const base = `http://127.0.0.1:${(stalled.address() as AddressInfo).port}`;
+    try {
+      const source = new ChannelSource({ defaultChannel: "nixos-test", channelsUrl: base, archiveUrl: `${base}/archive`, ttlSeconds: 60, requestTimeoutMs: 250 });
+      for (const channel of ["nixos-silent", "nixos-headers-only"]) {
+        const started = performance.now();
+        await expect(source.resolve(channel)).rejects.toThrow(
+          `the channel service at ${base}/${channel}/git-revision did not answer within its time limit of 0.25 s`,
+        );
+        expect(performance.now() - started).toBeLessThan(2000);
+      }
+    } finally {
+      stalled.closeAllConnections();
+      stalled.close();
+    }
   });
 });

@@ -5,6 +5,10 @@ import { sha256Hex } from "../common/digest.ts";
 import { assertBuilderWritable } from "../builder-service/blob-store.ts";
 import { NixBuildProgress } from "../builder-service/nix-progress.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
+import { attributeRefusal, DEFAULT_ATTRIBUTE_POLICY, type AttributePolicy } from "../common/attribute-policy.ts";
+import { AdmissionError, BuildAdmission, BuildSlots, describeBytes } from "../builder-service/admission.ts";
+import { ConfigError, loadConfig } from "../builder-service/config.ts";
+import { NixBuildPlanReader } from "../builder-service/nix-progress.ts";
 
 describe("Nix build progress", () => {
   it("counts derivations and fetched paths as nix-build announces and runs them", () => {
@@ -82,6 +86,173 @@ describe("bucket layout", () => {
     }
     for (const refused of ["resolutions/latest.json", "tags/hello/latest", `images/${key}.json/../x`, "builder-cache/../images/x"]) {
       expect(() => assertBuilderWritable(refused)).toThrow(/does not write/);
+    }
+  });
+});
+
+describe("attribute policy", () => {
+  const denied = (path: string, policy: AttributePolicy = DEFAULT_ATTRIBUTE_POLICY) => attributeRefusal(policy, path);
+
+  it("denies nixpkgs' other package sets however a name reaches them: any case, any depth", () => {
+    for (const [path, entry] of [
+      ["pkgsCross.riscv64.hello", "pkgsCross"],
+      ["pkgscross.riscv64.hello", "pkgsCross"],
+      ["PKGSSTATIC.hello", "pkgsStatic"],
+      ["pkgsi686linux.wine", "pkgsi686Linux"],
+      ["buildPackages.pkgsCross.aarch64-multiplatform.hello", "pkgsCross"],
+      ["pkgsbuildhost.pkgsmusl.curl", "pkgsMusl"],
+      ["nixostests.nginx", "nixosTests"],
+      ["nginx.passthru.tests.nginx", "tests"],
+      ["pkgsLLVM", "pkgsLLVM"],
+    ]) {
+      expect(denied(path), path).toEqual({ path, list: "deny", entry });
+    }
+    for (const path of ["hello", "pkgsite", "python3Packages.numpy", "pkgsLinux.hello", "testssl", "buildPackages.hello"]) {
+      expect(denied(path), path).toBeNull();
+    }
+  });
+
+  it("takes `2048` and `_2048` for one attribute, as build-image.nix does", () => {
+    expect(denied("2048", { deny: ["_2048"], allow: null })).toMatchObject({ list: "deny", entry: "_2048" });
+    expect(denied("_2048", { deny: ["2048"], allow: null })).toMatchObject({ list: "deny" });
+    expect(denied("tools._2048", { deny: [], allow: ["tools.2048"] })).toBeNull();
+  });
+
+  it("a deny entry of several components matches them in a row, anywhere", () => {
+    const policy = { deny: ["python3Packages.tensorflow"], allow: null };
+    expect(denied("buildpackages.python3packages.tensorflow", policy)).toMatchObject({ list: "deny" });
+    expect(denied("python3Packages.numpy", policy)).toBeNull();
+    expect(denied("tensorflow", policy)).toBeNull();
+  });
+
+  it("an allow-list admits its entries and what is under them, from the root, and the deny-list still applies", () => {
+    const policy = { deny: ["pkgsStatic"], allow: ["hello", "python3Packages", "pkgsStatic"] };
+    for (const path of ["hello", "HELLO", "python3packages.numpy"]) expect(denied(path, policy), path).toBeNull();
+    for (const path of ["curl", "hello2", "buildPackages.hello", "python3"]) expect(denied(path, policy), path).toEqual({ path, list: "allow" });
+    expect(denied("pkgsStatic.hello", policy)).toMatchObject({ list: "deny", entry: "pkgsStatic" });
+  });
+});
+
+describe("build admission", () => {
+  const config = { maxBuilds: 1, maxQueue: 1, maxClosureBytes: 3 * 1024 * 1024, attributes: DEFAULT_ATTRIBUTE_POLICY };
+  const refusal = (work: () => void): AdmissionError => {
+    try {
+      work();
+    } catch (error) {
+      if (error instanceof AdmissionError) return error;
+      throw error;
+    }
+    throw new Error("not refused");
+  };
+
+  it("runs `limit` jobs, queues `queueLimit` more in arrival order, and then has no room", async () => {
+    const slots = new BuildSlots(1, 1);
+    const order: string[] = [];
+    const first = slots.acquire();
+    expect(slots.hasRoom).toBe(true);
+    const second = slots.acquire();
+    expect(slots.hasRoom).toBe(false);
+    // A resumed job queues anyway.
+    const third = slots.acquire();
+    expect([slots.running, slots.queued]).toEqual([1, 2]);
+    void second.then(() => order.push("second"));
+    void third.then(() => order.push("third"));
+    (await first)();
+    (await second)();
+    await third;
+    expect(order).toEqual(["second", "third"]);
+    expect(slots.hasRoom).toBe(true);
+    (await third)();
+    expect([slots.running, slots.queued]).toEqual([0, 0]);
+  });
+
+  it("a busy builder's refusal is 503 BUILDER_BUSY naming both limits, with a Retry-After", async () => {
+    const admission = new BuildAdmission(config, false);
+    void admission.slots.acquire();
+    void admission.slots.acquire();
+    const busy = refusal(() => admission.checkRoom());
+    expect(busy.refusal).toMatchObject({ status: 503, code: "BUILDER_BUSY" });
+    expect(busy.message).toContain("BUILDER_MAX_BUILDS=1, BUILDER_MAX_QUEUE=1");
+    expect(busy.retryAfterSeconds).toBe(30);
+  });
+
+  it("names refused by the policy are 403 DENIED naming the variable and what they reach; resolved paths too", () => {
+    const admission = new BuildAdmission(config, false);
+    expect(() => admission.checkNames(["hello", "tools.greet"])).not.toThrow();
+    const denied = refusal(() => admission.checkNames(["hello", "pkgscross.riscv64.hello"]));
+    expect(denied.refusal).toMatchObject({ status: 403, code: "DENIED", detail: { refused: [{ name: "pkgscross.riscv64.hello", denied: "pkgsCross" }] } });
+    expect(denied.message).toBe("not built here: pkgscross.riscv64.hello reaches pkgsCross, which the builder's attribute policy denies (NIXERY_DENY_ATTRIBUTES)");
+    const resolved = refusal(() => admission.checkResolved({ hello: "hello", x: "pkgsStatic.hello" }));
+    expect(resolved.message).toContain("x (the attribute pkgsStatic.hello) reaches pkgsStatic");
+  });
+
+  it("judges Nix's plan: with NIX_MAX_JOBS=0 only the image's own derivation is built; downloads past the closure limit are refused", () => {
+    const image = "/nix/store/7b869lfg6gwnhwb4gcazddr3ms48s3iy-image-metadata.drv";
+    const reader = new NixBuildPlanReader();
+    for (const line of [
+      "warning: the group 'nixbld' specified in 'build-users-group' does not exist",
+      "these 2 derivations will be built:",
+      "  /nix/store/4b5v6c7d8e9f0g1h2i3j4k5l6m7n8p9q-hello-2.12.1.drv",
+      `  ${image}`,
+      "these 2 paths will be fetched (1.50 MiB download, 6.25 MiB unpacked):",
+      "  /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-glibc-2.40",
+      "  /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-libidn2-2.3.7",
+    ]) {
+      reader.line(line);
+    }
+    expect(reader.plan).toEqual({
+      build: ["/nix/store/4b5v6c7d8e9f0g1h2i3j4k5l6m7n8p9q-hello-2.12.1.drv", image],
+      fetch: { paths: 2, downloadBytes: Math.round(1.5 * 1024 ** 2), unpackedBytes: Math.round(6.25 * 1024 ** 2) },
+    });
+    const substituteOnly = new BuildAdmission({ ...config, maxClosureBytes: 0 }, true);
+    const mustBuild = refusal(() => substituteOnly.checkPlan(reader.plan, image));
+    expect(mustBuild.refusal).toMatchObject({ status: 403, code: "DENIED", detail: { mustBuild: ["hello-2.12.1"] } });
+    expect(mustBuild.message).toContain("(hello-2.12.1), and this builder only downloads from binary caches: it builds nothing itself (NIX_MAX_JOBS=0)");
+    expect(() => substituteOnly.checkPlan({ ...reader.plan, build: [image] }, image)).not.toThrow();
+    expect(() => new BuildAdmission({ ...config, maxClosureBytes: 0 }, false).checkPlan(reader.plan, image)).not.toThrow();
+
+    const tooBig = refusal(() => new BuildAdmission(config, false).checkPlan(reader.plan, image));
+    expect(tooBig.message).toBe(
+      "this image's closure is larger than this builder's limit of 3.0 MiB (3145728 bytes) (BUILDER_MAX_CLOSURE_BYTES): " +
+        "what Nix would download for it (2 store paths) unpacks to 6.3 MiB (6553600 bytes) on its own; nothing was downloaded",
+    );
+    const node = (narSize: number) => ({ path: "/nix/store/x", references: [], narSize, closureSize: narSize });
+    expect(() => new BuildAdmission(config, false).checkClosure([node(2 * 1024 ** 2), node(1024 ** 2)])).not.toThrow();
+    expect(refusal(() => new BuildAdmission(config, false).checkClosure([node(2 * 1024 ** 2), node(1024 ** 2 + 1)])).refusal.detail).toEqual({
+      limitBytes: 3 * 1024 ** 2,
+      closureBytes: 3 * 1024 ** 2 + 1,
+    });
+    expect(describeBytes(8 * 1024 ** 3)).toBe("8.0 GiB (8589934592 bytes)");
+    expect(describeBytes(512)).toBe("512 bytes");
+  });
+
+  it("reads its settings from the environment, naming a bad one", () => {
+    const base = {
+      BUILDER_SECRET: "0123456789abcdef0123",
+      S3_ENDPOINT: "https://account.r2.cloudflarestorage.com",
+      S3_BUCKET: "registry",
+      S3_ACCESS_KEY_ID: "id",
+      S3_SECRET_ACCESS_KEY: "secret",
+    };
+    const defaults = loadConfig(base).admission;
+    expect(defaults.maxBuilds).toBeGreaterThanOrEqual(1);
+    expect(defaults).toMatchObject({ maxQueue: 32, maxClosureBytes: 8 * 1024 ** 3, attributes: { allow: null } });
+    expect(defaults.attributes.deny).toContain("pkgsCross");
+    const set = loadConfig({
+      ...base,
+      BUILDER_MAX_BUILDS: "3",
+      BUILDER_MAX_QUEUE: "0",
+      BUILDER_MAX_CLOSURE_BYTES: "0",
+      NIXERY_DENY_ATTRIBUTES: "none",
+      NIXERY_ALLOW_ATTRIBUTES: "hello, python3Packages.numpy tools",
+    }).admission;
+    expect(set).toEqual({ maxBuilds: 3, maxQueue: 0, maxClosureBytes: 0, attributes: { deny: [], allow: ["hello", "python3Packages.numpy", "tools"] } });
+    expect(() => loadConfig({ ...base, BUILDER_MAX_BUILDS: "0", NIXERY_DENY_ATTRIBUTES: "pkgsCross, a..b" })).toThrow(ConfigError);
+    try {
+      loadConfig({ ...base, BUILDER_MAX_BUILDS: "0", NIXERY_DENY_ATTRIBUTES: "pkgsCross, a..b" });
+    } catch (error) {
+      expect((error as Error).message).toContain("BUILDER_MAX_BUILDS=0 is not a whole number from 1 to 1024");
+      expect((error as Error).message).toContain('NIXERY_DENY_ATTRIBUTES: "a..b" is not an attribute path');
     }
   });
 });

@@ -2,9 +2,10 @@
 //
 // A local HTTP server stands in for the channel service and GitHub's archives (as in sources.test.ts) and serves
 // nix/test-nixpkgs, the offline set shaped like nixpkgs, in two versions:
-// - as shipped, with nixpkgs' guard (lib/minver.nix: 2.18): too new for this Nix. Before any pull, --check, /ready
-//   and `npm start` say so; a pull gets the same error, and nothing is built. (Where the machine's Nix is 2.18
-//   or newer, the guard is raised to 99.0 so that the same path is taken.)
+// - as shipped, with nixpkgs' guard (lib/minver.nix: 2.18): too new for this Nix. Before any pull, --check, the
+//   signed /status (the open /ready only says "not ready") and `npm start` say so; a pull gets the same error, and
+//   nothing is built. (Where the machine's Nix is 2.18 or newer, the guard is raised to 99.0 so that the same path
+//   is taken.)
 // - with its guard lowered to a version this Nix meets: aliases of removed packages, packages nixpkgs refuses
 //   (broken, unfree, insecure), a multi-output package, a nested set and meta.mainProgram, pulled and run with
 //   skopeo, umoci and podman.
@@ -16,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { builderStatus } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { ChannelService, getConfig, getManifest } from "./support/package-sets.ts";
 import { podmanRun, pullAndUnpack, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
@@ -93,13 +95,20 @@ describe(`a package set that needs a newer Nix than this one (${hostNix} < ${too
     expect(result.stderr).not.toContain("This version of Nixpkgs requires"); // our message, not nixpkgs' abort
   });
 
-  it("/ready is 503 with the same problem, before any pull", async () => {
+  it("/ready is 503, before any pull; the signed /status and the builder's log (once) have the same problem", async () => {
     expect(tooNew.jobsStarted()).toBe(0);
-    const response = await fetch(`${tooNew.builder.url}/ready`);
-    expect(response.status).toBe(503);
-    const body = (await response.json()) as { ready: boolean; problem: string };
-    expect(body.ready).toBe(false);
-    named(body.problem);
+    for (let i = 0; i < 3; i++) {
+      const response = await fetch(`${tooNew.builder.url}/ready`);
+      expect(response.status).toBe(503);
+      // Unsigned: ready or not, and nothing more.
+      expect(await response.json()).toEqual({ ready: false });
+    }
+    const status = await builderStatus(tooNew.builder.url, tooNew.secret);
+    expect(status.ready).toBe(false);
+    named(status.problem!);
+    const logged = tooNew.logEvents("not-ready");
+    expect(logged).toHaveLength(1);
+    named(String(logged[0].problem));
   });
 
   it("a pull gets 500 NIX_TOO_OLD with the same message, and nothing is built or stored", async () => {

@@ -17,6 +17,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
+import { builderStatus } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, type Builder } from "../scripts/local-stack.ts";
 import { withWorkerR2 } from "./support/local-r2.ts";
 import { pullAndUnpack, runInRootfs, startTestStack, TEST_PKGS, type LogEntry, type TestStack } from "./support/stack.ts";
@@ -204,9 +205,9 @@ describe("the builder's S3 settings", () => {
     expect(stderr).not.toContain("S3_BUCKET is not set");
   });
 
-  it("reports the bucket in /health and is ready", async () => {
-    const health = (await (await fetch(`${builder.url}/health`)).json()) as { store: string };
-    expect(health.store).toBe(`S3 bucket ${stack.s3Env.S3_BUCKET} at ${s3.endpoint}`);
+  it("reports the bucket in its signed /status and is ready", async () => {
+    const status = await builderStatus(builder.url, stack.secret);
+    expect(status.store).toBe(`S3 bucket ${stack.s3Env.S3_BUCKET} at ${s3.endpoint}`);
     expect((await fetch(`${builder.url}/ready`)).status).toBe(200);
   });
 });

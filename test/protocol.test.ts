@@ -267,6 +267,8 @@ function unsatisfiable(header: string): Row {
 
 const LONG_NAME = "a".repeat(256);
 const LONG_PATH_NAME = `${"a".repeat(100)}/${"b".repeat(100)}/${"c".repeat(60)}`;
+/** n package names p1..pn, joined as an image name. */
+const packagesName = (n: number): string => Array.from({ length: n }, (_, i) => `p${i + 1}`).join("/");
 
 const table: Row[] = [
   // The API base.
@@ -373,7 +375,7 @@ const table: Row[] = [
   ...withNs(errorRow("tag nixos-99.99 (not served by this package set): 404 MANIFEST_UNKNOWN, no build", "/v2/hello/manifests/nixos-99.99", { status: 404, code: "MANIFEST_UNKNOWN", message: [/nixos-99\.99/], detail: { tag: "nixos-99.99" }, builds: 0 })),
   ...errorRow("tag of a commit the package set doesn't have: 404 MANIFEST_UNKNOWN, no build", `/v2/hello/manifests/${"0123456789abcdef".repeat(3).slice(0, 40)}`, { status: 404, code: "MANIFEST_UNKNOWN", builds: 0 }),
   ...errorRow("tag -bad (outside the tag grammar): 404 MANIFEST_UNKNOWN, no build, no resolve", "/v2/hello/manifests/-bad", { status: 404, code: "MANIFEST_UNKNOWN", message: [/-bad/], builds: 0, resolves: 0 }),
-  ...errorRow("tag of 129 characters: 404 MANIFEST_UNKNOWN, no resolve", `/v2/hello/manifests/${"t".repeat(129)}`, { status: 404, code: "MANIFEST_UNKNOWN", builds: 0, resolves: 0 }),
+  ...errorRow("tag of 129 characters: 404 MANIFEST_UNKNOWN naming the limit, no resolve", `/v2/hello/manifests/${"t".repeat(129)}`, { status: 404, code: "MANIFEST_UNKNOWN", message: [/tags are at most 128 characters; this one has 129/], detail: { tag: "t".repeat(129) }, builds: 0, resolves: 0 }),
   ...errorRow("tag with a percent-encoded slash: 404 MANIFEST_UNKNOWN, no resolve", "/v2/hello/manifests/a%2Fb", { status: 404, code: "MANIFEST_UNKNOWN", builds: 0, resolves: 0 }),
 
   // Packages.
@@ -395,6 +397,14 @@ const table: Row[] = [
   ...errorRow("name ending in '-': 404 NAME_INVALID", "/v2/hello-/manifests/latest", { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 }),
   ...errorRow("name of 256 characters: 404 NAME_INVALID", `/v2/${LONG_NAME}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/255/], builds: 0, resolves: 0 }),
   ...errorRow("name of 262 characters in three components: 404 NAME_INVALID", `/v2/${LONG_PATH_NAME}/manifests/latest`, { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 }),
+  // Packages per image: at most 64, counted after meta-packages expand; more are refused before any builder call.
+  ...errorRow("name of 65 packages: 404 NAME_INVALID naming the limit, no builder call", `/v2/${packagesName(65)}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/at most 64 packages; this name asks for 65/], builds: 0, resolves: 0 }),
+  ...errorRow("name of shell and 61 packages (65 with shell's four): 404 NAME_INVALID", `/v2/shell/${packagesName(61)}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/asks for 65/], builds: 0, resolves: 0 }),
+  row({
+    name: "GET name of 64 packages (the limit): reaches the builder, which names the unknown ones",
+    path: `/v2/hello/${packagesName(63)}/manifests/latest`,
+    expect: { status: 404, code: "MANIFEST_UNKNOWN", message: [/p1, /, /p63/], detail: { unknown: expect.arrayContaining(["p1", "p63"]) } },
+  }),
   ...withNs(errorRow("blob under a name with capitals: 404 NAME_INVALID", (fx) => `/v2/Hello/blobs/${fx.config.digest}`, { status: 404, code: "NAME_INVALID" })),
   ...errorRow("tags/list of a name with capitals: 404 NAME_INVALID", "/v2/Hello/tags/list", { status: 404, code: "NAME_INVALID" }),
   ...errorRow("referrers under a name with capitals: 404 NAME_INVALID", (fx) => `/v2/Hello/referrers/${fx.oci.digest}`, { status: 404, code: "NAME_INVALID" }),

@@ -10,8 +10,11 @@ import type { Env } from "./env.ts";
 /** The outcome of a JSON call to the builder. Errors carry the builder's body text so it can be relayed as is. */
 export type BuilderOutcome<T> =
   | { kind: "ok"; value: T }
-  /** The builder answered with a registry error body (404 MANIFEST_UNKNOWN, 500 BUILD_FAILED, ...). */
-  | { kind: "error"; status: number; bodyText: string; body: RegistryErrorBody }
+  /**
+   * The builder answered with a registry error body (404 MANIFEST_UNKNOWN, 500 BUILD_FAILED, 503 BUILDER_BUSY, ...),
+   * and with the seconds of its Retry-After header if it sent one.
+   */
+  | { kind: "error"; status: number; bodyText: string; body: RegistryErrorBody; retryAfterSeconds?: number }
   /** The builder could not be reached: fetch threw, timed out, or a proxy answered 502/503/504. */
   | { kind: "unavailable"; reason: string }
   /** The builder answered something the worker cannot use (bad signature, malformed JSON...). */
@@ -85,13 +88,18 @@ async function postJson<T>(
   } catch (error) {
     return { kind: "unavailable", reason: `the connection broke while reading ${path}: ${String(error)}` };
   }
-  if (PROXY_STATUSES.has(response.status)) {
-    return { kind: "unavailable", reason: `a proxy in front of the builder answered ${response.status} to ${path}` };
-  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text) as unknown;
   } catch {
+    parsed = undefined;
+  }
+  // A builder at its limit of builds answers 503 itself, with its own error: an answer, where a proxy's 503 means none.
+  const busy = response.status === 503 && isRegistryErrorBody(parsed) && parsed.errors[0].code === "BUILDER_BUSY";
+  if (PROXY_STATUSES.has(response.status) && !busy) {
+    return { kind: "unavailable", reason: `a proxy in front of the builder answered ${response.status} to ${path}` };
+  }
+  if (parsed === undefined) {
     return { kind: "broken", reason: `the builder answered ${response.status} to ${path} with a body that is not JSON: ${text.slice(0, 200)}` };
   }
   if (!response.ok) {
@@ -105,7 +113,14 @@ async function postJson<T>(
         reason: `the builder refused the worker's request to ${path} (${parsed.errors[0].message}); check that BUILDER_SECRET matches on both sides and that the clocks agree`,
       };
     }
-    return { kind: "error", status: response.status, bodyText: text, body: parsed };
+    const retryAfter = response.headers.get("retry-after")?.trim() ?? "";
+    return {
+      kind: "error",
+      status: response.status,
+      bodyText: text,
+      body: parsed,
+      ...(/^\d{1,6}$/.test(retryAfter) ? { retryAfterSeconds: Number(retryAfter) } : {}),
+    };
   }
   const problem = validate(parsed);
   if (problem) return { kind: "broken", reason: `the builder's answer to ${path} is malformed: ${problem}` };
@@ -130,9 +145,14 @@ export async function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<
   let outcome: BuilderOutcome<ResolveResult> | null = null;
   for (const base of await rankBuilders(builderUrls(env), `resolve\n${tag}`)) {
     outcome = await postJson<ResolveResult>(env, base, "/resolve", request, validateResolve, RESOLVE_TIMEOUT_MS);
-    if (outcome.kind !== "unavailable") return outcome;
+    if (outcome.kind !== "unavailable" && !isBuilderBusy(outcome)) return outcome;
   }
   return outcome!;
+}
+
+/** The builder's answer that it runs and queues as many builds as it may (503 BUILDER_BUSY): another builder may not. */
+export function isBuilderBusy<T>(outcome: BuilderOutcome<T>): outcome is Extract<BuilderOutcome<T>, { kind: "error" }> {
+  return outcome.kind === "error" && outcome.status === 503 && outcome.body.errors[0].code === "BUILDER_BUSY";
 }
 
 /** Starts the image's build job on this builder, or asks after it: answered at once with the job's record. */

@@ -6,6 +6,7 @@
 import type { IRequest } from "itty-router";
 import { isImageKey, type ImageRecord, type JobRecord } from "../common/bucket-layout.ts";
 import type { Env } from "./env.ts";
+import { decodeParam } from "./params.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
 import { r2Storage, type RegistryStorage } from "./storage.ts";
 
@@ -54,7 +55,8 @@ async function viewOf(storage: RegistryStorage, key: string): Promise<BuildView 
 const NO_STORE = { "Cache-Control": "no-store" };
 
 export async function handleBuild(request: IRequest, env: Env): Promise<Response> {
-  const key = decodeURIComponent(request.params.key ?? "");
+  // Decoded leniently: a malformed %-escape is a key that is not one (404), not a failure.
+  const key = decodeParam(request.params.key);
   if (!isImageKey(key)) {
     return errorResponse(request.method, 404, "NAME_UNKNOWN", `"${key}" is not an image key (64 lower-case hex characters)`, { key }, NO_STORE);
   }

@@ -11,6 +11,11 @@ export interface Env {
   BUILDER_URL: string;
   /** One build coordinator per image key (build-coordinator.ts). */
   BUILD_COORDINATOR: DurableObjectNamespace<BuildCoordinator>;
+  /**
+   * Cold builds a client (CF-Connecting-IP) may start per minute: Workers' rate-limiting binding (wrangler.toml
+   * [[ratelimits]]). Pulls of built images and pulls that join a running build don't count.
+   */
+  COLD_BUILDS?: RateLimit;
   /** Seconds a builder may leave a job's status unanswered before the job goes to the next builder (default 30). */
   BUILDER_STALE_SECONDS?: string;
   /**

@@ -18,7 +18,7 @@ import { handleBuild, handleBuildList } from "./builds-api.ts";
 import type { Env } from "./env.ts";
 import { handleManifest } from "./manifests.ts";
 import { handleReferrers } from "./referrers.ts";
-import { describeError, errorResponse, finishResponse, jsonResponse, textResponse } from "./responses.ts";
+import { errorResponse, finishResponse, internalErrorResponse, jsonResponse, textResponse } from "./responses.ts";
 import { handleTagsList } from "./tags.ts";
 
 const PUSH_NOT_SUPPORTED = "this registry builds images itself from Nix; pushing and deleting are not supported";
@@ -97,9 +97,9 @@ export default {
       const routed: unknown = await router.fetch(request, env, ctx);
       response = routed instanceof Response ? routed : notFound(request as IRequest);
     } catch (error) {
+      // The error may be R2's or the runtime's, naming internals: the log gets it, the client an id to quote.
       const path = new URL(request.url).pathname;
-      console.error(`${method} ${path} failed`, error);
-      response = errorResponse(method, 500, "UNKNOWN", `${method} ${path} failed: ${describeError(error)}`);
+      response = internalErrorResponse(method, `${method} ${path} failed`, error);
     }
     return finishResponse(method, response);
   },

@@ -5,7 +5,7 @@ import type { Digest } from "../common/digest.ts";
 import { imageKey } from "../common/image-key.ts";
 import type { ImageRequest } from "../common/image-name.ts";
 import { OCI_MANIFEST } from "../common/media-types.ts";
-import { classifyTag } from "../common/tag.ts";
+import { tagProblem } from "../common/tag.ts";
 import type { Env } from "./env.ts";
 import { awaitImage } from "./image-builds.ts";
 import { isolateCached } from "./isolate-cache.ts";
@@ -21,6 +21,7 @@ import {
   failureResponse,
   ifNoneMatchHits,
   IMMUTABLE_CACHE_CONTROL,
+  internalErrorResponse,
   streamResponse,
   bytesResponse,
   type HeaderMap,
@@ -126,12 +127,13 @@ async function manifestByTag(
   tag: string,
 ): Promise<Response> {
   const method = request.method;
-  if (!classifyTag(tag)) {
+  const problem = tagProblem(tag);
+  if (problem) {
     return errorResponse(
       method,
       404,
       "MANIFEST_UNKNOWN",
-      `tag "${tag}" is not served: use latest, a 40-hex nixpkgs commit, or a channel or branch name`,
+      `${problem}; this registry serves latest, a 40-hex nixpkgs commit, or a channel or branch name`,
       { name, tag },
     );
   }
@@ -154,19 +156,19 @@ async function manifestByTag(
       console.warn(`image ${key} names ${flavour} manifest ${record[flavour]}, which is missing; building again`);
     }
 
-    const built = await awaitImage(env, key, { packages: image.packages, system: image.system, tag, revision: resolution.revision });
+    // Cloudflare sets CF-Connecting-IP on every request at the edge (and Miniflare locally, to the client's address).
+    const client = request.headers.get("CF-Connecting-IP");
+    const built = await awaitImage(env, key, { packages: image.packages, system: image.system, tag, revision: resolution.revision }, client);
     if (!built.ok) {
       // The package set moved since the tag was resolved (409): resolve again, once.
-      const moved = built.failure.kind !== "unavailable" && built.failure.status === 409;
+      const moved = "status" in built.failure && built.failure.status === 409;
       if (moved && attempt === 0) continue;
       return failureResponse(method, built.failure);
     }
     const manifest = await loadManifest(storage, method, built.image[flavour]);
     if (!manifest) {
-      return errorResponse(method, 500, "UNKNOWN", `image ${key} was built, but its ${flavour} manifest ${built.image[flavour]} is not in the bucket`, {
-        name,
-        tag,
-      });
+      const missing = `image ${key} was built, but its ${flavour} manifest ${built.image[flavour]} is not in the bucket`;
+      return internalErrorResponse(method, missing, { image: built.image }, { name, tag });
     }
     await ensureTagMarker(storage, name, tag, true);
     return serveManifest(request, manifest, cacheControl, true);

@@ -80,13 +80,13 @@ async function fetchResolution(env: Env, storage: RegistryStorage, tag: string):
       case "broken":
         return {
           ok: false,
-          failure: { kind: "error", status: 500, code: "UNKNOWN", message: `resolving tag "${tag}" failed: ${outcome.reason}` },
+          failure: { kind: "internal", message: `resolving tag "${tag}" failed`, reason: outcome.reason },
         };
     }
   } catch (error) {
     return {
       ok: false,
-      failure: { kind: "error", status: 500, code: "UNKNOWN", message: `resolving tag "${tag}" failed: ${describeError(error)}` },
+      failure: { kind: "internal", message: `resolving tag "${tag}" failed`, reason: describeError(error) },
     };
   }
 }

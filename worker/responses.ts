@@ -84,15 +84,33 @@ export function emptyResponse(status: number, headers: HeaderMap): Response {
 
 export const BUILDER_RETRY_AFTER_SECONDS = 30;
 
+/**
+ * Logs a failure's details under a fresh id and returns the id, which the client gets instead of the details: they
+ * may name a builder's address, the bucket or an error from R2, which are the operator's to read, not the public's.
+ */
+export function logIncident(level: "error" | "warn", summary: string, details: unknown): string {
+  const id = crypto.randomUUID();
+  console[level](`[${id}] ${summary}:`, details);
+  return id;
+}
+
+/** A 503 for a builder that can't be reached; why (its address, the fetch error) goes to the log only. */
 export function builderUnavailableResponse(method: string, reason: string): Response {
+  const id = logIncident("warn", "the image builder can't be reached", reason);
   return errorResponse(
     method,
     503,
     "BUILDER_UNAVAILABLE",
-    `the image builder can't be reached (${reason}); retry in ${BUILDER_RETRY_AFTER_SECONDS} seconds`,
-    { reason, retryAfterSeconds: BUILDER_RETRY_AFTER_SECONDS },
+    `the image builder can't be reached; retry in ${BUILDER_RETRY_AFTER_SECONDS} seconds (the registry's log has the details under id ${id})`,
+    { id, retryAfterSeconds: BUILDER_RETRY_AFTER_SECONDS },
     { "Retry-After": String(BUILDER_RETRY_AFTER_SECONDS) },
   );
+}
+
+/** A 500 UNKNOWN: `message` is for the client, `details` (an error, a builder's answer) for the log, under an id. */
+export function internalErrorResponse(method: string, message: string, details: unknown, detail: Record<string, unknown> = {}): Response {
+  const id = logIncident("error", message, details);
+  return errorResponse(method, 500, "UNKNOWN", `${message} (the registry's log has the details under id ${id})`, { ...detail, id });
 }
 
 /** Makes sure a finished response carries the API version header and has no body for HEAD. */
@@ -138,18 +156,35 @@ export function describeError(error: unknown): string {
  * to the request that made it) and turned into a response by each of them.
  */
 export type Failure =
-  /** A registry error body from the builder, relayed byte for byte with its status. */
-  | { kind: "relay"; status: number; bodyText: string }
-  | { kind: "error"; status: number; code: RegistryErrorCode; message: string; detail?: unknown }
-  | { kind: "unavailable"; reason: string };
+  /** A registry error body from the builder, relayed byte for byte with its status (and its Retry-After, if any). */
+  | { kind: "relay"; status: number; bodyText: string; retryAfterSeconds?: number }
+  | { kind: "error"; status: number; code: RegistryErrorCode; message: string; detail?: unknown; retryAfterSeconds?: number }
+  /** The builder could not be reached; `reason` names it, so it is logged, not shown. */
+  | { kind: "unavailable"; reason: string }
+  /** A 500 on the registry's side: `message` is for the client, `reason` (hosts, buckets, R2's errors) for the log. */
+  | { kind: "internal"; message: string; reason: string };
 
 export function failureResponse(method: string, failure: Failure): Response {
   switch (failure.kind) {
     case "relay":
-      return relayedErrorResponse(method, failure.status, failure.bodyText);
+      return relayedErrorResponse(
+        method,
+        failure.status,
+        failure.bodyText,
+        failure.retryAfterSeconds === undefined ? {} : { "Retry-After": String(failure.retryAfterSeconds) },
+      );
     case "error":
-      return errorResponse(method, failure.status, failure.code, failure.message, failure.detail);
+      return errorResponse(
+        method,
+        failure.status,
+        failure.code,
+        failure.message,
+        failure.detail,
+        failure.retryAfterSeconds === undefined ? {} : { "Retry-After": String(failure.retryAfterSeconds) },
+      );
     case "unavailable":
       return builderUnavailableResponse(method, failure.reason);
+    case "internal":
+      return internalErrorResponse(method, failure.message, failure.reason);
   }
 }

@@ -11,19 +11,16 @@
 //
 // A user's tag never reaches git as an option: it is used only inside refs/heads/<tag> and refs/tags/<tag>
 // (the tag grammar already refuses a leading '-'), after `--end-of-options` where git has it.
-import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import type { ResolveResult } from "../../common/builder-api.ts";
 import { classifyTag } from "../../common/tag.ts";
 import type { Logger } from "../log.ts";
 import type { NixSource } from "../nix-runner.ts";
 import { SingleFlight } from "../single-flight.ts";
+import { CommandTimeoutError, runCommand, runPipeline, type CommandResult } from "../time-limited-command.ts";
 import { RevisionUnavailableError, type PackageSource } from "./package-source.ts";
-
-const execFileAsync = promisify(execFile);
 
 const COMMIT = /^[0-9a-f]{40}$/;
 
@@ -39,7 +36,14 @@ export interface GitRepoSourceOptions {
   log: Logger;
   /** Time limit of one `git fetch` (the first clone gets ten times as long). Default 300. */
   fetchTimeoutSeconds?: number;
+  /** Time limit of exporting a commit's tree (`git archive | tar`). Default 600. */
+  exportTimeoutSeconds?: number;
+  /** Time limit of `nix-store --add` of an exported tree: the builder's NIX_TIMEOUT. Default 600. */
+  nixTimeoutSeconds?: number;
 }
+
+/** Commands that answer in well under this: local git (rev-parse, cat-file), ls-remote, nix-store --check-validity. */
+const QUICK_COMMAND_TIMEOUT_MS = 60_000;
 
 /** The URL without user name and password, for labels and logs. */
 export function redactUrl(url: string): string {
@@ -54,6 +58,8 @@ export class GitRepoSource implements PackageSource {
   readonly mirror: string;
   private readonly exportsDir: string;
   private readonly fetchTimeoutMs: number;
+  private readonly exportTimeoutMs: number;
+  private readonly nixTimeoutMs: number;
   private ready: Promise<void> | null = null;
   private fetching: Promise<void> | null = null;
   /** When the last successful fetch started (ms since the epoch). */
@@ -68,6 +74,8 @@ export class GitRepoSource implements PackageSource {
     this.mirror = join(options.dataDir, "git", `${id}.git`);
     this.exportsDir = join(options.dataDir, "git", `${id}.exports`);
     this.fetchTimeoutMs = (options.fetchTimeoutSeconds ?? 300) * 1000;
+    this.exportTimeoutMs = (options.exportTimeoutSeconds ?? 600) * 1000;
+    this.nixTimeoutMs = (options.nixTimeoutSeconds ?? 600) * 1000;
     // Unknown names are not cached by the worker: without a floor, every request for a made-up branch would
     // make the builder fetch from the git host.
     this.minFetchIntervalMs = Math.min(options.ttlSeconds, 10) * 500;
@@ -78,7 +86,7 @@ export class GitRepoSource implements PackageSource {
     await this.git(["--version"], { outside: true }).catch(() => {
       throw new Error("git is not installed or not on PATH; NIXERY_PKGS_REPO needs it (Debian: apt-get install git)");
     });
-    await this.git(["ls-remote", "--symref", "--", this.options.url, "HEAD"], { outside: true, timeoutMs: 60_000 }).catch(
+    await this.git(["ls-remote", "--symref", "--", this.options.url, "HEAD"], { outside: true }).catch(
       (error: Error) => {
         throw new Error(`NIXERY_PKGS_REPO=${this.description} cannot be read: ${error.message}`);
       },
@@ -164,7 +172,7 @@ export class GitRepoSource implements PackageSource {
   /** Points the mirror's HEAD at the remote's default branch (it may have changed since the clone). */
   private async followRemoteHead(): Promise<void> {
     try {
-      const out = await this.git(["ls-remote", "--symref", "origin", "HEAD"], { timeoutMs: 60_000 });
+      const out = await this.git(["ls-remote", "--symref", "origin", "HEAD"]);
       const match = /^ref: (refs\/heads\/\S+)\tHEAD$/m.exec(out);
       if (match) await this.git(["symbolic-ref", "HEAD", match[1]]);
     } catch (error) {
@@ -237,12 +245,19 @@ export class GitRepoSource implements PackageSource {
     try {
       const tree = join(work, "source");
       await mkdir(tree);
-      await pipe(
+      await runPipeline(
         ["git", ["-C", this.mirror, "archive", "--format=tar", "--end-of-options", commit]],
         ["tar", ["-x", "-f", "-", "--no-same-owner", "-C", tree]],
+        { label: "git archive | tar", timeoutMs: this.exportTimeoutMs, env: GIT_ENV },
       );
-      const { stdout } = await execFileAsync("nix-store", ["--add", tree], { maxBuffer: 1024 * 1024 });
-      const storePath = stdout.trim();
+      const added = await runCommand("nix-store", ["--add", tree], {
+        label: "nix-store --add",
+        timeoutMs: this.nixTimeoutMs,
+        setting: "NIX_TIMEOUT",
+        maxStdoutBytes: 1024 * 1024,
+      });
+      if (added.code !== 0) throw new Error(`nix-store --add of commit ${commit} failed: ${added.stderr.trim().slice(-1000)}`);
+      const storePath = added.stdout.trim();
       if (!storePath.startsWith("/nix/store/")) throw new Error(`nix-store --add printed no store path for ${commit}`);
       await writeFile(record, `${storePath}\n`);
       this.options.log.info("git-export", { repo: this.description, commit, storePath, ms: Math.round(performance.now() - started) });
@@ -255,19 +270,22 @@ export class GitRepoSource implements PackageSource {
   /** Runs git, in the mirror unless `outside`. */
   private async git(args: string[], options: { outside?: boolean; timeoutMs?: number } = {}): Promise<string> {
     const cwdArgs = options.outside ? [] : ["-C", this.mirror];
+    let result: CommandResult;
     try {
-      const { stdout } = await execFileAsync("git", [...cwdArgs, ...args], {
-        timeout: options.timeoutMs ?? 60_000,
-        maxBuffer: 16 * 1024 * 1024,
+      result = await runCommand("git", [...cwdArgs, ...args], {
+        label: `git ${args[0]}`,
+        timeoutMs: options.timeoutMs ?? QUICK_COMMAND_TIMEOUT_MS,
         env: GIT_ENV,
       });
-      return stdout;
     } catch (error) {
-      const e = error as { stderr?: string; message: string; killed?: boolean };
-      const text = e.stderr?.trim() || e.message;
-      const reason = e.killed ? "timed out" : text.split("\n").map((line) => line.trim()).filter(Boolean).join(" ").slice(0, 600);
-      throw new GitError(`git ${args[0]} failed: ${redactUrl(reason)}`);
+      if (error instanceof CommandTimeoutError) throw new GitError(error.message);
+      throw new GitError(`git ${args[0]} failed: ${(error as Error).message}`);
     }
+    if (result.code !== 0) {
+      const reason = result.stderr.split("\n").map((line) => line.trim()).filter(Boolean).join(" ").slice(0, 600);
+      throw new GitError(`git ${args[0]} failed: ${redactUrl(reason || `exit code ${result.code}`)}`);
+    }
+    return result.stdout;
   }
 }
 
@@ -283,36 +301,6 @@ const GIT_ENV: NodeJS.ProcessEnv = (() => {
 
 async function isValidStorePath(path: string): Promise<boolean> {
   if (!path.startsWith("/nix/store/")) return false;
-  try {
-    await execFileAsync("nix-store", ["--check-validity", path]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Runs `a | b`; fails if either fails. */
-function pipe(a: [string, string[]], b: [string, string[]]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const first = spawn(a[0], a[1], { stdio: ["ignore", "pipe", "pipe"], env: GIT_ENV });
-    const second = spawn(b[0], b[1], { stdio: ["pipe", "ignore", "pipe"] });
-    first.stdout.pipe(second.stdin);
-    let errors = "";
-    first.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString()));
-    second.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString()));
-    second.stdin.on("error", () => undefined); // EPIPE when tar stops early; its exit code says why
-    let pending = 2;
-    let failed = false;
-    const done = (name: string) => (code: number | null) => {
-      if (code !== 0 && !failed) {
-        failed = true;
-        reject(new Error(`${name} exited with ${code}: ${errors.trim().slice(-2000)}`));
-      }
-      if (--pending === 0 && !failed) resolve();
-    };
-    first.on("error", reject);
-    second.on("error", reject);
-    first.on("close", done(a[0]));
-    second.on("close", done(b[0]));
-  });
+  const { code } = await runCommand("nix-store", ["--check-validity", path], { label: "nix-store --check-validity", timeoutMs: QUICK_COMMAND_TIMEOUT_MS });
+  return code === 0;
 }

@@ -1,15 +1,12 @@
 // A package set in a local folder (NIXERY_PKGS_PATH): the offline test set, or a private checkout.
 // Its revision is the folder's content hash, taken by copying it into the Nix store, so an edited folder
 // gives new images and an unchanged one keeps its cached ones.
-import { execFile } from "node:child_process";
 import { access } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
-import { promisify } from "node:util";
 import type { ResolveResult } from "../../common/builder-api.ts";
 import type { NixSource } from "../nix-runner.ts";
+import { runCommand } from "../time-limited-command.ts";
 import { RevisionUnavailableError, type PackageSource } from "./package-source.ts";
-
-const execFileAsync = promisify(execFile);
 
 export class LocalPathSource implements PackageSource {
   readonly description: string;
@@ -18,6 +15,8 @@ export class LocalPathSource implements PackageSource {
   constructor(
     path: string,
     private readonly ttlSeconds: number,
+    /** Time limit of copying the folder into the store: the builder's NIX_TIMEOUT. */
+    private readonly nixTimeoutSeconds = 600,
   ) {
     this.path = resolvePath(path);
     this.description = `file://${this.path}`;
@@ -32,8 +31,14 @@ export class LocalPathSource implements PackageSource {
   }
 
   private async snapshot(): Promise<string> {
-    const { stdout } = await execFileAsync("nix-store", ["--add", this.path]);
-    return stdout.trim();
+    const added = await runCommand("nix-store", ["--add", this.path], {
+      label: "nix-store --add",
+      timeoutMs: this.nixTimeoutSeconds * 1000,
+      setting: "NIX_TIMEOUT",
+      maxStdoutBytes: 1024 * 1024,
+    });
+    if (added.code !== 0) throw new Error(`nix-store --add ${this.path} failed: ${added.stderr.trim().slice(-1000)}`);
+    return added.stdout.trim();
   }
 
   async resolve(tag: string): Promise<ResolveResult | null> {

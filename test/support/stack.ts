@@ -6,6 +6,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import type { BuilderStatus } from "../../common/builder-api.ts";
+import { builderStatus } from "../../scripts/builder-calls.ts";
 import { PROJECT_ROOT, startStack, type Stack } from "../../scripts/local-stack.ts";
 import { withWorkerR2 } from "./local-r2.ts";
 
@@ -24,17 +26,12 @@ export interface TestStackOptions {
   builderFront?: (builderUrl: string) => Promise<string>;
   /** Extra variables for the worker (BUILDER_STALE_SECONDS, TAG_CACHE_SECONDS, ...). */
   workerVars?: Record<string, string>;
+  /** The COLD_BUILDS limit per client per minute instead of wrangler.toml's. */
+  coldBuildsPerMinute?: number;
 }
 
-/** The builder's /health counters. */
-export interface BuilderCounters {
-  builds: number;
-  layersWritten: number;
-  layersReused: number;
-  tarBytesWritten: number;
-  bytesStored: number;
-  jobs: { started: number; done: number; failed: number; running: number };
-}
+/** The builder's counters, from its signed GET /status. */
+export type BuilderCounters = BuilderStatus;
 
 /** One structured log line of a builder. */
 export type LogEntry = Record<string, unknown> & { event?: string };
@@ -42,7 +39,9 @@ export type LogEntry = Record<string, unknown> & { event?: string };
 export interface TestStack extends Stack {
   scratch: string;
   workerStateDir: string;
-  /** The first builder's counters from /health. */
+  /** Every line workerd has written: the worker's and its coordinators' log. */
+  workerLogLines: string[];
+  /** The first builder's counters, from its signed GET /status. */
   builderCounters(): Promise<BuilderCounters>;
   /**
    * The log entries of this event from every builder of the stack, in the order they arrived (a restarted
@@ -67,6 +66,7 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
   const workerStateDir = join(scratch, "worker-state");
   // Every builder's log, kept here so that it outlives a builder that is restarted.
   const entries: LogEntry[] = [];
+  const workerLogLines: string[] = [];
   const onBuilderLog = (line: string) => {
     try {
       const entry = JSON.parse(line) as unknown;
@@ -89,7 +89,11 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
       builders: options.builders,
       builderFront: options.builderFront,
       workerVars: options.workerVars,
+      // Every test request comes from 127.0.0.1 (Miniflare's CF-Connecting-IP), and a test file may build more images
+      // a minute than wrangler.toml lets one client start: only test/client-quota.test.ts tests the quota.
+      coldBuildsPerMinute: options.coldBuildsPerMinute ?? 100_000,
       onBuilderLog,
+      onWorkerLog: (line) => workerLogLines.push(line),
     });
   } catch (error) {
     await rm(scratch, { recursive: true, force: true });
@@ -104,9 +108,9 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
     },
     scratch,
     workerStateDir,
+    workerLogLines,
     async builderCounters() {
-      const response = await fetch(`${stack.builder.url}/health`);
-      return (await response.json()) as BuilderCounters;
+      return builderStatus(stack.builder.url, stack.secret);
     },
     logEvents,
     jobsStarted: () => logEvents("job-started").length,
