@@ -70,3 +70,27 @@ describe("cold builds per client", () => {
     expect(stack.jobsStarted()).toBe(jobs + 1);
   }, 120_000);
 });
+
+describe("the worker's log", () => {
+  it("has one JSON line per build requested, and one per call to a builder with its duration", async () => {
+    const before = stack.workerLogLines.length;
+    expect((await pull("hello/moreutils", "192.0.2.99")).status).toBe(200);
+    const entries = stack.workerLogLines.slice(before).flatMap((line) => {
+      const at = line.indexOf("{");
+      try {
+        return at < 0 ? [] : [JSON.parse(line.slice(at)) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+    const requested = entries.filter((e) => e.event === "build-requested");
+    expect(requested).toHaveLength(1);
+    expect(requested[0]).toMatchObject({ packages: ["hello", "moreutils"], system: "x86_64-linux" });
+    const calls = entries.filter((e) => e.event === "builder-call" && e.path === "/jobs");
+    expect(calls.length).toBeGreaterThanOrEqual(1);
+    for (const call of calls) {
+      expect(call.status).toBe(200);
+      expect(typeof call.ms).toBe("number");
+    }
+  }, 120_000);
+});

@@ -116,6 +116,10 @@ export class BuildCoordinator extends DurableObject<Env> {
       lastAnswerMs: Date.now(),
       record: null,
     };
+    // One line per build the edge asks for (Workers Logs index JSON lines).
+    console.log(
+      JSON.stringify({ event: "build-requested", imageKey: key, jobId: this.job.jobId, packages: request.packages, system: request.system, revision: request.revision }),
+    );
     return this.submit(this.job, { tryEvery: true });
   }
 

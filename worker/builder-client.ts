@@ -57,18 +57,30 @@ async function signedFetch(
   const signature = await signRequest(secretOf(env), method, url.pathname + url.search, body);
   const headers: Record<string, string> = { ...extraHeaders, ...signature };
   if (body !== "") headers["Content-Type"] = "application/json";
+  const started = Date.now();
   try {
-    return await fetch(url.toString(), {
+    const response = await fetch(url.toString(), {
       method,
       headers,
       body: body === "" ? undefined : body,
       signal: AbortSignal.timeout(timeoutMs),
     });
+    logBuilderCall(method, url, response.status, started);
+    return response;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     const timedOut = error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError");
+    logBuilderCall(method, url, timedOut ? "timeout" : "unreachable", started);
     return { unavailable: timedOut ? `no answer from ${url.origin} within ${timeoutMs} ms` : `${url.origin}: ${message}` };
   }
+}
+
+/**
+ * One structured line per call to a builder, with its duration: what Workers Logs (wrangler.toml [observability])
+ * keep and index. The log is the operator's, so it names the builder.
+ */
+function logBuilderCall(method: string, url: URL, status: number | "timeout" | "unreachable", started: number): void {
+  console.log(JSON.stringify({ event: "builder-call", method, builder: url.origin, path: url.pathname, status, ms: Date.now() - started }));
 }
 
 async function postJson<T>(

@@ -90,7 +90,9 @@ export const BUILDER_RETRY_AFTER_SECONDS = 30;
  */
 export function logIncident(level: "error" | "warn", summary: string, details: unknown): string {
   const id = crypto.randomUUID();
-  console[level](`[${id}] ${summary}:`, details);
+  // One JSON line, as Workers Logs index them; an Error's own fields don't survive JSON.stringify.
+  const detail = details instanceof Error ? (details.stack ?? `${details.name}: ${details.message}`) : details;
+  console[level](JSON.stringify({ event: "incident", id, summary, details: detail }));
   return id;
 }
 
