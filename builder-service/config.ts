@@ -16,8 +16,8 @@ const GiB = 1024 * MiB;
 
 /** R2's and S3's smallest multipart part (all parts but the last); R2 also wants every part but the last equal. */
 export const MIN_PART_SIZE_BYTES = 5 * MiB;
-/** The largest single PUT R2 and S3 accept. */
-export const MAX_SINGLE_PUT_BYTES = 5 * GiB;
+/** The largest single PUT, or part, R2 accepts: 5 MiB less than 5 GiB ("4.995 GiB"; S3's own limit is 5 GiB). */
+export const MAX_SINGLE_PUT_BYTES = 5 * GiB - 5 * MiB;
 export const DEFAULT_MULTIPART_THRESHOLD_BYTES = 64 * MiB;
 export const DEFAULT_PART_SIZE_BYTES = 64 * MiB;
 
@@ -90,8 +90,8 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["S3_ACCESS_KEY_ID", "required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
   ["S3_SECRET_ACCESS_KEY", "required: the secret access key that goes with S3_ACCESS_KEY_ID"],
   ["S3_REGION", "signing region (default auto, which is what R2 wants)"],
-  ["S3_MULTIPART_THRESHOLD_BYTES", "blobs larger than this are uploaded in parts (default 67108864 = 64 MiB; 5 MiB to 5 GiB)"],
-  ["S3_PART_SIZE_BYTES", "size of every part but the last (default 67108864 = 64 MiB; at least 5 MiB, R2's minimum)"],
+  ["S3_MULTIPART_THRESHOLD_BYTES", "blobs larger than this are uploaded in parts (default 67108864 = 64 MiB; 5 MiB to 5 GiB less 5 MiB, R2's limit for one upload)"],
+  ["S3_PART_SIZE_BYTES", "size of every part but the last (default 67108864 = 64 MiB; 5 MiB, R2's minimum, to 5 GiB less 5 MiB)"],
   ["S3_PART_CONCURRENCY", "parts of one blob uploaded at once (default 4, 1 to 32)"],
   ["S3_MAX_ATTEMPTS", "tries per request on 5xx, 429 and dropped connections, with exponential backoff (default 5, 1 to 20)"],
 ];

@@ -199,7 +199,7 @@ export class S3BlobStore implements BlobStore {
       throw new Error(`the part size ${options.partSizeBytes} is below the ${MIN_PART_SIZE_BYTES}-byte minimum of R2 and S3`);
     }
     if (options.multipartThresholdBytes > MAX_SINGLE_PUT_BYTES) {
-      throw new Error(`the multipart threshold ${options.multipartThresholdBytes} is above the 5 GiB single-PUT limit`);
+      throw new Error(`the multipart threshold ${options.multipartThresholdBytes} is above R2's single-upload limit of ${MAX_SINGLE_PUT_BYTES} bytes (5 GiB less 5 MiB)`);
     }
     this.description = `S3 bucket ${options.bucket} at ${options.endpoint}`;
     const secure = options.endpoint.startsWith("https:");

@@ -352,7 +352,7 @@ describe("the S3 store's configuration", () => {
     expect(message).toContain("BUILDER_SECRET is not set");
     expect(message).toContain("give the endpoint without the bucket (https://abc.r2.cloudflarestorage.com) and the bucket in S3_BUCKET");
     expect(message).toContain("S3_BUCKET=My_Bucket is not a bucket name");
-    expect(message).toContain("S3_PART_SIZE_BYTES=1048576 is not a whole number from 5242880 to 5368709120");
+    expect(message).toContain("S3_PART_SIZE_BYTES=1048576 is not a whole number from 5242880 to 5363466240");
     expect(message).toContain("S3_MULTIPART_THRESHOLD_BYTES=8GiB is not a whole number");
     expect(problems({ ...base, ...complete, S3_ENDPOINT: "ftp://abc.example.com" })).toContain("must start with https://");
   });
