@@ -4,7 +4,8 @@
 #   sudo deploy/install-builder.sh [--dry-run] [--prefix DIR] [--no-start]
 #
 # What it does (safe to run again: an upgrade is the same command from a newer checkout):
-#   1. checks the system: Debian/Ubuntu, systemd, Node.js 20 or later with npm;
+#   1. checks the system: Debian/Ubuntu, systemd, Node.js 22 or 24 with npm (20 works, with a warning: it is
+#      past end of life);
 #   2. makes sure Nix 2.18 or later is installed (current nixpkgs refuses older Nix), and enables nix-daemon:
 #      the service user is not root, so all its Nix work goes through the daemon.
 #      - A Nix already installed (nix-build in /nix/var/nix/profiles/default/bin or on PATH) is kept if it is
@@ -96,19 +97,26 @@ if [ -r "$OS_RELEASE" ]; then
   . "$OS_RELEASE"
   case " ${ID:-} ${ID_LIKE:-} " in
     *" debian "*|*" ubuntu "*) say "system: ${PRETTY_NAME:-$ID}" ;;
-    *) die "this script is for Debian and Ubuntu (found ${PRETTY_NAME:-${ID:-unknown}}); on NixOS use the module in the README's Deployment section" ;;
+    *) die "this script is for Debian and Ubuntu (found ${PRETTY_NAME:-${ID:-unknown}}); on NixOS use the module deploy/nixos/builder.nix (README: The builder on NixOS)" ;;
   esac
 else
   die "$OS_RELEASE is missing: cannot tell which system this is"
 fi
 command -v systemctl >/dev/null 2>&1 || die "systemd (systemctl) is needed to run the service"
 if ! command -v node >/dev/null 2>&1; then
-  die "Node.js 20 or later is needed and node is not installed. Debian 12's nodejs package is 18: install 20 or 22 from NodeSource (https://github.com/nodesource/distributions) or your usual source, then run this again"
+  die "Node.js 22 or 24 is needed and node is not installed. Debian 12's nodejs package is 18: install 22 or 24 from NodeSource (https://github.com/nodesource/distributions) or your usual source, then run this again"
 fi
-node_major=$(node -p 'process.versions.node.split(".")[0]')
+node_version=$(node -p process.versions.node)
+node_major=${node_version%%.*}
 if [ "$node_major" -lt 20 ]; then
-  die "Node.js $(node --version) is too old: 20 or later is needed (Debian 12's nodejs package is 18; NodeSource has 20 and 22)"
+  die "Node.js $node_version is too old: 22 or 24 is needed (Debian 12's nodejs package is 18; NodeSource has 22 and 24)"
 fi
+# The supported lines are the maintained LTS ones, 22 and 24. Older ones still run the builder but get no
+# security fixes, so they are kept with a warning rather than refused.
+case "$node_major" in
+  20) warn "Node.js $node_version works, but Node.js 20 reached end of life on 2026-04-30 (no more security fixes): install Node.js 22 or 24 (NodeSource has both) and run this script again" ;;
+  21|23) warn "Node.js $node_version works, but Node.js $node_major is not an LTS line and is past end of life: install Node.js 22 or 24 (NodeSource has both) and run this script again" ;;
+esac
 command -v npm >/dev/null 2>&1 || die "npm is missing (it comes with Node.js from NodeSource; on Debian: apt-get install npm)"
 say "node $(node --version), npm $(npm --version)"
 if [ ! -f "$SOURCE_DIR/package.json" ] || [ ! -f "$SOURCE_DIR/builder-service/main.ts" ]; then

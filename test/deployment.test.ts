@@ -46,9 +46,22 @@ beforeAll(async () => {
   }
 });
 
-/** Runs the install script with --dry-run and the given options. */
+/** Runs the install script with --dry-run and the given options, under a supported Node.js (so stderr holds only
+ * what a test is about: this machine's Node 20 draws a warning, tested on its own). */
 function dryRun(...args: string[]) {
-  return run("bash", [INSTALLER, "--dry-run", ...args], { ...process.env, PATH: installerPath });
+  return dryRunUnderNode("22.22.0", ...args);
+}
+
+/** Runs the install script with --dry-run under a `node` that says it is `version`. Only the script's own version
+ * questions get the pretended answer; everything else (npm, which is a node script) runs on the real Node. */
+async function dryRunUnderNode(version: string, ...args: string[]) {
+  const dir = join(scratch, `node-${version}`);
+  if (!existsSync(dir)) {
+    await mkdir(dir);
+    const shim = `#!/bin/sh\ncase "$*" in\n  "-p process.versions.node") echo ${version} ;;\n  --version) echo v${version} ;;\n  *) exec ${process.execPath} "$@" ;;\nesac\n`;
+    await writeFile(join(dir, "node"), shim, { mode: 0o755 });
+  }
+  return run("bash", [INSTALLER, "--dry-run", ...args], { ...process.env, PATH: `${dir}:${installerPath}` });
 }
 
 afterAll(async () => {
@@ -400,6 +413,93 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
     // It stops before changing (or pretending to change) anything.
     expect(stdout).toContain("==> Nix\n");
     expect(stdout).not.toContain("would run:");
+  });
+});
+
+describe("the install script asks for Node.js 22 or 24, the maintained LTS lines", () => {
+  for (const version of ["22.22.0", "24.11.1"]) {
+    it(`accepts Node.js ${version} without a word`, async () => {
+      const { code, stdout, stderr } = await dryRunUnderNode(version, "--nix-build", "none");
+      expect(stderr).toBe("");
+      expect(code).toBe(0);
+      expect(stdout).toContain(`==> node v${version}, npm `);
+    });
+  }
+
+  it("goes on with Node.js 20, warning that it is past end of life and naming 22 and 24", async () => {
+    const { code, stdout, stderr } = await dryRunUnderNode("20.19.5", "--nix-build", "none");
+    expect(code).toBe(0);
+    expect(stderr).toBe(
+      "install-builder.sh: warning: Node.js 20.19.5 works, but Node.js 20 reached end of life on 2026-04-30 (no more security fixes): install Node.js 22 or 24 (NodeSource has both) and run this script again\n",
+    );
+    expect(stdout).toContain("==> node v20.19.5, npm ");
+    expect(stdout).toContain("==> dry run: nothing was changed\n");
+  });
+
+  it("refuses Node.js 18 (Debian 12's own) before changing anything", async () => {
+    const { code, stdout, stderr } = await dryRunUnderNode("18.19.0", "--nix-build", "none");
+    expect(code).toBe(1);
+    expect(stderr).toContain("Node.js 18.19.0 is too old: 22 or 24 is needed");
+    expect(stdout).not.toContain("would run:");
+  });
+});
+
+describe("the NixOS module", () => {
+  const MODULE = join(PROJECT_ROOT, "deploy/nixos/builder.nix");
+
+  it("parses with Nix 2.8, declares its options, and runs the builder with Node.js 22 by default", async () => {
+    const parsed = await run("nix-instantiate", ["--parse", MODULE]);
+    expect(parsed.stderr).not.toContain("error:");
+    expect(parsed.code).toBe(0);
+    expect(await readFile(MODULE, "utf8")).not.toContain("nodejs_20");
+    // No nixpkgs offline, so no NixOS evaluation: the module is evaluated against its own defaults with the few
+    // lib functions it uses, which catches a misspelt option or setting and shows the unit's command.
+    const evaluation = join(scratch, "nixos-module.nix");
+    await writeFile(
+      evaluation,
+      `let
+  lib = {
+    mkOption = option: option;
+    mkEnableOption = name: { default = false; description = name; };
+    mkIf = condition: value: if condition then value else { };
+    mkOptionDefault = value: value;
+    literalExpression = text: text;
+    types = { path = "path"; str = "str"; int = "int"; bool = "bool"; package = "package"; attrsOf = t: "attrsOf"; oneOf = ts: "oneOf"; };
+    inherit (builtins) any elem isBool mapAttrs;
+    boolToString = b: if b then "true" else "false";
+  };
+  pkgs = { nodejs_20 = "/nix/store/nodejs-20"; nodejs_22 = "/nix/store/nodejs-22"; nodejs_24 = "/nix/store/nodejs-24"; };
+  module = import (/. + ${JSON.stringify(MODULE)}) { inherit config lib pkgs; };
+  options = module.options.services.nix-edge-registry-builder;
+  config = {
+    services.nix-edge-registry-builder = builtins.mapAttrs (name: option: option.default) options // { enable = true; settings = { BUILDER_PORT = 8788; }; };
+    nix = { package = "/nix/store/nix"; settings.allowed-users = [ "*" ]; };
+  };
+in { options = builtins.attrNames options; inherit (module) config; }
+`,
+    );
+    const evaluated = await run("nix-instantiate", ["--eval", "--strict", "--json", evaluation]);
+    expect(evaluated.code, evaluated.stderr).toBe(0);
+    const { options, config } = JSON.parse(evaluated.stdout) as {
+      options: string[];
+      config: {
+        assertions: { assertion: boolean }[];
+        nix: { settings: { sandbox: boolean; "allowed-users": string[] } };
+        systemd: { services: { "builder-service": { environment: Record<string, string>; serviceConfig: Record<string, unknown> } } };
+      };
+    };
+    expect(options).toEqual(["dataDir", "enable", "environmentFile", "group", "nodejs", "settings", "source", "user"]);
+    expect(config.assertions.every((a) => a.assertion)).toBe(true);
+    expect(config.nix.settings.sandbox).toBe(true);
+    expect(config.nix.settings["allowed-users"]).toContain("nix-builder");
+    const service = config.systemd.services["builder-service"];
+    expect(service.serviceConfig.ExecStart).toBe(
+      "/nix/store/nodejs-22/bin/node /opt/nix-edge-registry/node_modules/tsx/dist/cli.mjs /opt/nix-edge-registry/builder-service/main.ts",
+    );
+    // The tsx the command names is where npm puts it.
+    expect(existsSync(join(PROJECT_ROOT, "node_modules/tsx/dist/cli.mjs"))).toBe(true);
+    expect(service.serviceConfig).toMatchObject({ User: "nix-builder", Group: "nix-builder", EnvironmentFile: "/etc/nix-edge-registry/builder.env", RestartPreventExitStatus: 2 });
+    expect(service.environment).toMatchObject({ BUILDER_DATA_DIR: "/var/lib/nix-edge-registry", NIX_REMOTE: "daemon", BUILDER_PORT: "8788" });
   });
 });
 
