@@ -152,7 +152,7 @@ export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Prom
   } catch (error) {
     if (error instanceof CommandTimeoutError) throw new NixSettingsError(`Nix does not start: ${error.message}`);
     if (error instanceof CommandNotFoundError) {
-      throw new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the README's VM requirements)");
+      throw new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the VM requirements in deploy/README.md)");
     }
     throw error;
   }

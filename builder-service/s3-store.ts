@@ -391,7 +391,7 @@ export class S3BlobStore implements BlobStore {
         await this.send({ operation: "abort multipart upload", method: "DELETE", key, query: { uploadId } }, [200, 204, 404]);
         log.warn("s3-multipart-aborted", { digest, key, uploadId, reason: (error as Error).message });
       } catch (abortError) {
-        // The bucket should also have a lifecycle rule that aborts stale uploads (see the README).
+        // The bucket should also have a lifecycle rule that aborts stale uploads (see deploy/README.md).
         log.error("s3-multipart-abort-failed", { digest, key, uploadId, error: (abortError as Error).message });
       }
       throw error;

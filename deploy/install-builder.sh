@@ -97,7 +97,7 @@ if [ -r "$OS_RELEASE" ]; then
   . "$OS_RELEASE"
   case " ${ID:-} ${ID_LIKE:-} " in
     *" debian "*|*" ubuntu "*) say "system: ${PRETTY_NAME:-$ID}" ;;
-    *) die "this script is for Debian and Ubuntu (found ${PRETTY_NAME:-${ID:-unknown}}); on NixOS use the module deploy/nixos/builder.nix (README: The builder on NixOS)" ;;
+    *) die "this script is for Debian and Ubuntu (found ${PRETTY_NAME:-${ID:-unknown}}); on NixOS use the module deploy/nixos/builder.nix (deploy/README.md: The builder on NixOS)" ;;
   esac
 else
   die "$OS_RELEASE is missing: cannot tell which system this is"

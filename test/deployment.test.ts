@@ -512,10 +512,91 @@ describe("the README", () => {
     for (const name of ["REGISTRY_BUCKET", "BUILDER_URL", "BUILDER_SECRET", "TAG_CACHE_SECONDS", "BUILDER_STALE_SECONDS", "BUILD_COORDINATOR"]) {
       expect(deployment).toContain(`| \`${name}\` |`);
     }
-    for (const command of ["npx wrangler r2 bucket create", "deploy/install-builder.sh", "npx wrangler deploy", "npx wrangler secret put BUILDER_SECRET", "docker pull"]) {
-      expect(deployment).toContain(command);
+    expect(readme.split("\n").slice(0, 20).join("\n")).toContain("[deploy/README.md](deploy/README.md)");
+    expect(deployment).toContain("[deploy/README.md](deploy/README.md)");
+  });
+});
+
+describe("the deployment guide, deploy/README.md", () => {
+  const GUIDE = join(PROJECT_ROOT, "deploy/README.md");
+
+  it("walks from an empty account to a pull, in order", async () => {
+    const guide = await readFile(GUIDE, "utf8");
+    const steps = ["npx wrangler r2 bucket create", "deploy/install-builder.sh", "npx wrangler deploy", "npx wrangler secret put BUILDER_SECRET", "docker pull", "npm run smoke"];
+    // Each command is found after the one before it.
+    let from = 0;
+    for (const command of steps) {
+      const at = guide.indexOf(command, from);
+      expect(at, `${command} after position ${from}`).toBeGreaterThanOrEqual(0);
+      from = at + command.length;
     }
   });
+
+  it("uses only wrangler commands and flags the pinned wrangler has", async () => {
+    // Each command line's words, up to a comment or the end of its code span.
+    const lines = [...(await readFile(GUIDE, "utf8")).matchAll(/npx wrangler(.*?)(?=`|#|$)/gm)].map((m) => m[1].trim().split(/\s+/).filter(Boolean));
+    expect(lines.length).toBeGreaterThanOrEqual(5);
+    for (const words of lines) expect(words.length, "an `npx wrangler` with nothing after it on its line").toBeGreaterThan(0);
+
+    // `wrangler <path> --help`, once per path, a few at a time (each starts a Node process, about a second).
+    const env = { ...process.env, WRANGLER_SEND_METRICS: "false", WRANGLER_SEND_ERROR_REPORTS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
+    const helps = new Map<string, Promise<{ code: number; stdout: string; stderr: string }>>();
+    let running = 0;
+    const waiting: (() => void)[] = [];
+    const help = (path: string[]) => {
+      const key = path.join(" ");
+      if (!helps.has(key)) {
+        helps.set(
+          key,
+          (async () => {
+            if (running >= 4) await new Promise<void>((resolve) => waiting.push(resolve));
+            running++;
+            try {
+              return await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), [...path, "--help"], env);
+            } finally {
+              running--;
+              waiting.shift()?.();
+            }
+          })(),
+        );
+      }
+      return helps.get(key)!;
+    };
+    const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+    const problems = (
+      await Promise.all(
+        lines.map(async (words) => {
+          // The subcommand path: the longest run of leading words that each help lists as a command of the one before.
+          const path: string[] = [];
+          for (;;) {
+            const next = words[path.length];
+            const listed = new RegExp(`^\\s+wrangler ${escape([...path, next].join(" "))}(\\s|$)`, "m");
+            if (next === undefined || next.startsWith("-") || !listed.test((await help(path)).stdout)) break;
+            path.push(next);
+          }
+          const command = `wrangler ${words.join(" ")}`;
+          if (path.length === 0) return [`${command}: \`${words[0]}\` is not a wrangler command`];
+          const { code, stdout, stderr } = await help(path);
+          if (code !== 0) return [`wrangler ${path.join(" ")} --help exited ${code}: ${stderr}`];
+          // Help for a path wrangler does not know is its parent's, so the usage line must name the whole path.
+          if (!stdout.startsWith(`wrangler ${path.join(" ")}\n`) && !stdout.startsWith(`wrangler ${path.join(" ")} `)) {
+            return [`wrangler ${path.join(" ")} --help does not describe that command`];
+          }
+          // A group of commands (`r2 bucket`) does nothing itself: a word after it must be one of its commands.
+          if (new RegExp(`^\\s+wrangler ${escape(path.join(" "))} \\S`, "m").test(stdout)) {
+            return [`${command}: \`${words[path.length] ?? ""}\` is not a command of wrangler ${path.join(" ")}`];
+          }
+          return words
+            .filter((word) => word.startsWith("-"))
+            .map((word) => word.split("=")[0])
+            .filter((flag) => !new RegExp(`(^|[\\s,])${escape(flag)}([\\s,]|$)`, "m").test(stdout))
+            .map((flag) => `${command}: wrangler ${path.join(" ")} has no ${flag}`);
+        }),
+      )
+    ).flat();
+    expect(problems).toEqual([]);
+  }, 60_000);
 });
 
 describe("wrangler deploy --dry-run", () => {

@@ -1,6 +1,6 @@
 # NixOS module for the nix-edge-registry builder: the NixOS counterpart of deploy/builder-service.service and
-# deploy/install-builder.sh. Import it from a checkout and set services.nix-edge-registry-builder (README, "The
-# builder on NixOS"). NixOS has nix-daemon already; the service user talks to it like any user, through
+# deploy/install-builder.sh. Import it from a checkout and set services.nix-edge-registry-builder (deploy/README.md,
+# "The builder on NixOS"). NixOS has nix-daemon already; the service user talks to it like any user, through
 # NIX_REMOTE=daemon, so it needs no write access to /nix/store and need not be a trusted user.
 { config, lib, pkgs, ... }:
 
