@@ -13,7 +13,6 @@ import { Miniflare } from "miniflare";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { Digest } from "../common/digest.ts";
 import type { S3StoreConfig } from "../builder-service/config.ts";
-import type { Logger } from "../builder-service/log.ts";
 import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
 import {
   LOCAL_S3_BUCKET_BINDING,
@@ -25,6 +24,7 @@ import {
 } from "../scripts/local-s3-endpoint/options.ts";
 import { startWorkerdDyingWithParent } from "../scripts/workerd-process.ts";
 import { digestOf, writeBlob } from "./support/staged-blobs.ts";
+import { RecordingLogger } from "./support/recording-logger.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const MiB = 1024 * 1024;
@@ -50,13 +50,7 @@ let endpointWorker: LocalS3EndpointWorker;
 let endpoint: string;
 let credentials: LocalS3Credentials;
 let scratch: string;
-let logged: { level: string; event: string; fields: Record<string, unknown> }[] = [];
-
-const log: Logger = {
-  info: (event, fields = {}) => logged.push({ level: "info", event, fields }),
-  warn: (event, fields = {}) => logged.push({ level: "warn", event, fields }),
-  error: (event, fields = {}) => logged.push({ level: "error", event, fields }),
-};
+const log = new RecordingLogger();
 
 let spoolCount = 0;
 async function newStore(overrides: Partial<Omit<S3StoreConfig, "kind">> = {}): Promise<S3BlobStore> {
@@ -195,7 +189,7 @@ afterAll(async () => {
 });
 
 beforeEach(() => {
-  logged = [];
+  log.clear();
 });
 
 describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
@@ -216,7 +210,7 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     expect(served?.contentType).toBe("application/octet-stream");
     // A single PUT: R2's etag is the body's md5, not a multipart etag.
     expect(served?.etag).toBe(createHash("md5").update(bytes).digest("hex"));
-    expect(logged.find((entry) => entry.event === "s3-upload")?.fields.parts).toBe(1);
+    expect(log.entries.find((entry) => entry.event === "s3-upload")?.fields.parts).toBe(1);
 
     expect(await store.stat(digest)).toEqual({ size: bytes.length });
     const whole = await store.read(digest);
@@ -231,9 +225,9 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     expect((await readThroughWorker(keyOf(empty)))?.bytes.length).toBe(0);
     expect(await store.stat(empty)).toEqual({ size: 0 });
     // Committing the same digest again finds it there (HEAD) and uploads nothing.
-    logged = [];
+    log.clear();
     await writeBlob(store, bytes);
-    expect(logged.map((entry) => entry.event)).toContain("s3-blob-present");
+    expect(log.entries.map((entry) => entry.event)).toContain("s3-blob-present");
     store.close();
   });
 
@@ -241,7 +235,7 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     const store = await newStore();
     const bytes = randomBytes(12 * MiB + 4321);
     const digest = await writeBlob(store, bytes);
-    expect(logged.find((entry) => entry.event === "s3-upload")?.fields.parts).toBe(3);
+    expect(log.entries.find((entry) => entry.event === "s3-upload")?.fields.parts).toBe(3);
     const served = await readThroughWorker(keyOf(digest));
     expect(served?.bytes.length).toBe(bytes.length);
     expect(served?.bytes.equals(bytes)).toBe(true);
@@ -423,9 +417,9 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
       const digest = digestOf(bytes);
       await expect(writeBlob(store, bytes)).rejects.toMatchObject({ code: "InvalidArgument" });
       store.close();
-      const aborted = logged.find((entry) => entry.event === "s3-multipart-aborted");
-      expect(aborted, JSON.stringify(logged)).toBeDefined();
-      expect(logged.find((entry) => entry.event === "s3-multipart-abort-failed")).toBeUndefined();
+      const aborted = log.entries.find((entry) => entry.event === "s3-multipart-aborted");
+      expect(aborted, JSON.stringify(log.entries)).toBeDefined();
+      expect(log.entries.find((entry) => entry.event === "s3-multipart-abort-failed")).toBeUndefined();
       expect(await (await bucket()).head(keyOf(digest))).toBeNull();
       expect(await readThroughWorker(keyOf(digest))).toBeNull();
       // The upload itself is gone: completing it now is NoSuchUpload.

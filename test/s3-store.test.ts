@@ -10,22 +10,16 @@ import { builderCacheKey, imageRecordKey, jobRecordKey, manifestKey, recentJobKe
 import type { Digest } from "../common/digest.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import { ConfigError, loadConfig, type S3StoreConfig } from "../builder-service/config.ts";
-import type { Logger } from "../builder-service/log.ts";
 import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
 import { startTestS3, type TestS3 } from "./support/s3-server.ts";
 import { digestOf, writeBlob } from "./support/staged-blobs.ts";
+import { RecordingLogger } from "./support/recording-logger.ts";
 
 const MiB = 1024 * 1024;
 
 let s3: TestS3;
 let scratch: string;
-let logged: { level: string; event: string; fields: Record<string, unknown> }[] = [];
-
-const log: Logger = {
-  info: (event, fields = {}) => logged.push({ level: "info", event, fields }),
-  warn: (event, fields = {}) => logged.push({ level: "warn", event, fields }),
-  error: (event, fields = {}) => logged.push({ level: "error", event, fields }),
-};
+const log = new RecordingLogger();
 
 function storeConfig(overrides: Partial<S3StoreConfig> = {}): Omit<S3StoreConfig, "kind"> {
   return {
@@ -66,7 +60,7 @@ afterAll(async () => {
 
 beforeEach(() => {
   s3.faults.length = 0;
-  logged = [];
+  log.clear();
 });
 
 describe("the S3 blob store", () => {
@@ -113,7 +107,7 @@ describe("the S3 blob store", () => {
     expect(stored && digestOf(stored.bytes)).toBe(digest);
     expect(stored?.contentType).toBe("application/octet-stream");
     expect(await s3.pendingUploads()).toEqual([]);
-    const upload = logged.find((l) => l.event === "s3-upload");
+    const upload = log.entries.find((l) => l.event === "s3-upload");
     expect(upload?.fields).toMatchObject({ digest, size: bytes.length, parts: 3 });
     console.log(`multipart upload of ${(bytes.length / MiB).toFixed(1)} MiB to s3rver (3 parts, 2 at a time): ${seconds.toFixed(2)} s including spooling, ${upload?.fields.mbPerSecond} MB/s for the upload`);
   });
@@ -127,7 +121,7 @@ describe("the S3 blob store", () => {
     await writeBlob(await newStore(), bytes);
     await store.putBytes(digest, bytes);
     expect(requestsFor(key).filter((r) => r.method === "PUT").length).toBe(before);
-    expect(logged.some((l) => l.event === "s3-blob-present" && l.fields.digest === digest)).toBe(true);
+    expect(log.entries.some((l) => l.event === "s3-blob-present" && l.fields.digest === digest)).toBe(true);
   });
 
   it("retries a 503, a connection dropped in the middle of a part, and a body corrupted on the way, then succeeds", async () => {
@@ -148,7 +142,7 @@ describe("the S3 blob store", () => {
     // The front checked the body against its signed sha256 and refused it, as R2 would.
     expect(outcomes("3")).toEqual([400, 200]);
     expect(digestOf((await s3.get(key))!.bytes)).toBe(digest);
-    expect(logged.filter((l) => l.event === "s3-retry")).toHaveLength(3);
+    expect(log.entries.filter((l) => l.event === "s3-retry")).toHaveLength(3);
   });
 
   it("gives up on a request that gets no answer, and tries it again", async () => {
@@ -160,7 +154,7 @@ describe("the S3 blob store", () => {
     const digest = await writeBlob(store, bytes);
     expect(performance.now() - started).toBeGreaterThanOrEqual(500);
     expect(requestsFor(key).filter((r) => r.method === "PUT").map((r) => r.outcome)).toEqual(["dropped", 200]);
-    expect(logged.find((l) => l.event === "s3-retry")?.fields.reason).toMatch(/no answer for 0.5 s/);
+    expect(log.entries.find((l) => l.event === "s3-retry")?.fields.reason).toMatch(/no answer for 0.5 s/);
     expect(digestOf((await s3.get(key))!.bytes)).toBe(digest);
   });
 
@@ -177,7 +171,7 @@ describe("the S3 blob store", () => {
     const aborts = requestsFor(key).filter((r) => r.method === "DELETE" && r.query.uploadId);
     expect(aborts.map((r) => r.outcome)).toEqual([204]);
     expect(await s3.pendingUploads()).toEqual([]);
-    expect(logged.some((l) => l.event === "s3-multipart-aborted" && l.fields.digest === digest)).toBe(true);
+    expect(log.entries.some((l) => l.event === "s3-multipart-aborted" && l.fields.digest === digest)).toBe(true);
     expect(await store.stat(digest)).toBeNull();
   });
 
