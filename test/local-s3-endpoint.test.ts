@@ -3,7 +3,6 @@
 // objects back. One Miniflare for the file: a reader worker (the entry) and the endpoint on its own port.
 import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +24,7 @@ import {
 import { startWorkerdDyingWithParent } from "../scripts/workerd-process.ts";
 import { digestOf, writeBlob } from "./support/staged-blobs.ts";
 import { RecordingLogger } from "./support/recording-logger.ts";
+import { startHttpFront, type HttpFront } from "./support/http-front.ts";
 
 const PROJECT_ROOT = fileURLToPath(new URL("../", import.meta.url));
 const MiB = 1024 * 1024;
@@ -125,37 +125,14 @@ const codeOf = (xml: string) => /<Code>([^<]*)<\/Code>/.exec(xml)?.[1] ?? null;
  * An HTTP front for the endpoint that refuses requests matching `refuse` itself (400 InvalidArgument, which the
  * store does not retry) and forwards the rest untouched (Host included, so signatures still hold).
  */
-async function startRefusingFront(refuse: (method: string, url: URL) => boolean): Promise<{ url: string; close(): Promise<void> }> {
-  const target = new URL(endpoint);
-  const server = http.createServer((request, response) => {
-    const url = new URL(request.url ?? "/", "http://front");
-    if (refuse(request.method ?? "GET", url)) {
-      request.resume();
-      const xml = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code><Message>refused by the test front</Message></Error>`;
-      response.writeHead(400, { "content-type": "application/xml", "content-length": Buffer.byteLength(xml) });
-      response.end(xml);
-      return;
-    }
-    const forwarded = http.request(
-      { host: target.hostname, port: Number(target.port), method: request.method, path: request.url, headers: request.headers },
-      (answer) => {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-      },
-    );
-    forwarded.on("error", () => response.destroy());
-    request.pipe(forwarded);
+async function startRefusingFront(refuse: (method: string, url: URL) => boolean): Promise<HttpFront> {
+  return startHttpFront(endpoint, (request, response, forward) => {
+    if (!refuse(request.method ?? "GET", new URL(request.url ?? "/", "http://front"))) return forward();
+    request.resume();
+    const xml = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code><Message>refused by the test front</Message></Error>`;
+    response.writeHead(400, { "content-type": "application/xml", "content-length": Buffer.byteLength(xml) });
+    response.end(xml);
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
 }
 
 beforeAll(async () => {

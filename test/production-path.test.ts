@@ -10,8 +10,6 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtemp, stat } from "node:fs/promises";
-import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,6 +19,7 @@ import { builderStatus } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, type Builder } from "../scripts/local-stack.ts";
 import { withWorkerR2 } from "./support/local-r2.ts";
 import { pullAndUnpack, runInRootfs, startTestStack, TEST_PKGS, type LogEntry, type TestStack } from "./support/stack.ts";
+import { startHttpFront } from "./support/http-front.ts";
 
 const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -62,11 +61,10 @@ interface S3Recorder {
 }
 
 async function startS3Recorder(target: string, bucket: string): Promise<S3Recorder> {
-  const upstream = new URL(target);
   const calls: S3Call[] = [];
   const drop: S3Recorder["drop"] = [];
   let clock = 0;
-  const server = http.createServer((incoming, response) => {
+  const front = await startHttpFront(target, (incoming, _response, forward) => {
     const url = new URL(incoming.url ?? "/", "http://proxy");
     const path = decodeURIComponent(url.pathname);
     const call: S3Call = {
@@ -88,32 +86,13 @@ async function startS3Recorder(target: string, bucket: string): Promise<S3Record
       incoming.resume();
       return;
     }
-    const forward = http.request(
-      { host: upstream.hostname, port: Number(upstream.port), method: incoming.method, path: incoming.url, headers: incoming.headers },
-      (answer) => {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-        answer.on("end", () => {
-          call.status = answer.statusCode ?? 0;
-          call.answered = ++clock;
-          call.answeredAtMs = Date.now();
-        });
-      },
-    );
-    forward.on("error", () => incoming.socket.destroy());
-    incoming.pipe(forward);
+    forward((status) => {
+      call.status = status;
+      call.answered = ++clock;
+      call.answeredAtMs = Date.now();
+    });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    calls,
-    drop,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return { endpoint: front.url, calls, drop, close: front.close };
 }
 
 // ---------------------------------------------------------------------------------------------------------------

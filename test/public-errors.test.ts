@@ -8,14 +8,13 @@
 // the worker's signature, and a bucket that refuses the builder (a proxy in front of the stack's S3 endpoint answers
 // 403 AccessDenied on demand, as R2 does for a token without write access) while an image is built and while a job
 // is submitted; then the build records /api/builds shows for those failed jobs.
-import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { OCI_MANIFEST } from "../common/media-types.ts";
 import { builderStatus } from "../scripts/builder-calls.ts";
 import { PROJECT_ROOT, startBuilder, type Builder } from "../scripts/local-stack.ts";
 import { startTestStack, TEST_PKGS, type LogEntry, type TestStack } from "./support/stack.ts";
+import { startHttpFront } from "./support/http-front.ts";
 
 const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const ZERO_DIGEST = `sha256:${"0".repeat(64)}`;
@@ -55,37 +54,20 @@ interface RefusingS3Proxy {
 const ACCESS_DENIED = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>';
 
 async function startRefusingS3Proxy(target: string, bucket: string): Promise<RefusingS3Proxy> {
-  const upstream = new URL(target);
   const proxy: RefusingS3Proxy = { endpoint: "", seen: [], refuse: null, close: async () => undefined };
-  const server = http.createServer((incoming, response) => {
+  const front = await startHttpFront(target, (incoming, response, forward) => {
     const path = decodeURIComponent(new URL(incoming.url ?? "/", "http://proxy").pathname);
     const key = path.startsWith(`/${bucket}/`) ? path.slice(bucket.length + 2) : path;
     proxy.seen.push(`${incoming.method} ${key}`);
-    if (proxy.refuse?.(incoming.method ?? "GET", key)) {
-      incoming.resume();
-      incoming.on("end", () => {
-        response.writeHead(403, { "content-type": "application/xml", "content-length": String(ACCESS_DENIED.length) });
-        response.end(ACCESS_DENIED);
-      });
-      return;
-    }
-    const forward = http.request(
-      { host: upstream.hostname, port: Number(upstream.port), method: incoming.method, path: incoming.url, headers: incoming.headers },
-      (answer) => {
-        response.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(response);
-      },
-    );
-    forward.on("error", () => incoming.socket.destroy());
-    incoming.pipe(forward);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  proxy.endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  proxy.close = () =>
-    new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
+    if (!proxy.refuse?.(incoming.method ?? "GET", key)) return forward();
+    incoming.resume();
+    incoming.on("end", () => {
+      response.writeHead(403, { "content-type": "application/xml", "content-length": String(ACCESS_DENIED.length) });
+      response.end(ACCESS_DENIED);
     });
+  });
+  proxy.endpoint = front.url;
+  proxy.close = front.close;
   return proxy;
 }
 
