@@ -9,7 +9,7 @@ import { BuildJobs } from "./jobs.ts";
 import { jsonLogger, type Logger } from "./log.ts";
 import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
-import { nixConfig, NixSettingsError, probeNix } from "./nix-settings.ts";
+import { nixConfig, NixSettingsError, probeNix, probeNixSandbox, sandboxReport } from "./nix-settings.ts";
 import { loadPopularity } from "./popularity.ts";
 import { cachedReadiness } from "./readiness.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
@@ -139,6 +139,8 @@ async function main(): Promise<void> {
   }
   // Builds for a system Nix can't build here (arm64/... on x86_64) fail with a message saying what to configure.
   const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nix.timeoutSeconds, env: nixEnv });
+  // Not a reason to refuse to start (some hosts cannot sandbox), but something the operator must see.
+  const sandbox = sandboxReport(await probeNixSandbox(nixEnv));
   const compatibility = new LatestCompatibility(source, nix, log);
   if (checkOnly) {
     let requirement: string;
@@ -154,8 +156,9 @@ async function main(): Promise<void> {
       requirement = `not checked against the package set: ${(error as Error).message}`;
     }
     console.log(
-      `builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${nixVersion}, ${requirement}`,
+      `builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${nixVersion}, ${requirement}; ${sandbox.text}`,
     );
+    if (!sandbox.ok) console.error(`builder-service: warning: Nix's ${sandbox.text}`);
     process.exit(0);
   }
   // The first check of `latest` before serving, so /ready is right from the start; a slow one goes on meanwhile.
@@ -164,6 +167,7 @@ async function main(): Promise<void> {
     return null;
   });
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
+  if (!sandbox.ok) log.warn("nix-sandbox-off", { problem: sandbox.text });
   const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const admission = new BuildAdmission(config.admission, config.nix.maxJobs === 0);
   const builder = new ImageBuilder({ store, source, nix, log, admission, layerBudget: config.layerBudget, popularity });

@@ -172,3 +172,46 @@ export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Prom
   if (typeof version !== "string") throw new NixSettingsError(`Nix printed no version: ${stdout.slice(0, 100)}`);
   return { version };
 }
+
+/** Whether Nix isolates builds: "true", "false" or "relaxed", as Nix's `sandbox` setting says; null if unknown. */
+export type SandboxSetting = "true" | "false" | "relaxed";
+
+/**
+ * Nix's effective `sandbox` setting for the builder's commands (nix.conf, then NIX_CONFIG). Through the daemon
+ * it is the daemon's nix.conf that counts, which `show-config` reads too. Null when Nix does not say.
+ */
+export async function probeNixSandbox(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<SandboxSetting | null> {
+  try {
+    // `show-config` exists from Nix 2.4 on (Nix 2.20 renamed it `config show` and kept the old name).
+    const { code, stdout } = await runCommand("nix", ["--extra-experimental-features", "nix-command", "show-config"], {
+      label: "nix show-config",
+      timeoutMs,
+      env,
+    });
+    if (code !== 0) return null;
+    const value = /^sandbox = (\S+)$/m.exec(stdout)?.[1];
+    return value === "true" || value === "false" || value === "relaxed" ? value : null;
+  } catch (error) {
+    if (error instanceof CommandTimeoutError || error instanceof CommandNotFoundError) return null;
+    throw error;
+  }
+}
+
+/** What the sandbox setting means for the builder's builds, and what to do when it is off. */
+export function sandboxReport(setting: SandboxSetting | null): { ok: boolean; text: string } {
+  switch (setting) {
+    case "true":
+      return { ok: true, text: "sandbox on" };
+    case "relaxed":
+      return { ok: false, text: "sandbox relaxed: derivations marked __noChroot build outside it; set sandbox = true in /etc/nix/nix.conf and restart nix-daemon" };
+    case "false":
+      return {
+        ok: false,
+        text:
+          "sandbox OFF: package builds see the network and the host's files (Debian's nix.conf ships sandbox = false); " +
+          "set sandbox = true in /etc/nix/nix.conf and restart nix-daemon (deploy/install-builder.sh does this where the sandbox works)",
+      };
+    default:
+      return { ok: false, text: "sandbox unknown: `nix show-config` did not say; check that nix.conf has sandbox = true" };
+  }
+}

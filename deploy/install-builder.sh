@@ -15,6 +15,9 @@
 #      - Debian 12, Ubuntu 22.04 and older, other Debian-like systems: their Nix is older than 2.18 (or
 #        unknown), so the upstream multi-user installer (https://nixos.org/nix/install --daemon; curl and
 #        xz-utils come from apt first), which installs into /nix/var/nix/profiles/default with nix-daemon units.
+#      Nix's sandbox is turned on (sandbox = true in /etc/nix/nix.conf; Debian's package ships sandbox = false)
+#      once a sandboxed test build through the daemon shows that it works on this host; where it does not (some
+#      containers), the script warns and leaves it off.
 #   3. creates the system user nix-builder (home /var/lib/nix-edge-registry) and lets it use the daemon
 #      (group nix-users, and allowed-users in /etc/nix/nix.conf when that setting restricts users);
 #   4. copies this project to PREFIX (default /opt/nix-edge-registry), owned by root, and runs npm ci --omit=dev
@@ -31,6 +34,7 @@
 #   --os-release FILE   read FILE instead of /etc/os-release (which system this is)
 #   --nix-build FILE    take FILE as the installed nix-build (its --version, and the package owning it);
 #                       --nix-build none: as if no Nix were installed
+#   --nix-conf FILE     read FILE instead of /etc/nix/nix.conf (the sandbox setting)
 set -euo pipefail
 
 PREFIX=/opt/nix-edge-registry
@@ -50,6 +54,7 @@ NIX_MIN_MINOR=18
 NIX_MIN=$NIX_MIN_MAJOR.$NIX_MIN_MINOR
 NIX_PROFILE_BIN=/nix/var/nix/profiles/default/bin
 NIX_INSTALLER_URL=https://nixos.org/nix/install
+NIX_CONF=/etc/nix/nix.conf
 
 usage() {
   # The comment block at the top of this file.
@@ -66,6 +71,8 @@ while [ $# -gt 0 ]; do
     --os-release=*) OS_RELEASE=${1#--os-release=}; TEST_OPTION=--os-release ;;
     --nix-build) NIX_BUILD_PROBE=${2:?--nix-build needs a file or none}; TEST_OPTION=--nix-build; shift ;;
     --nix-build=*) NIX_BUILD_PROBE=${1#--nix-build=}; TEST_OPTION=--nix-build ;;
+    --nix-conf) NIX_CONF=${2:?--nix-conf needs a file}; TEST_OPTION=--nix-conf; shift ;;
+    --nix-conf=*) NIX_CONF=${1#--nix-conf=}; TEST_OPTION=--nix-conf ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install-builder.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -295,6 +302,41 @@ elif [ "$DRY_RUN" = 1 ]; then
 else
   die "Nix is installed but no nix-daemon unit was found; the builder's user needs nix-daemon (apt-get install nix-setup-systemd, or the upstream installer in multi-user mode)"
 fi
+
+# Nix's sandbox: builds of nixpkgs then see neither the network (except fixed-output fetches) nor the host's
+# files, only their declared inputs. Nix's default on Linux is on; Debian's nix.conf turns it off.
+sandbox_setting=
+if [ -f "$NIX_CONF" ]; then
+  sandbox_setting=$(sed -n -E 's/^[[:space:]]*sandbox[[:space:]]*=[[:space:]]*([a-z]+)[[:space:]]*$/\1/p' "$NIX_CONF" | tail -n 1)
+elif [ "$DRY_RUN" = 1 ] && [ "$installed_nix" = 1 ] && [ "$nix_way" = apt ]; then
+  sandbox_setting=false # what the distribution's nix.conf, not installed in a dry run, will say
+  sandbox_source="the distribution's nix.conf will say sandbox = false"
+fi
+case "${sandbox_setting:-default}" in
+  true) say "Nix's sandbox is on (sandbox = true in $NIX_CONF)" ;;
+  default) say "Nix's sandbox is on (the default: $NIX_CONF does not set it)" ;;
+  *)
+    if [ "$DRY_RUN" = 1 ]; then
+      printf '    would check: a one-step build with --option sandbox true through nix-daemon (Nix'"'"'s sandbox works here)\n'
+      printf '    would set: sandbox = true in %s (%s), then restart nix-daemon\n' "$NIX_CONF" "${sandbox_source:-it says sandbox = $sandbox_setting}"
+    else
+      # builtin:buildenv needs no shell or store path, so the build tests the sandbox itself; currentTime makes
+      # it a new derivation on every run.
+      check_nix=$(mktemp --suffix=.nix)
+      echo 'derivation { name = "sandbox-check"; system = builtins.currentSystem; builder = "builtin:buildenv"; derivations = ""; manifest = "none"; nonce = toString builtins.currentTime; }' > "$check_nix"
+      if sandbox_out=$(NIX_REMOTE=daemon "$(dirname "$nix_build")/nix-build" --no-out-link --option sandbox true \
+        --option sandbox-fallback false --option substituters '' "$check_nix" 2>&1); then
+        rm -f "$check_nix"
+        say "Nix's sandbox works here: setting sandbox = true in $NIX_CONF (it said sandbox = $sandbox_setting)"
+        sed -i -E 's/^([[:space:]]*sandbox[[:space:]]*=).*$/\1 true/' "$NIX_CONF"
+        systemctl restart nix-daemon.service
+      else
+        rm -f "$check_nix"
+        warn "Nix's sandbox does not work on this host, so it stays off (sandbox = $sandbox_setting in $NIX_CONF) and package builds can see the network and the host's files. A sandboxed test build said: $(printf '%s\n' "$sandbox_out" | grep -m1 'error' || printf '%s\n' "$sandbox_out" | tail -n 1). A VM (not a container) with user and mount namespaces allows it."
+      fi
+    fi
+    ;;
+esac
 
 # --- 3. the service user ----------------------------------------------------------------------------------------
 say "service user $SERVICE_USER"

@@ -61,6 +61,8 @@ async function dryRunUnderNode(version: string, ...args: string[]) {
     const shim = `#!/bin/sh\ncase "$*" in\n  "-p process.versions.node") echo ${version} ;;\n  --version) echo v${version} ;;\n  *) exec ${process.execPath} "$@" ;;\nesac\n`;
     await writeFile(join(dir, "node"), shim, { mode: 0o755 });
   }
+  // This machine's own nix.conf stays out of it unless a test names one.
+  if (!args.includes("--nix-conf")) args = [...args, "--nix-conf", join(scratch, "no-nix.conf")];
   return run("bash", [INSTALLER, "--dry-run", ...args], { ...process.env, PATH: `${dir}:${installerPath}` });
 }
 
@@ -98,6 +100,18 @@ describe("the builder-service command", () => {
     const store = `S3 bucket ${bucket.s3Env.S3_BUCKET} at ${bucket.s3Env.S3_ENDPOINT}`;
     expect(stdout).toContain(`configuration OK\n  store:  ${store}\n`);
     expect(stdout).toMatch(/\n {2}source: .*\n {2}nix: {4}2\.\d+\S*, new enough for the package set `latest` serves/);
+  });
+
+  it("--check reports Nix's sandbox, and warns with what to do when it is off (Debian's nix.conf turns it off)", async () => {
+    const on = await run(WRAPPER, ["--check"], { ...goodEnv("data-sandbox"), NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = true` });
+    expect(on.code).toBe(0);
+    expect(on.stdout).toMatch(/\n {2}nix: {4}2\.\d+\S*, new enough .*; sandbox on\n/);
+    expect(on.stderr).not.toContain("warning");
+    const off = await run(WRAPPER, ["--check"], { ...goodEnv("data-sandbox"), NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = false` });
+    expect(off.code).toBe(0);
+    expect(off.stdout).toContain("sandbox OFF");
+    expect(off.stderr).toContain("builder-service: warning: Nix's sandbox OFF: package builds see the network");
+    expect(off.stderr).toContain("set sandbox = true in /etc/nix/nix.conf and restart nix-daemon");
   });
 
   it("--check stops with exit 2 on a Nix setting that is wrong or that Nix refuses, naming the variable", async () => {
@@ -234,7 +248,8 @@ describe("the install script", () => {
     expect(help.stdout).toContain("--os-release FILE   read FILE instead of /etc/os-release");
     expect(help.stdout).toContain("--nix-build none: as if no Nix were installed");
     expect(help.stdout).not.toContain("set -euo pipefail");
-    for (const option of [["--os-release", "/etc/os-release"], ["--nix-build", "none"]]) {
+    expect(help.stdout).toContain("--nix-conf FILE     read FILE instead of /etc/nix/nix.conf");
+    for (const option of [["--os-release", "/etc/os-release"], ["--nix-build", "none"], ["--nix-conf", "/etc/nix/nix.conf"]]) {
       const { code, stderr } = await run("bash", [INSTALLER, ...option]);
       expect(code).toBe(2);
       expect(stderr).toContain(`${option[0]} is for testing and works only with --dry-run`);
@@ -382,6 +397,46 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
     expect(stdout).toContain(`==> Nix 2.24.9 is installed (${nixBuild}): 2.18 or later, kept\n`);
     for (const line of [APT_NIX, UPSTREAM_TOOLS, "nixos.org/nix/install", "would check:"]) expect(stdout).not.toContain(line);
     expect(stdout).toContain("==> dry run: nothing was changed\n");
+  });
+
+  describe("turns Nix's sandbox on where it is off, once a sandboxed build shows it works", () => {
+    const SANDBOX_CHECK = "    would check: a one-step build with --option sandbox true through nix-daemon (Nix's sandbox works here)\n";
+    const nixConf = async (name: string, text: string) => {
+      const file = join(scratch, name);
+      await writeFile(file, text);
+      return file;
+    };
+
+    it("with the distribution's Nix, whose nix.conf says sandbox = false", async () => {
+      const conf = join(scratch, "absent-nix.conf");
+      const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 13"), "--nix-build", "none", "--nix-conf", conf);
+      expect(stderr).toBe("");
+      expect(code).toBe(0);
+      const check = stdout.indexOf(SANDBOX_CHECK);
+      expect(check).toBeGreaterThan(stdout.indexOf("would run: systemctl enable --now nix-daemon"));
+      expect(stdout.slice(check)).toContain(
+        `    would set: sandbox = true in ${conf} (the distribution's nix.conf will say sandbox = false), then restart nix-daemon\n`,
+      );
+    });
+
+    it("with a kept Nix whose nix.conf says sandbox = false", async () => {
+      const conf = await nixConf("off-nix.conf", "# see https://nixos.org/nix/manual/#sec-conf-file\nsandbox = false\n");
+      const { code, stdout } = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", await fakeNixBuild("2.24.9"), "--nix-conf", conf);
+      expect(code).toBe(0);
+      expect(stdout).toContain(SANDBOX_CHECK);
+      expect(stdout).toContain(`    would set: sandbox = true in ${conf} (it says sandbox = false), then restart nix-daemon\n`);
+    });
+
+    it("and leaves it alone where it is on, by nix.conf or by Nix's default", async () => {
+      const nixBuild = await fakeNixBuild("2.24.9");
+      const on = await nixConf("on-nix.conf", "sandbox = true\n");
+      const onRun = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild, "--nix-conf", on);
+      expect(onRun.stdout).toContain(`==> Nix's sandbox is on (sandbox = true in ${on})\n`);
+      const unset = await nixConf("unset-nix.conf", "build-users-group = nixbld\n");
+      const unsetRun = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild, "--nix-conf", unset);
+      expect(unsetRun.stdout).toContain(`==> Nix's sandbox is on (the default: ${unset} does not set it)\n`);
+      for (const { stdout } of [onRun, unsetRun]) expect(stdout).not.toContain("would set: sandbox");
+    });
   });
 
   it("stops at an older Nix from another source, and says how to upgrade it", async () => {
