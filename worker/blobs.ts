@@ -3,6 +3,7 @@
 import type { IRequest } from "itty-router";
 import type { Digest } from "../common/digest.ts";
 import { parseRange, satisfyRange, type RangeSpec } from "../common/http-range.ts";
+import { blobRedirect } from "./blob-redirect.ts";
 import type { Env } from "./env.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
 import {
@@ -93,6 +94,9 @@ export async function handleBlob(request: IRequest, env: Env): Promise<Response>
   if (method === "GET" && ifNoneMatchHits(request, etagOf(digest)) && (await storage.headBlob(hex))) {
     return emptyResponse(304, { "Docker-Content-Digest": digest, ETag: etagOf(digest), "Cache-Control": IMMUTABLE_CACHE_CONTROL });
   }
+  // Large blobs may be fetched from the bucket directly (off unless BLOB_REDIRECT_MIN_BYTES is set).
+  const redirect = await blobRedirect(request, env, digest, async () => (await storage.headBlob(hex))?.size ?? null);
+  if (redirect) return redirect;
   const range = effectiveRange(request, digest);
   return (await serveFromR2(request, storage, digest, hex, range)) ?? blobUnknown(method, digest);
 }

@@ -2,11 +2,13 @@
 // Miniflare runs it next to the registry worker, bound to the same R2 bucket, so the builder's S3 blob store
 // (builder-service/s3-store.ts) writes into the very bucket the registry worker serves from.
 //
-// It speaks the subset of the S3 REST API (path style, /<bucket>/<key>) that the builder uses:
+// It speaks the subset of the S3 REST API (path style, /<bucket>/<key>) that the builder uses, and the presigned
+// GET the registry worker's blob redirect sends clients to (worker/blob-redirect.ts):
 //
 //   PUT    /<bucket>/<key>                          PutObject (Content-Type, Content-MD5, x-amz-meta-*)
 //   HEAD   /<bucket>/<key>                          HeadObject
 //   GET    /<bucket>/<key>                          GetObject, Range: bytes=a-b | a- | -n (206 + Content-Range)
+//   GET|HEAD /<bucket>/<key>?X-Amz-Algorithm=...    the same, authenticated by a presigned URL
 //   DELETE /<bucket>/<key>                          DeleteObject (204)
 //   POST   /<bucket>/<key>?uploads                  CreateMultipartUpload (XML with the UploadId)
 //   PUT    /<bucket>/<key>?partNumber=N&uploadId=U  UploadPart (ETag header)
@@ -14,12 +16,15 @@
 //   DELETE /<bucket>/<key>?uploadId=U               AbortMultipartUpload (204)
 //   GET|HEAD /                                      200, unauthenticated: a readiness probe
 //
-// Everything else is 501 NotImplemented: listings, copies, conditional requests, presigned URLs, aws-chunked
-// bodies. As R2 and S3 do, it
-//   - checks SigV4 (the Authorization header form): the request is signed again with the configured secret
-//     (aws4fetch's signer, the received x-amz-date, exactly the headers named in SignedHeaders) and the
-//     signatures compared: wrong key 403 InvalidAccessKeyId, wrong signature 403 SignatureDoesNotMatch,
-//     unsigned 403 AccessDenied; another bucket 404 NoSuchBucket;
+// Everything else is 501 NotImplemented: listings, copies, conditional requests, presigned URLs for other
+// methods, aws-chunked bodies. As R2 and S3 do, it
+//   - checks SigV4 in both its forms, the Authorization header and the presigned URL (X-Amz-Algorithm,
+//     -Credential, -Date, -Expires, -SignedHeaders and -Signature in the query, payload UNSIGNED-PAYLOAD): the
+//     request is signed again with the configured secret (aws4fetch's signer, the received date, exactly the
+//     headers named in SignedHeaders) and the signatures compared: wrong key 403 InvalidAccessKeyId, wrong
+//     signature 403 SignatureDoesNotMatch, unsigned 403 AccessDenied; a presigned URL past X-Amz-Date +
+//     X-Amz-Expires 403 AccessDenied "Request has expired", X-Amz-Expires over a week 400
+//     AuthorizationQueryParametersError, both forms at once 400 InvalidArgument; another bucket 404 NoSuchBucket;
 //   - checks bodies against their signed x-amz-content-sha256 (400 XAmzContentSHA256Mismatch) and Content-MD5
 //     (400 BadDigest): a PutObject's sha256 goes to R2's put, which refuses a body that doesn't match (the
 //     binding takes one hash only: the md5 is checked on the way); an UploadPart's body is hashed on the way to
@@ -62,6 +67,8 @@ class S3Failure extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** More elements of the error document, as S3 adds them (an expired URL's Expires and ServerTime). */
+    readonly extra: Record<string, string> = {},
   ) {
     super(message);
   }
@@ -81,7 +88,10 @@ function xmlResponse(status: number, xml: string, headers: Headers = new Headers
 }
 
 function errorResponse(method: string, failure: S3Failure): Response {
-  const xml = `<Error><Code>${escapeXml(failure.code)}</Code><Message>${escapeXml(failure.message)}</Message></Error>`;
+  const extra = Object.entries(failure.extra)
+    .map(([name, value]) => `<${name}>${escapeXml(value)}</${name}>`)
+    .join("");
+  const xml = `<Error><Code>${escapeXml(failure.code)}</Code><Message>${escapeXml(failure.message)}</Message>${extra}</Error>`;
   const response = xmlResponse(failure.status, xml);
   // HEAD answers carry no body, as S3's don't.
   return method === "HEAD" ? new Response(null, { status: failure.status, headers: response.headers }) : response;
@@ -115,15 +125,39 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 // --- authentication ----------------------------------------------------------------------------------------------
 
 const AUTHORIZATION = /^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-f]{64})$/;
+/** The parameters of a presigned URL (query-string authentication), as S3 names them when one is missing. */
+const QUERY_AUTH_PARAMS = ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Expires"];
+/** S3's longest validity of a presigned URL (seven days). */
+const MAX_PRESIGNED_EXPIRES_SECONDS = 604_800;
 
-/** Checks the request's SigV4 signature (Authorization header form) against the configured credentials. */
+/** What both forms of SigV4 carry: who signed, when, for which scope, which headers, and the signature. */
+interface SignedRequest {
+  credential: string;
+  amzDate: string;
+  signedHeadersText: string;
+  signature: string;
+}
+
+const isPresigned = (url: URL) => QUERY_AUTH_PARAMS.some((name) => url.searchParams.has(name));
+
+/**
+ * Checks the request's SigV4 signature against the configured credentials, in either form S3 takes: the
+ * Authorization header, or a presigned URL (query-string authentication, GET and HEAD only here).
+ */
 async function authenticate(request: Request, url: URL, env: Env): Promise<void> {
   const authorization = request.headers.get("authorization");
-  if (authorization === null) {
-    if (url.searchParams.has("X-Amz-Signature") || url.searchParams.has("X-Amz-Credential")) {
-      throw notImplemented("Query-string authentication (a presigned URL)");
+  if (isPresigned(url)) {
+    if (authorization !== null) {
+      throw new S3Failure(
+        400,
+        "InvalidArgument",
+        "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+      );
     }
-    throw new S3Failure(403, "AccessDenied", "Access Denied: the request is not signed (SigV4 in the Authorization header)");
+    return authenticateQuery(request, url, env);
+  }
+  if (authorization === null) {
+    throw new S3Failure(403, "AccessDenied", "Access Denied: the request is not signed (SigV4 in the Authorization header or a presigned URL)");
   }
   const match = AUTHORIZATION.exec(authorization.trim());
   if (!match) {
@@ -134,61 +168,170 @@ async function authenticate(request: Request, url: URL, env: Env): Promise<void>
     );
   }
   const [, credential, signedHeadersText, signature] = match;
-  const scope = credential.split("/");
-  if (scope.length !== 5) throw new S3Failure(400, "AuthorizationHeaderMalformed", `The credential ${credential} is malformed`);
-  const [accessKeyId, scopeDate, region, service, terminator] = scope;
-  if (accessKeyId !== env.S3_ACCESS_KEY_ID) {
-    throw new S3Failure(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.");
-  }
-  if (service !== "s3" || terminator !== "aws4_request") {
-    throw new S3Failure(400, "AuthorizationHeaderMalformed", `The credential scope ${scope.slice(1).join("/")} is not <date>/<region>/s3/aws4_request`);
-  }
-  if (!R2_REGIONS.has(region)) {
-    throw new S3Failure(400, "AuthorizationHeaderMalformed", `The authorization header is malformed; the region '${region}' is wrong; expecting 'auto'`);
-  }
   const amzDate = request.headers.get("x-amz-date");
-  const dateMatch = amzDate === null ? null : /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
-  if (amzDate === null || dateMatch === null) {
-    throw new S3Failure(403, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header");
-  }
-  if (amzDate.slice(0, 8) !== scopeDate) {
-    throw new S3Failure(400, "AuthorizationHeaderMalformed", `Invalid credential date ${scopeDate}: it must be the date of x-amz-date ${amzDate}`);
-  }
-  const [, y, mo, d, h, mi, s] = dateMatch.map(Number);
-  const signedAt = Date.UTC(y, mo - 1, d, h, mi, s);
+  const signed = { credential, signedHeadersText, signature, amzDate: amzDate ?? "" };
+  const { accessKeyId, region } = checkScope(signed, env, "AuthorizationHeaderMalformed");
+  const signedAt = parseAmzDate(amzDate);
+  checkScopeDate(signed, "AuthorizationHeaderMalformed");
   if (Math.abs(Date.now() - signedAt) > MAX_CLOCK_SKEW_MS) {
     throw new S3Failure(403, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large.");
   }
-  const signedHeaders = signedHeadersText.split(";");
-  const unsigned = [...request.headers.keys()].filter((name) => name.startsWith("x-amz-") && !signedHeaders.includes(name));
-  if (unsigned.length > 0) {
-    throw new S3Failure(403, "AccessDenied", `There were headers present in the request which were not signed: ${unsigned.join(", ")}`);
-  }
+  checkNoUnsignedAmzHeaders(request, signedHeadersText);
   if (!request.headers.has("x-amz-content-sha256")) {
     throw new S3Failure(400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256");
   }
   // Sign the request again as the client should have: same method, URL, date and signed headers (host is taken
   // from the URL, which workerd builds from the Host header), this endpoint's secret.
-  const headers = new Headers();
-  for (const name of signedHeaders) {
-    const value = request.headers.get(name);
-    if (name !== "host" && value !== null) headers.set(name, value);
-  }
   const signer = new AwsV4Signer({
     method: request.method,
     url: request.url,
-    headers,
+    headers: signedHeaderValues(request, signedHeadersText),
     accessKeyId,
     secretAccessKey: env.S3_SECRET_ACCESS_KEY,
     service: "s3",
     region,
-    datetime: amzDate,
+    datetime: signed.amzDate,
     allHeaders: true,
     cache: signingKeys,
   });
+  await compareSignatures(signer, signed);
+}
+
+/**
+ * A presigned URL: the X-Amz-* parameters instead of the Authorization header, the payload UNSIGNED-PAYLOAD, and a
+ * validity of X-Amz-Expires seconds from X-Amz-Date (past it: 403 AccessDenied "Request has expired", as S3 says).
+ */
+async function authenticateQuery(request: Request, url: URL, env: Env): Promise<void> {
+  const params = url.searchParams;
+  if (QUERY_AUTH_PARAMS.some((name) => !params.has(name))) {
+    throw new S3Failure(
+      400,
+      "AuthorizationQueryParametersError",
+      "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.",
+    );
+  }
+  if (params.get("X-Amz-Algorithm") !== "AWS4-HMAC-SHA256") {
+    throw new S3Failure(400, "AuthorizationQueryParametersError", 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"');
+  }
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    throw notImplemented(`A presigned ${request.method} (presigned URLs are taken for GET and HEAD)`);
+  }
+  const signed: SignedRequest = {
+    credential: params.get("X-Amz-Credential")!,
+    amzDate: params.get("X-Amz-Date")!,
+    signedHeadersText: params.get("X-Amz-SignedHeaders")!,
+    signature: params.get("X-Amz-Signature")!,
+  };
+  const { accessKeyId, region } = checkScope(signed, env, "AuthorizationQueryParametersError");
+  const signedAt = parseAmzDate(signed.amzDate);
+  checkScopeDate(signed, "AuthorizationQueryParametersError");
+  const expiresText = params.get("X-Amz-Expires")!;
+  if (!/^\d+$/.test(expiresText)) {
+    throw new S3Failure(400, "AuthorizationQueryParametersError", "X-Amz-Expires should be a number");
+  }
+  const expires = Number(expiresText);
+  if (expires > MAX_PRESIGNED_EXPIRES_SECONDS) {
+    throw new S3Failure(
+      400,
+      "AuthorizationQueryParametersError",
+      `X-Amz-Expires must be less than a week (in seconds) that is ${MAX_PRESIGNED_EXPIRES_SECONDS}`,
+    );
+  }
+  if (!signed.signedHeadersText.split(";").includes("host")) {
+    throw new S3Failure(400, "AuthorizationQueryParametersError", "X-Amz-SignedHeaders must include host");
+  }
+  const now = Date.now();
+  if (signedAt - now > MAX_CLOCK_SKEW_MS) throw new S3Failure(403, "AccessDenied", "Request is not valid yet");
+  if (now > signedAt + expires * 1000) {
+    throw new S3Failure(403, "AccessDenied", "Request has expired", {
+      "X-Amz-Expires": expiresText,
+      Expires: new Date(signedAt + expires * 1000).toISOString(),
+      ServerTime: new Date(now).toISOString(),
+    });
+  }
+  checkNoUnsignedAmzHeaders(request, signed.signedHeadersText);
+  // Sign the URL again without its signature: aws4fetch's signer puts back the same X-Amz-* parameters (it sets
+  // Algorithm, Credential, Date and SignedHeaders from what it is given, and keeps Expires), sorts the query and
+  // signs UNSIGNED-PAYLOAD, as S3 does for query-string authentication.
+  const unsigned = new URL(request.url);
+  unsigned.searchParams.delete("X-Amz-Signature");
+  const signer = new AwsV4Signer({
+    method: request.method,
+    url: unsigned.toString(),
+    headers: signedHeaderValues(request, signed.signedHeadersText),
+    accessKeyId,
+    secretAccessKey: env.S3_SECRET_ACCESS_KEY,
+    service: "s3",
+    region,
+    datetime: signed.amzDate,
+    signQuery: true,
+    allHeaders: true,
+    cache: signingKeys,
+  });
+  await compareSignatures(signer, signed);
+}
+
+/** The access key and region of a credential scope (<key>/<date>/<region>/s3/aws4_request), checked as R2 checks them. */
+function checkScope(
+  signed: SignedRequest,
+  env: Env,
+  malformed: "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError",
+): { accessKeyId: string; region: string } {
+  const scope = signed.credential.split("/");
+  if (scope.length !== 5) throw new S3Failure(400, malformed, `The credential ${signed.credential} is malformed`);
+  const [accessKeyId, , region, service, terminator] = scope;
+  if (accessKeyId !== env.S3_ACCESS_KEY_ID) {
+    throw new S3Failure(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.");
+  }
+  if (service !== "s3" || terminator !== "aws4_request") {
+    throw new S3Failure(400, malformed, `The credential scope ${scope.slice(1).join("/")} is not <date>/<region>/s3/aws4_request`);
+  }
+  if (!R2_REGIONS.has(region)) {
+    const what = malformed === "AuthorizationHeaderMalformed" ? "The authorization header is malformed" : "Error parsing the X-Amz-Credential parameter";
+    throw new S3Failure(400, malformed, `${what}; the region '${region}' is wrong; expecting 'auto'`);
+  }
+  return { accessKeyId, region };
+}
+
+/** The scope's date must be the signature's (x-amz-date or X-Amz-Date). */
+function checkScopeDate(signed: SignedRequest, malformed: "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError"): void {
+  const scopeDate = signed.credential.split("/")[1];
+  if (signed.amzDate.slice(0, 8) !== scopeDate) {
+    throw new S3Failure(400, malformed, `Invalid credential date ${scopeDate}: it must be the date of x-amz-date ${signed.amzDate}`);
+  }
+}
+
+/** An x-amz-date value (20060102T150405Z) as milliseconds since the epoch. */
+function parseAmzDate(amzDate: string | null): number {
+  const dateMatch = amzDate === null ? null : /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
+  if (dateMatch === null) throw new S3Failure(403, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header");
+  const [, y, mo, d, h, mi, s] = dateMatch.map(Number);
+  return Date.UTC(y, mo - 1, d, h, mi, s);
+}
+
+/** S3 refuses x-amz-* headers that the signature does not cover. */
+function checkNoUnsignedAmzHeaders(request: Request, signedHeadersText: string): void {
+  const signedHeaders = signedHeadersText.split(";");
+  const unsigned = [...request.headers.keys()].filter((name) => name.startsWith("x-amz-") && !signedHeaders.includes(name));
+  if (unsigned.length > 0) {
+    throw new S3Failure(403, "AccessDenied", `There were headers present in the request which were not signed: ${unsigned.join(", ")}`);
+  }
+}
+
+/** The request's values of the signed headers (host aside: the signer takes it from the URL). */
+function signedHeaderValues(request: Request, signedHeadersText: string): Headers {
+  const headers = new Headers();
+  for (const name of signedHeadersText.split(";")) {
+    const value = request.headers.get(name);
+    if (name !== "host" && value !== null) headers.set(name, value);
+  }
+  return headers;
+}
+
+async function compareSignatures(signer: AwsV4Signer, signed: SignedRequest): Promise<void> {
   const expected = await signer.signature();
   const encoder = new TextEncoder();
-  if (signer.signedHeaders !== signedHeadersText || !equalBytes(encoder.encode(expected), encoder.encode(signature))) {
+  if (signer.signedHeaders !== signed.signedHeadersText || !equalBytes(encoder.encode(expected), encoder.encode(signed.signature))) {
     throw new S3Failure(
       403,
       "SignatureDoesNotMatch",
@@ -586,8 +729,9 @@ async function handle(request: Request, env: Env): Promise<Response> {
   if (bucketName !== env.S3_BUCKET) throw new S3Failure(404, "NoSuchBucket", "The specified bucket does not exist.");
   if (key === "") throw notImplemented(`${method} on the bucket (listings and bucket settings)`);
 
-  // x-id is the operation's name some SDKs add for logs; it changes nothing.
-  const params = [...new Set(url.searchParams.keys())].filter((name) => name !== "x-id").sort();
+  // x-id is the operation's name some SDKs add for logs, and X-Amz-* the authentication of a presigned URL: neither
+  // changes the operation.
+  const params = [...new Set(url.searchParams.keys())].filter((name) => name !== "x-id" && !name.startsWith("X-Amz-")).sort();
   const query = params.join("&");
   const uploadId = url.searchParams.get("uploadId") ?? "";
   if (request.headers.has("x-amz-copy-source")) throw notImplemented("CopyObject / UploadPartCopy (x-amz-copy-source)");
