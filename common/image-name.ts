@@ -27,10 +27,6 @@ export interface ImageRequest {
 
 export type NameCheck = { ok: true; image: ImageRequest } | { ok: false; reason: string };
 
-export function isValidRepositoryName(name: string): boolean {
-  return name.length <= MAX_NAME_LENGTH && NAME_GRAMMAR.test(name);
-}
-
 export function parseImageName(name: string): NameCheck {
   if (name.length > MAX_NAME_LENGTH) {
     return { ok: false, reason: `repository names are at most ${MAX_NAME_LENGTH} characters; this one has ${name.length}` };

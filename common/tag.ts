@@ -25,7 +25,3 @@ export function classifyTag(tag: string): TagKind | null {
   if (COMMIT.test(tag)) return { kind: "commit", commit: tag };
   return { kind: "ref", ref: tag };
 }
-
-export function isValidTag(tag: string): boolean {
-  return tagProblem(tag) === null;
-}

@@ -5,6 +5,7 @@ import { sha256Hex } from "../common/digest.ts";
 import { assertBuilderWritable } from "../builder-service/blob-store.ts";
 import { NixBuildProgress } from "../builder-service/nix-progress.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
+import { builderUrls } from "../worker/builder-pool.ts";
 import { attributeRefusal, DEFAULT_ATTRIBUTE_POLICY, type AttributePolicy } from "../common/attribute-policy.ts";
 import { AdmissionError, BuildAdmission, BuildSlots, describeBytes } from "../builder-service/admission.ts";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
@@ -66,6 +67,18 @@ describe("builder ranking", () => {
       const without = (await rankBuilders(builders.slice(0, 2), key))[0];
       if (first.get(key) !== builders[2]) expect(without).toBe(first.get(key));
     }
+  });
+
+  it("takes BUILDER_URL's builders as origins, and refuses one with a path, which the builder could not serve", () => {
+    expect(builderUrls(("https://b1.example.com/, https://b2.example.com:8443 https://b1.example.com"))).toEqual([
+      "https://b1.example.com",
+      "https://b2.example.com:8443",
+    ]);
+    expect(() => builderUrls(("https://example.com/builder"))).toThrow(
+      'BUILDER_URL holds "https://example.com/builder", which has a path: give the builder\'s origin only (https://example.com)',
+    );
+    expect(() => builderUrls(("builder.example.com"))).toThrow('BUILDER_URL holds "builder.example.com", which is not a URL');
+    expect(() => builderUrls((" "))).toThrow("BUILDER_URL is not configured for the worker");
   });
 });
 

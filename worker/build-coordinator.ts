@@ -107,7 +107,7 @@ export class BuildCoordinator extends DurableObject<Env> {
       const refused = await this.overQuota(client);
       if (refused) return refused;
     }
-    const builders = await rankBuilders(builderUrls(this.env), key);
+    const builders = await rankBuilders(builderUrls(this.env.BUILDER_URL), key);
     const sameBuilders = kept && kept.builders.join("\n") === builders.join("\n");
     this.job = {
       ...(sameBuilders ? kept : { jobId: crypto.randomUUID(), builders, index: 0, switches: 0 }),

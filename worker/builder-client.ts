@@ -28,13 +28,6 @@ const JOB_TIMEOUT_MS = (MAX_JOB_WAIT_SECONDS + 5) * 1000;
 /** Answers of a proxy in front of a builder that is down or slow: 502-504, and Cloudflare's 520-527 and 530. */
 const PROXY_STATUSES = new Set([502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 530]);
 
-function builderUrl(base: string, path: string): URL {
-  const url = new URL(base);
-  // Keep any path prefix of the builder's URL ("https://host/builder" + "/jobs").
-  const prefix = url.pathname.replace(/\/+$/, "");
-  return new URL(`${prefix}${path}`, url.origin);
-}
-
 function secretOf(env: Env): string {
   if (!env.BUILDER_SECRET) {
     throw new BuilderConfigError(
@@ -53,7 +46,7 @@ async function signedFetch(
   extraHeaders: Record<string, string>,
   timeoutMs: number,
 ): Promise<Response | { unavailable: string }> {
-  const url = builderUrl(base, path);
+  const url = new URL(path, base);
   const signature = await signRequest(secretOf(env), method, url.pathname + url.search, body);
   const headers: Record<string, string> = { ...extraHeaders, ...signature };
   if (body !== "") headers["Content-Type"] = "application/json";
@@ -155,7 +148,7 @@ function validateResolve(value: unknown): string | null {
 export async function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<ResolveResult>> {
   const request: ResolveRequest = { tag };
   let outcome: BuilderOutcome<ResolveResult> | null = null;
-  for (const base of await rankBuilders(builderUrls(env), `resolve\n${tag}`)) {
+  for (const base of await rankBuilders(builderUrls(env.BUILDER_URL), `resolve\n${tag}`)) {
     outcome = await postJson<ResolveResult>(env, base, "/resolve", request, validateResolve, RESOLVE_TIMEOUT_MS);
     if (outcome.kind !== "unavailable" && !isBuilderBusy(outcome)) return outcome;
   }

@@ -1,6 +1,5 @@
-// The builders a worker sends jobs to: BUILDER_URL holds one base URL, or several separated by commas or spaces.
+// The builders a worker sends jobs to: BUILDER_URL holds one builder's origin, or several separated by commas or spaces.
 // Jobs are spread over them by image key (common/builder-ranking.ts).
-import type { Env } from "./env.ts";
 
 /** A configuration problem on the worker's side (e.g. no secret): becomes a 500 that says so. */
 export class BuilderConfigError extends Error {
@@ -10,15 +9,24 @@ export class BuilderConfigError extends Error {
   }
 }
 
-export function builderUrls(env: Env): string[] {
-  const urls = (env.BUILDER_URL ?? "").split(/[\s,]+/).filter(Boolean);
+/** The builders of a BUILDER_URL value, as origins. */
+export function builderUrls(setting: string | undefined): string[] {
+  const urls = (setting ?? "").split(/[\s,]+/).filter(Boolean);
   if (urls.length === 0) throw new BuilderConfigError("BUILDER_URL is not configured for the worker");
-  for (const url of urls) {
+  const origins = urls.map((url) => {
+    let parsed: URL;
     try {
-      new URL(url);
+      parsed = new URL(url);
     } catch {
       throw new BuilderConfigError(`BUILDER_URL holds "${url}", which is not a URL`);
     }
-  }
-  return [...new Set(urls)];
+    // The builder signs and routes the paths it serves from its root, so a path before them could never work.
+    if (parsed.pathname.replace(/\/+$/, "") !== "" || parsed.search !== "") {
+      throw new BuilderConfigError(
+        `BUILDER_URL holds "${url}", which has a path: give the builder's origin only (${parsed.origin}); the builder serves at its root`,
+      );
+    }
+    return parsed.origin;
+  });
+  return [...new Set(origins)];
 }
