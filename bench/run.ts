@@ -1,7 +1,7 @@
 // `npm run bench`: the registry's core numbers on real software (the Debian-derived offline package set),
 // each printed beside what it is compared with, measured side by side in one run. See README "Benchmark".
 import { execFile, spawn } from "node:child_process";
-import { cp, mkdtemp, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { cp, mkdtemp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -122,11 +122,12 @@ async function machine(): Promise<string> {
   return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${(await sh("nix-build", ["--version"])).trim()}`;
 }
 
-/** `npm run bench -- builds` or `-- pull` runs one half; no argument runs both. */
+/** `npm run bench -- builds`, `-- pull` or `-- edge` runs one part; no argument runs them all. */
 const only = process.argv[2];
+const PARTS = ["builds", "pull", "edge"];
 
 async function main(): Promise<void> {
-  if (only !== undefined && only !== "builds" && only !== "pull") throw new Error(`unknown part "${only}": use builds or pull`);
+  if (only !== undefined && !PARTS.includes(only)) throw new Error(`unknown part "${only}": use ${PARTS.join(", ")}`);
   const scratch = await mkdtemp(join(os.tmpdir(), "bench-"));
   console.log(`Machine: ${await machine()}\n`);
 
@@ -140,6 +141,7 @@ async function main(): Promise<void> {
   const pullPath = await saltedCopy(basePath, join(scratch, "pull-pkgs"), `pull-${run}`);
   if (only === undefined || only === "builds") await buildFigures(scratch, basePath, floorPath, pkgsPath);
   if (only === undefined || only === "pull") await pullFigures(scratch, pullPath);
+  if (only === undefined || only === "edge") await edgeFigures(scratch, pullPath);
   await rm(scratch, { recursive: true, force: true });
 }
 
@@ -362,6 +364,126 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     await distribution.stop();
     await edgeLike.stop();
     await plain.stop();
+  }
+}
+
+/** Round trip added to each R2 read at a far location (BENCH_R2_RTT_MS, default 80 ms). */
+const R2_RTT_MS = Number(process.env.BENCH_R2_RTT_MS ?? 80);
+const EDGE_ROUNDS = 9;
+
+/** CPU seconds (user + system) of every workerd process under this one: the worker and the local R2 it calls. */
+async function workerdCpuSeconds(): Promise<number> {
+  const ticks = 100; // USER_HZ on Linux
+  const children = new Map<number, number[]>();
+  const stats = new Map<number, { comm: string; cpu: number }>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => null);
+    if (!stat) continue;
+    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const [ppid, utime, stime] = [Number(fields[1]), Number(fields[11]), Number(fields[12])];
+    stats.set(Number(entry), { comm, cpu: (utime + stime) / ticks });
+    children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+  }
+  let total = 0;
+  const stack = [process.pid];
+  while (stack.length > 0) {
+    const pid = stack.pop()!;
+    for (const child of children.get(pid) ?? []) {
+      if (stats.get(child)?.comm === "workerd") total += stats.get(child)!.cpu;
+      stack.push(child);
+    }
+  }
+  return total;
+}
+
+/**
+ * 6. The edge cache, modelled: worker instances as Cloudflare locations, each with its own isolate and cache
+ * (scripts/instrumented-worker.js), in front of one bucket; at a far location each R2 read waits R2_RTT_MS first.
+ */
+async function edgeFigures(scratch: string, pkgsPath: string): Promise<void> {
+  const locations = Array.from({ length: EDGE_ROUNDS }, (_, i) => [
+    { name: `far-${i}`, r2DelayMs: R2_RTT_MS },
+    { name: `near-${i}`, r2DelayMs: 0 },
+    // As before the edge cache: every pull reads every object from R2.
+    { name: `uncached-${i}`, r2DelayMs: R2_RTT_MS, vars: { EDGE_CACHE: "off" } },
+    { name: `near-uncached-${i}`, r2DelayMs: 0, vars: { EDGE_CACHE: "off" } },
+  ]).flat();
+  const stack = await startStack({
+    pkgsPath,
+    port: 0,
+    builderPort: 0,
+    builderDataDir: join(scratch, "edge-builder"),
+    workerStateDir: join(scratch, "edge-worker"),
+    instrument: { locations },
+  });
+  try {
+    const image = "curl";
+    const built = await coldManifest(stack, image);
+    const manifest = JSON.parse((await fetchText(new URL(`${stack.registryUrl}/v2/${image}/manifests/latest`), OCI_MANIFEST)).body) as ImageManifest;
+    const bytes = [manifest.config, ...manifest.layers].reduce((sum, blob) => sum + blob.size, 0);
+    console.log(
+      `\nEdge cache: warm pulls of ${image} (${manifest.layers.length} layers, ${mib(bytes)}; built in ${seconds(built.ms)}) at modelled ` +
+        `locations, each with its own isolate and cache; far: every R2 read ${R2_RTT_MS} ms later (${EDGE_ROUNDS} locations each, median):`,
+    );
+    const reads = async (location: string) => {
+      const answer = JSON.parse((await fetchText(new URL(`${stack.locationUrls[location]}/.instrument/r2-reads`))).body) as { reads: { key: string }[] };
+      return answer.reads;
+    };
+    const reset = (location: string) => fetch(`${stack.locationUrls[location]}/.instrument/r2-reads/reset`, { method: "POST" });
+    const results = { farCold: [] as number[], farWarm: [] as number[], near: [] as number[], nearWarm: [] as number[], uncached: [] as number[], nearUncached: [] as number[] };
+    const readCounts = { farCold: [] as number[], farWarm: [] as number[], farWarmByDigest: [] as number[], near: [] as number[], uncached: [] as number[] };
+    const cpu = { cached: 0, r2: 0, r2Only: 0, cachedBytes: 0, r2Bytes: 0 };
+    for (let i = 0; i < EDGE_ROUNDS; i++) {
+      const far = `far-${i}`;
+      const near = `near-${i}`;
+      await reset(far);
+      results.farCold.push(await wirePull(stack.locationUrls[far], image, "latest"));
+      readCounts.farCold.push((await reads(far)).length);
+      await new Promise((resolve) => setTimeout(resolve, 500)); // the cache writes that follow the responses
+      await reset(far);
+      let before = await workerdCpuSeconds();
+      results.farWarm.push(await wirePull(stack.locationUrls[far], image, "latest"));
+      cpu.cached += (await workerdCpuSeconds()) - before;
+      cpu.cachedBytes += bytes;
+      const warmReads = await reads(far);
+      readCounts.farWarm.push(warmReads.length);
+      readCounts.farWarmByDigest.push(warmReads.filter((read) => /^(blobs|manifests)\//.test(read.key)).length);
+      await reset(near);
+      before = await workerdCpuSeconds();
+      results.near.push(await wirePull(stack.locationUrls[near], image, "latest"));
+      cpu.r2 += (await workerdCpuSeconds()) - before;
+      cpu.r2Bytes += bytes;
+      readCounts.near.push((await reads(near)).length);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      results.nearWarm.push(await wirePull(stack.locationUrls[near], image, "latest"));
+      const uncached = `uncached-${i}`;
+      await wirePull(stack.locationUrls[uncached], image, "latest");
+      await reset(uncached);
+      results.uncached.push(await wirePull(stack.locationUrls[uncached], image, "latest"));
+      readCounts.uncached.push((await reads(uncached)).length);
+      // Next to the bucket without the cache: every blob from R2, nothing written to a cache on the way.
+      before = await workerdCpuSeconds();
+      results.nearUncached.push(await wirePull(stack.locationUrls[`near-uncached-${i}`], image, "latest"));
+      cpu.r2Only += (await workerdCpuSeconds()) - before;
+    }
+    const [farCold, farWarm, near, nearWarm] = [median(results.farCold), median(results.farWarm), median(results.near), median(results.nearWarm)];
+    const range = (values: number[]) => `${Math.min(...values)}-${Math.max(...values)}`;
+    line("far location, first pull (its cache cold)", seconds(farCold), `R2 reads ${range(readCounts.farCold)}`);
+    line("far location, second pull", seconds(farWarm), `R2 reads ${range(readCounts.farWarm)}, by digest ${range(readCounts.farWarmByDigest)}`,
+      `${(farWarm / near).toFixed(2)}x the first pull next to the bucket, target <= 1.15x; target 0 reads by digest`);
+    line("location next to the bucket, first pull", seconds(near), `R2 reads ${range(readCounts.near)}`);
+    line("location next to the bucket, second pull", seconds(nearWarm), "", `far's second pull ${(farWarm / nearWarm).toFixed(2)}x this`);
+    line("location next to the bucket without the edge cache", seconds(median(results.nearUncached)), "first pull: R2 only, no cache written");
+    line("far location without the edge cache, second pull", seconds(median(results.uncached)), `R2 reads ${range(readCounts.uncached)}`,
+      `${(median(results.uncached) / farWarm).toFixed(1)}x the cached one`);
+    const perMiB = (cpuSeconds: number, served: number) => `${((cpuSeconds * 1000) / (served / MiB)).toFixed(1)} ms/MiB`;
+    line("workerd CPU per MiB served, from the cache", perMiB(cpu.cached, cpu.cachedBytes), "worker and local runtime together");
+    line("workerd CPU per MiB served, from R2, filling the cache", perMiB(cpu.r2, cpu.r2Bytes), "worker, local R2 and local cache together");
+    line("workerd CPU per MiB served, from R2, no edge cache", perMiB(cpu.r2Only, cpu.r2Bytes), "worker and local R2 together");
+  } finally {
+    await stack.stop();
   }
 }
 

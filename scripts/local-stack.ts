@@ -5,7 +5,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -49,6 +49,13 @@ export interface StackOptions {
    * the build coordinators, served plain http at Stack.secondRegistryUrl.
    */
   secondWorker?: boolean;
+  /**
+   * For tests and the benchmark: run the worker wrapped by scripts/instrumented-worker.js, which counts its R2 reads
+   * (GET /.instrument/r2-reads) and can delay them, and add worker instances that model other Cloudflare locations:
+   * each with its own isolate and its own cache, R2 reads delayed by r2DelayMs, sharing the bucket and the build
+   * coordinators, served plain http at Stack.locationUrls[name].
+   */
+  instrument?: { locations?: { name: string; r2DelayMs: number; vars?: Record<string, string> }[] };
   /** Replaces wrangler.toml's COLD_BUILDS limit (cold builds per client per minute), e.g. a small one for tests. */
   coldBuildsPerMinute?: number;
   /** The worker's local R2, its coordinators' storage (and other local state). */
@@ -93,6 +100,8 @@ export interface Stack {
   s3Env: Record<string, string>;
   /** With secondWorker: the second worker instance's URL (http://127.0.0.1:PORT). */
   secondRegistryUrl?: string;
+  /** With instrument.locations: each location's worker URL (http://127.0.0.1:PORT). */
+  locationUrls: Record<string, string>;
   /** Starts builder i again (after it was stopped) with the same port, folder and settings. */
   restartBuilder(index: number): Promise<Builder>;
   stop(): Promise<void>;
@@ -219,7 +228,8 @@ async function startWorker(options: {
   secondWorker: boolean;
   coldBuildsPerMinute?: number;
   onLog?: (line: string) => void;
-}): Promise<{ url: URL; secondUrl?: string; s3Env: Record<string, string>; dispose(): Promise<void> }> {
+  instrument?: StackOptions["instrument"];
+}): Promise<{ url: URL; secondUrl?: string; locationUrls: Record<string, string>; s3Env: Record<string, string>; dispose(): Promise<void> }> {
   const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
   try {
     await execFileAsync(
@@ -231,12 +241,19 @@ async function startWorker(options: {
     await startWorkerdDyingWithParent(join(PROJECT_ROOT, "node_modules/.cache/nix-edge-registry"));
     const credentials = randomS3Credentials();
     const s3 = await localS3EndpointWorker({ port: 0, bucket: BUCKET_NAME, credentials });
+    let entry = "index.js";
+    if (options.instrument) {
+      entry = "instrumented-entry.js";
+      await copyFile(join(PROJECT_ROOT, "scripts/instrumented-worker.js"), join(bundleDir, entry));
+    }
     const registry = {
       ...(workerOptions as Record<string, unknown>),
       name: "registry",
       modules: true,
       modulesRoot: bundleDir,
-      scriptPath: join(bundleDir, "index.js"),
+      scriptPath: join(bundleDir, entry),
+      // The bundle's modules are ES modules whatever their extension (the instrumented entry imports index.js).
+      modulesRules: [{ type: "ESModule", include: ["**/*.js"] }],
       bindings: {
         ...(workerOptions.bindings as Record<string, unknown> | undefined),
         BUILDER_URL: options.builderUrls.join(","),
@@ -258,8 +275,15 @@ async function startWorker(options: {
           },
         ]
       : [];
+    const locations = (options.instrument?.locations ?? []).map(({ name, r2DelayMs, vars }) => ({
+      ...registry,
+      name: `location-${name}`,
+      bindings: { ...registry.bindings, ...vars, LOCATION: name, R2_DELAY_MS: String(r2DelayMs) },
+      durableObjects: { BUILD_COORDINATOR: { className: "BuildCoordinator", scriptName: "registry" } },
+      unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
+    }));
     const miniflare = new Miniflare({
-      workers: [registry, ...second, s3.options],
+      workers: [registry, ...second, ...locations, s3.options],
       ...persistence(options.stateDir),
       host: "127.0.0.1",
       port: options.port,
@@ -272,9 +296,14 @@ async function startWorker(options: {
     });
     const endpoint = await s3EndpointUrl(miniflare);
     const secondUrl = options.secondWorker ? (await miniflare.unsafeGetDirectURL("registry-2")).origin : undefined;
+    const locationUrls: Record<string, string> = {};
+    for (const { name } of options.instrument?.locations ?? []) {
+      locationUrls[name] = (await miniflare.unsafeGetDirectURL(`location-${name}`)).origin;
+    }
     return {
       url,
       secondUrl,
+      locationUrls,
       s3Env: builderS3Environment({ endpoint, bucket: BUCKET_NAME, credentials }),
       dispose: async () => {
         await miniflare.dispose();
@@ -337,6 +366,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
     secondWorker: options.secondWorker ?? false,
     coldBuildsPerMinute: options.coldBuildsPerMinute,
     onLog: options.onWorkerLog,
+    instrument: options.instrument,
   });
   const builderOptions = (index: number): BuilderOptions => ({
     ...options,
@@ -356,6 +386,7 @@ export async function startStack(options: StackOptions): Promise<Stack> {
       secret,
       s3Env: worker.s3Env,
       secondRegistryUrl: worker.secondUrl,
+      locationUrls: worker.locationUrls,
       async restartBuilder(index: number) {
         await builders[index].stop();
         builders[index] = await startBuilder(builderOptions(index));

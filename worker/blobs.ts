@@ -15,7 +15,8 @@ import {
   streamResponse,
   type HeaderMap,
 } from "./responses.ts";
-import { r2Storage, type RegistryStorage } from "./storage.ts";
+import { registryStorage } from "./registry-storage.ts";
+import type { RegistryStorage } from "./storage.ts";
 
 const DEFAULT_BLOB_TYPE = "application/octet-stream";
 
@@ -77,7 +78,7 @@ async function serveFromR2(request: Request, storage: RegistryStorage, digest: D
   });
 }
 
-export async function handleBlob(request: IRequest, env: Env): Promise<Response> {
+export async function handleBlob(request: IRequest, env: Env, ctx: ExecutionContext): Promise<Response> {
   const method = request.method;
   const name = checkName(method, request.params.name);
   if (!name.ok) return name.response;
@@ -90,7 +91,7 @@ export async function handleBlob(request: IRequest, env: Env): Promise<Response>
   const checked = checkDigest(method, reference);
   if (!checked.ok) return checked.response;
   const { digest, hex } = checked;
-  const storage = r2Storage(env.REGISTRY_BUCKET);
+  const storage = await registryStorage(request, env, ctx);
   if (method === "GET" && ifNoneMatchHits(request, etagOf(digest)) && (await storage.headBlob(hex))) {
     return emptyResponse(304, { "Docker-Content-Digest": digest, ETag: etagOf(digest), "Cache-Control": IMMUTABLE_CACHE_CONTROL });
   }

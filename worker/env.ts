@@ -5,8 +5,8 @@ export interface Env {
   /** One content-addressed store for manifests, blobs and the worker's small records (see storage.ts). */
   REGISTRY_BUCKET: R2Bucket;
   /**
-   * Base URL of the builder service, e.g. http://127.0.0.1:8788 (a path prefix is kept), or several separated by
-   * commas or spaces: jobs are spread over them by image key, and go to the next when one is down.
+   * Origin of the builder service, e.g. http://127.0.0.1:8788 (no path: it serves at its root), or several
+   * separated by commas or spaces: jobs are spread over them by image key, and go to the next when one is down.
    */
   BUILDER_URL: string;
   /** One build coordinator per image key (build-coordinator.ts). */
@@ -28,6 +28,13 @@ export interface Env {
    * otherwise). "0" re-resolves moving tags on every request. Pinned resolutions (ttlSeconds 0) are kept forever either way.
    */
   TAG_CACHE_SECONDS?: string;
+  /**
+   * "off" keeps blobs, manifests, image records and resolutions out of the location's cache (edge-cache.ts); on by
+   * default. The Cache API only works on a custom domain: on workers.dev every read goes to R2 either way.
+   */
+  EDGE_CACHE?: string;
+  /** Largest blob kept in the location's cache, in bytes (default 500 MB; Cloudflare's cache keeps up to 512 MB). */
+  EDGE_CACHE_MAX_BYTES?: string;
   /**
    * Blob redirect (blob-redirect.ts): a GET of a blob of at least this many bytes is answered 307 with a URL where
    * the client gets the bytes straight from the bucket. Unset or "0": off, the worker streams every blob.

@@ -8,7 +8,6 @@ import { OCI_MANIFEST } from "../common/media-types.ts";
 import { tagProblem } from "../common/tag.ts";
 import type { Env } from "./env.ts";
 import { awaitImage } from "./image-builds.ts";
-import { isolateCached } from "./isolate-cache.ts";
 import { negotiateFlavour } from "./negotiation.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
 import { reuseSeconds } from "./resolutions.ts";
@@ -26,7 +25,8 @@ import {
   bytesResponse,
   type HeaderMap,
 } from "./responses.ts";
-import { r2Storage, type RegistryStorage, type StoredResolution } from "./storage.ts";
+import { registryStorage } from "./registry-storage.ts";
+import type { RegistryStorage, StoredResolution } from "./storage.ts";
 
 /** Tag responses are cached briefly at most: the tag may move. */
 const TAG_MAX_AGE_SECONDS = 60;
@@ -179,7 +179,7 @@ export async function handleManifest(request: IRequest, env: Env, ctx: Execution
   const name = checkName(request.method, request.params.name);
   if (!name.ok) return name.response;
   const reference = decodeParam(request.params.reference);
-  const storage = isolateCached(r2Storage(env.REGISTRY_BUCKET));
+  const storage = await registryStorage(request, env, ctx);
   if (reference.includes(":")) return manifestByDigest(request, storage, name.name, reference);
   return manifestByTag(request, env, ctx, storage, name.name, name.image, reference);
 }

@@ -80,7 +80,7 @@ async function attempt<T>(operation: string, key: string, run: () => Promise<T>)
   }
 }
 
-function isStoredResolution(value: unknown): value is StoredResolution {
+export function isStoredResolution(value: unknown): value is StoredResolution {
   if (typeof value !== "object" || value === null) return false;
   const v = value as Record<string, unknown>;
   return (

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import type { BuilderStatus } from "../../common/builder-api.ts";
 import { builderStatus } from "../../scripts/builder-calls.ts";
-import { PROJECT_ROOT, startStack, type Stack } from "../../scripts/local-stack.ts";
+import { PROJECT_ROOT, startStack, type Stack, type StackOptions } from "../../scripts/local-stack.ts";
 import { withWorkerR2 } from "./local-r2.ts";
 
 const execFileAsync = promisify(execFile);
@@ -28,6 +28,8 @@ export interface TestStackOptions {
   workerVars?: Record<string, string>;
   /** The COLD_BUILDS limit per client per minute instead of wrangler.toml's. */
   coldBuildsPerMinute?: number;
+  /** R2 reads counted, and more locations; see StackOptions. */
+  instrument?: StackOptions["instrument"];
 }
 
 /** The builder's counters, from its signed GET /status. */
@@ -89,6 +91,7 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
       builders: options.builders,
       builderFront: options.builderFront,
       workerVars: options.workerVars,
+      instrument: options.instrument,
       // Every test request comes from 127.0.0.1 (Miniflare's CF-Connecting-IP), and a test file may build more images
       // a minute than wrangler.toml lets one client start: only test/client-quota.test.ts tests the quota.
       coldBuildsPerMinute: options.coldBuildsPerMinute ?? 100_000,
