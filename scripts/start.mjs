@@ -1,20 +1,11 @@
 #!/usr/bin/env node
 // `npm start`: installs what is missing, then runs the registry (scripts/serve.ts).
 // Plain JavaScript on purpose: it must run before the npm packages (and tsx) are installed.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { ensureNpmPackages, have, installDebianPackages, root } from "./system-setup.mjs";
 
-const root = fileURLToPath(new URL("../", import.meta.url));
-
-function have(command) {
-  return spawnSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" }).status === 0;
-}
-
-if (!existsSync(`${root}node_modules/.bin/tsx`) || !existsSync(`${root}node_modules/wrangler`)) {
-  console.log("Installing npm packages (npm ci)...");
-  execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: root, stdio: "inherit" });
-}
+ensureNpmPackages();
 
 // Current nixpkgs needs Nix >= 2.18 (its lib/minver.nix); the offline package sets evaluate on any Nix.
 const NIXPKGS_MIN_NIX = [2, 18];
@@ -51,14 +42,11 @@ if (!have("nix-build")) {
 }
 if (process.env.NIXERY_PKGS_PATH && !existsSync("/usr/bin/busybox")) missing.push("busybox-static");
 if (missing.length > 0) {
-  const command = `apt-get install -y ${missing.join(" ")}`;
-  if (process.getuid?.() === 0 && have("apt-get")) {
-    console.log(`Installing ${missing.join(", ")} (${command})...`);
-    execFileSync("sh", ["-c", `apt-get update -q && DEBIAN_FRONTEND=noninteractive ${command}`], { stdio: "inherit" });
-  } else {
-    console.error(`Nix is needed to build images and is not installed. On Debian or Ubuntu run:\n  sudo ${command}\nor install Nix with the upstream installer (${UPSTREAM_INSTALLER}), then run npm start again.`);
+  if (!have("apt-get")) {
+    console.error(`Nix is needed to build images and is not installed: install it with the upstream installer (${UPSTREAM_INSTALLER}), then run npm start again.`);
     process.exit(1);
   }
+  installDebianPackages(missing, "to build images (Nix, and the busybox the offline package sets are built from)");
 }
 
 const child = spawn(`${root}node_modules/.bin/tsx`, [`${root}scripts/serve.ts`], { cwd: root, stdio: "inherit" });
