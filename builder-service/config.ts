@@ -9,6 +9,7 @@ import { DEFAULT_MAX_CLOSURE_BYTES, DEFAULT_MAX_QUEUE, type AdmissionConfig } fr
 import { ATTRIBUTE_PATH } from "./build-request.ts";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
 import { NIX_SETTINGS_HELP, readNixSettings, type NixSettings } from "./nix-settings.ts";
+import { isPopularityUrl } from "./popularity.ts";
 import { CHANNEL_NAME } from "./sources/channel.ts";
 
 const MiB = 1024 * 1024;
@@ -50,8 +51,11 @@ export interface BuilderConfig {
   /** How many builds at once, and which (admission.ts). */
   admission: AdmissionConfig;
   layerBudget: number;
-  /** Nixery-format popularity data for layering, if any (see popularity.ts). */
-  popularityPath: string | null;
+  /**
+   * Nixery-format popularity data for layering, if any (see popularity.ts): an http(s) URL or an absolute file
+   * path, and the variable that named it (NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL).
+   */
+  popularity: { source: string; setting: "NIX_POPULARITY_URL" | "NIXERY_POPULARITY_PATH" | "NIXERY_PKGS_PATH" } | null;
   tagTtlSeconds: number;
   source:
     | { kind: "path"; path: string }
@@ -84,7 +88,7 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = [
   ["NIXPKGS_ALLOW_INSECURE", "nixpkgs' own switch: `1` builds packages with known vulnerabilities (refused by default)"],
   ["NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM", "nixpkgs' own switch: `1` builds packages whose meta.platforms leave out the image's system (refused by default)"],
   ["NIXERY_LAYER_BUDGET", `most layers per image, root filesystem included (default ${DEFAULT_LAYER_BUDGET}, 2 to 125)`],
-  ["NIXERY_POPULARITY_PATH", "popularity data for layering, Nixery's format {\"name-version\": count} (default: popularity.json in NIXERY_PKGS_PATH if there is one, else reference counts within each image)"],
+  ["NIX_POPULARITY_URL", "popularity data for layering images with more store paths than NIXERY_LAYER_BUDGET, Nixery's format {\"name-version\": count}: an http(s) URL, downloaded at startup (a failed download stops the builder), or a file (default: popularity.json in NIXERY_PKGS_PATH if there is one, else none: such images keep their largest store paths in layers of their own and the rest in one; Nixery's name; NIXERY_POPULARITY_PATH is the older name of the same setting)"],
   ["S3_ENDPOINT", "required: the S3 API endpoint of the registry's bucket, without the bucket, e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com (R2; npm start runs a local one)"],
   ["S3_BUCKET", "required: the bucket, the same one the worker's REGISTRY_BUCKET binding names"],
   ["S3_ACCESS_KEY_ID", "required: access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)"],
@@ -226,10 +230,40 @@ function admissionConfig(env: NodeJS.ProcessEnv, problems: string[]): AdmissionC
   };
 }
 
-function popularityPath(env: NodeJS.ProcessEnv): string | null {
-  if (env.NIXERY_POPULARITY_PATH) return resolve(env.NIXERY_POPULARITY_PATH);
+/** NIX_POPULARITY_URL is Nixery's name; NIXERY_POPULARITY_PATH this builder's older one (files only). */
+function popularityConfig(env: NodeJS.ProcessEnv, problems: string[]): BuilderConfig["popularity"] {
+  const current = (env.NIX_POPULARITY_URL ?? "").trim();
+  const old = (env.NIXERY_POPULARITY_PATH ?? "").trim();
+  if (current && old && current !== old) {
+    problems.push(`NIX_POPULARITY_URL=${current} and NIXERY_POPULARITY_PATH=${old} disagree; they are one setting: keep NIX_POPULARITY_URL`);
+  }
+  const setting = current ? "NIX_POPULARITY_URL" : "NIXERY_POPULARITY_PATH";
+  const value = current || old;
+  if (value) {
+    if (isPopularityUrl(value)) {
+      try {
+        new URL(value);
+      } catch {
+        problems.push(`${setting}=${value} is not a URL`);
+      }
+      return { source: value, setting };
+    }
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value) && !value.toLowerCase().startsWith("file://")) {
+      problems.push(`${setting}=${value}: give an http:// or https:// URL, or a file`);
+      return null;
+    }
+    let file: string;
+    try {
+      file = value.toLowerCase().startsWith("file://") ? fileURLToPath(value) : resolve(value);
+    } catch (error) {
+      problems.push(`${setting}=${value}: ${(error as Error).message}`);
+      return null;
+    }
+    if (!existsSync(file)) problems.push(`${setting}=${value}: there is no such file`);
+    return { source: file, setting };
+  }
   const beside = env.NIXERY_PKGS_PATH ? resolve(env.NIXERY_PKGS_PATH, "popularity.json") : null;
-  return beside && existsSync(beside) ? beside : null;
+  return beside && existsSync(beside) ? { source: beside, setting: "NIXERY_PKGS_PATH" } : null;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig {
@@ -248,6 +282,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
   const admission = admissionConfig(env, problems);
   const layerBudget = number("NIXERY_LAYER_BUDGET", DEFAULT_LAYER_BUDGET, 2, 125);
   const tagTtlSeconds = number("NIXERY_TAG_TTL_SECONDS", 300, 1, 31_536_000);
+  const popularity = popularityConfig(env, problems);
 
   // The builder writes into the registry's bucket, where the worker reads: there is no other place for blobs.
   const storeKind = (env.BUILDER_STORE ?? "").trim();
@@ -272,7 +307,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     nix,
     admission,
     layerBudget,
-    popularityPath: popularityPath(env),
+    popularity,
     tagTtlSeconds,
     store,
   };

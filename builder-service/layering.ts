@@ -14,11 +14,14 @@ export interface LayerGroup {
 /** The OCI spec sets no limit, but docker and overlayfs handle about 127; Nixery keeps under 100. */
 export const DEFAULT_LAYER_BUDGET = 100;
 
-function byName(a: string, b: string): number {
-  // Plain code-unit comparison: locale-aware collation differs between machines.
-  const [nameA, nameB] = [storePathName(a), storePathName(b)];
-  if (nameA !== nameB) return nameA < nameB ? -1 : 1;
+/** Plain code-unit comparison: locale-aware collation differs between machines. */
+function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function byName(a: string, b: string): number {
+  const [nameA, nameB] = [storePathName(a), storePathName(b)];
+  return nameA !== nameB ? compare(nameA, nameB) : compare(a, b);
 }
 
 /**
@@ -50,15 +53,28 @@ export function topologicalOrder(graph: readonly StorePathNode[]): StorePathNode
   return order;
 }
 
+/** Past the budget, a path goes into the layer of a dependant that brings it to at least this share of its users. */
+export const CO_OCCURRENCE_SHARE = 0.75;
+/** A path this big keeps a layer of its own past the budget: too many bytes to risk in a group. */
+export const OWN_LAYER_BYTES = 16 * 1024 * 1024;
+/** Paths used at least this share as widely as the closure's most used path (the C library) are the images' base. */
+export const BASE_SHARE = 0.5;
+/** Base paths smaller than this share one layer; larger ones keep their own. */
+export const SMALL_BASE_BYTES = 1024 * 1024;
+
 /**
  * Groups store paths into at most `budget - 1` layers (the last layer of every image is its root filesystem).
  *
  * A layer is shared between two images only when it holds exactly the same store paths, so every path gets a
  * layer of its own while the budget allows: then every path two images have in common is shared. Nixery
- * instead always merges dominator subtrees, so small images share less. Past the budget, the paths with the
- * most to gain from a layer of their own (popularity x size: likely in other images, and costly to pull twice)
- * keep one, and the rest, mostly paths only this image needs, share the last store layer. Every choice is
- * ordered by value, then by name, so the plan is a pure function of the closure and the popularity data.
+ * instead always merges dominator subtrees, so small images share less.
+ *
+ * Past the budget, paths are grouped by co-occurrence, so that images sharing an application share its layers
+ * (see `coOccurrenceClasses`), and the groups with the most bytes keep a layer each; if there are more groups
+ * than layers, the smallest share the last store layer. Without popularity data nothing says which paths come
+ * together, so every path is a group of its own: the largest keep a layer each, the rest share the last one.
+ * Every choice is ordered by size, then by path, and groups come in dependency order, so the plan is a pure
+ * function of the closure and the popularity data.
  */
 export function planLayers(
   graph: readonly StorePathNode[],
@@ -71,14 +87,74 @@ export function planLayers(
   if (ordered.length <= storeLayers) {
     return ordered.map((node) => ({ paths: [node.path], size: node.narSize }));
   }
-  const weights = popularityOf(graph, popularity);
-  const value = (node: StorePathNode) => weights.get(node.path)! * node.narSize;
-  const byValue = [...ordered].sort((a, b) => value(b) - value(a) || byName(a.path, b.path));
-  const own = new Set(byValue.slice(0, storeLayers - 1).map((node) => node.path));
-  const rest = ordered.filter((node) => !own.has(node.path));
-  const groups: LayerGroup[] = [];
-  for (const node of ordered) if (own.has(node.path)) groups.push({ paths: [node.path], size: node.narSize });
-  // The image's own paths go last: the shared base layers come first, as in a Dockerfile-built image.
-  groups.push({ paths: rest.map((node) => node.path).sort(), size: rest.reduce((sum, node) => sum + node.narSize, 0) });
-  return groups;
+  const groups = coOccurrenceClasses(ordered, popularity).map(
+    (nodes): LayerGroup => ({ paths: nodes.map((node) => node.path).sort(compare), size: nodes.reduce((sum, node) => sum + node.narSize, 0) }),
+  );
+  if (groups.length <= storeLayers) return groups;
+  const bySize = [...groups].sort((a, b) => b.size - a.size || compare(a.paths[0], b.paths[0]));
+  const kept = new Set(bySize.slice(0, storeLayers - 1));
+  const rest = groups.filter((group) => !kept.has(group));
+  // The smallest groups go last, together: the shared base layers come first, as in a Dockerfile-built image.
+  return [
+    ...groups.filter((group) => kept.has(group)),
+    { paths: rest.flatMap((group) => group.paths).sort(compare), size: rest.reduce((sum, group) => sum + group.size, 0) },
+  ];
+}
+
+/**
+ * The closure's paths in groups that tend to come together in any image, in dependency order (by each group's
+ * first path in `ordered`), each group's paths in that order too.
+ *
+ * Popularity counts how many packages of the package set have a path in their closure (a package counts for
+ * its own paths: it may be an image on its own). Where a path X refers to a path Y and X's count is at least
+ * `CO_OCCURRENCE_SHARE` of Y's, most packages that have Y have it through X: an image with Y almost always has
+ * X, so they share a layer (and, transitively, the whole chain does). The test looks only at the two counts and
+ * at a reference X always has, so a group is the same in every image that holds its paths, and two images
+ * sharing an application share the application's layers. Except:
+ * - paths of `OWN_LAYER_BYTES` or more stay alone: a group one image lays out differently costs all its bytes;
+ * - the base, paths used about as widely as the most used one (`BASE_SHARE`), which every image holds and
+ *   small images lay out one per layer: those of `SMALL_BASE_BYTES` or more stay alone, the smaller share one
+ *   layer (few bytes, and a layer fewer for the groups that matter).
+ * Without popularity data, each path is a group of its own.
+ */
+export function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popularity | undefined): StorePathNode[][] {
+  if (!popularity) return ordered.map((node) => [node]);
+  const weights = popularityOf(ordered, popularity);
+  const weight = (node: StorePathNode) => Math.max(1, weights.get(node.path)!);
+  const widest = Math.max(...ordered.map(weight));
+  const isBase = (node: StorePathNode) => weight(node) >= BASE_SHARE * widest;
+  const alone = (node: StorePathNode) => node.narSize >= OWN_LAYER_BYTES || isBase(node);
+
+  // Union-find over positions in `ordered`, each group represented by its first position: no Map iteration
+  // order or hash decides anything.
+  const index = new Map(ordered.map((node, i) => [node.path, i]));
+  const parent = ordered.map((_, i) => i);
+  const find = (i: number): number => {
+    while (parent[i] !== i) i = parent[i] = parent[parent[i]];
+    return i;
+  };
+  const join = (a: number, b: number) => {
+    const [ra, rb] = [find(a), find(b)];
+    if (ra !== rb) parent[Math.max(ra, rb)] = Math.min(ra, rb);
+  };
+  ordered.forEach((node, i) => {
+    if (alone(node)) return;
+    for (const reference of node.references) {
+      const j = index.get(reference);
+      if (j === undefined || j === i || alone(ordered[j])) continue;
+      if (weight(node) >= CO_OCCURRENCE_SHARE * weight(ordered[j])) join(i, j);
+    }
+  });
+  const smallBase = ordered.flatMap((node, i) => (isBase(node) && node.narSize < SMALL_BASE_BYTES ? [i] : []));
+  for (const i of smallBase) join(smallBase[0], i);
+
+  const groups = new Map<number, StorePathNode[]>();
+  ordered.forEach((node, i) => {
+    const root = find(i);
+    const group = groups.get(root);
+    if (group) group.push(node);
+    else groups.set(root, [node]);
+  });
+  // Roots are first positions, so ascending roots are dependency order.
+  return [...groups.keys()].sort((a, b) => a - b).map((root) => groups.get(root)!);
 }

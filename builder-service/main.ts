@@ -10,7 +10,7 @@ import { jsonLogger, type Logger } from "./log.ts";
 import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
 import { nixConfig, NixSettingsError, probeNix, probeNixSandbox, sandboxReport } from "./nix-settings.ts";
-import { loadPopularity } from "./popularity.ts";
+import { loadPopularity, PopularityError, type LoadedPopularity } from "./popularity.ts";
 import { cachedReadiness } from "./readiness.ts";
 import { S3BlobStore, S3Error } from "./s3-store.ts";
 import { createBuilderHandler } from "./server.ts";
@@ -99,6 +99,33 @@ async function createStore(config: BuilderConfig, log: Logger): Promise<S3BlobSt
   return store;
 }
 
+/**
+ * The popularity data the configuration names, if any. Data that cannot be loaded stops the builder, saying what
+ * to do: building without it would lay out images past the layer budget differently, under other digests.
+ */
+async function configuredPopularity(config: BuilderConfig, log: Logger): Promise<LoadedPopularity | undefined> {
+  if (!config.popularity) return undefined;
+  const { source, setting } = config.popularity;
+  if (setting === "NIXERY_POPULARITY_PATH") {
+    log.warn("setting-deprecated", { setting, use: "NIX_POPULARITY_URL", detail: "NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL, which also takes an http(s) URL: rename it" });
+  }
+  try {
+    const popularity = await loadPopularity(source);
+    log.info("popularity-loaded", { source, entries: popularity.entries });
+    return popularity;
+  } catch (error) {
+    if (!(error instanceof PopularityError)) throw error;
+    const fix =
+      setting === "NIXERY_PKGS_PATH"
+        ? `Fix or remove ${source}, which the package set at NIXERY_PKGS_PATH provides.`
+        : `Fix ${setting} (Nixery's format, {"name-version": count}), or unset it to build without popularity data ` +
+          "(images with more store paths than NIXERY_LAYER_BUDGET are then laid out differently).";
+    const later = error.permanent ? "" : "\nThe download may work later (under systemd the builder is started again); or point it at a copy on disk.";
+    console.error(`builder-service: cannot start: ${error.message}\n${fix}${later}\n\nRun builder-service --help for every setting.`);
+    process.exit(error.permanent ? 2 : 1);
+  }
+}
+
 async function main(): Promise<void> {
   if (process.argv.includes("--help") || process.argv.includes("-h")) {
     console.log(usage());
@@ -115,6 +142,8 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = jsonLogger;
+  // Before anything slow: a wrong URL or file is a setting to fix.
+  const popularity = await configuredPopularity(config, log);
   // Every Nix command gets the named settings as NIX_CONFIG; Nix reads them once here, so a value it refuses
   // stops the builder now, naming the variable.
   const nixEnv = { ...process.env, NIX_CONFIG: nixConfig(config.nix, process.env.NIX_CONFIG) };
@@ -156,7 +185,8 @@ async function main(): Promise<void> {
       requirement = `not checked against the package set: ${(error as Error).message}`;
     }
     console.log(
-      `builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${nixVersion}, ${requirement}; ${sandbox.text}`,
+      `builder-service: configuration OK\n  store:  ${store.description}\n  source: ${source.description}\n  nix:    ${nixVersion}, ${requirement}; ${sandbox.text}` +
+        (popularity ? `\n  popularity: ${config.popularity!.source}, ${popularity.entries} store path names` : ""),
     );
     if (!sandbox.ok) console.error(`builder-service: warning: Nix's ${sandbox.text}`);
     process.exit(0);
@@ -168,7 +198,6 @@ async function main(): Promise<void> {
   });
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   if (!sandbox.ok) log.warn("nix-sandbox-off", { problem: sandbox.text });
-  const popularity = config.popularityPath ? await loadPopularity(config.popularityPath) : undefined;
   const admission = new BuildAdmission(config.admission, config.nix.maxJobs === 0);
   const builder = new ImageBuilder({ store, source, nix, log, admission, layerBudget: config.layerBudget, popularity });
   const jobs = new BuildJobs({
