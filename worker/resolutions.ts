@@ -1,4 +1,5 @@
 // Tag -> package-set revision, through the resolutions/ cache in R2 and the builder's /resolve.
+import { SingleFlight } from "../common/single-flight.ts";
 import { resolveTag } from "./builder-client.ts";
 import type { Env } from "./env.ts";
 import { LruMap } from "./lru-map.ts";
@@ -39,7 +40,7 @@ export function isFresh(env: Env, resolution: StoredResolution, now: number = Da
  * One /resolve call per tag at a time in this isolate. Not a build: a lookup that is cheap and gives the same answer
  * to whoever asks, so sharing it per isolate is enough; builds are shared across the edge by their coordinators.
  */
-const inFlight = new Map<string, Promise<ResolutionOutcome>>();
+const resolving = new SingleFlight<ResolutionOutcome>();
 
 /**
  * The last resolution of each tag this isolate saw: a warm pull needs no R2 read for it while it is fresh. Once
@@ -109,11 +110,7 @@ export async function resolveTagCached(
     return { ok: true, resolution: cached };
   }
 
-  let pending = inFlight.get(tag);
-  if (!pending) {
-    pending = fetchResolution(env, storage, tag).finally(() => inFlight.delete(tag));
-    inFlight.set(tag, pending);
-  }
+  const pending = resolving.run(tag, () => fetchResolution(env, storage, tag));
   ctx.waitUntil(pending); // keep the shared call alive even if the request that started it goes away
   const outcome = await pending;
   if (!outcome.ok && outcome.failure.kind === "unavailable" && cached) {

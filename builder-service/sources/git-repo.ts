@@ -18,7 +18,7 @@ import type { ResolveResult } from "../../common/builder-api.ts";
 import { classifyTag } from "../../common/tag.ts";
 import type { Logger } from "../log.ts";
 import type { NixSource } from "../nix-runner.ts";
-import { SingleFlight } from "../single-flight.ts";
+import { SingleFlight } from "../../common/single-flight.ts";
 import { CommandTimeoutError, runCommand, runPipeline, type CommandResult } from "../time-limited-command.ts";
 import { RevisionUnavailableError, type PackageSource } from "./package-source.ts";
 

@@ -1,4 +1,5 @@
-// One piece of work per key at a time: callers that arrive while it runs share its result.
+// One piece of work per key at a time: callers that arrive while it runs share its result. Used by the builder
+// (git fetches) and the worker (tag resolutions, per isolate).
 export class SingleFlight<T> {
   private readonly inFlight = new Map<string, Promise<T>>();
 
