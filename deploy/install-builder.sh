@@ -20,8 +20,9 @@
 #      containers), the script warns and leaves it off.
 #   3. creates the system user nix-builder (home /var/lib/nix-edge-registry) and lets it use the daemon
 #      (group nix-users, and allowed-users in /etc/nix/nix.conf when that setting restricts users);
-#   4. copies this project to PREFIX (default /opt/nix-edge-registry), owned by root, and runs npm ci --omit=dev
-#      there (tsx, which runs the TypeScript, is a runtime dependency);
+#   4. copies this project to PREFIX (default /opt/nix-edge-registry), owned by root, runs npm ci --omit=dev
+#      there and builds the builder's JavaScript (npm run build:builder: build/builder-service.mjs, with esbuild,
+#      a runtime dependency for that reason);
 #   5. writes /etc/nix-edge-registry/builder.env with a freshly generated BUILDER_SECRET if the file is absent
 #      (never overwrites it), and links /usr/local/bin/builder-service;
 #   6. installs and enables builder-service.service, and starts (or restarts) it once builder.env passes
@@ -367,14 +368,14 @@ run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE_DIR"
 say "installing the project from $SOURCE_DIR into $PREFIX"
 if [ "$SOURCE_DIR" = "$PREFIX" ]; then
   say "already running from $PREFIX: refreshing dependencies only"
-  run sh -c "cd '$PREFIX' && npm ci --omit=dev --no-audit --no-fund"
+  run sh -c "cd '$PREFIX' && npm ci --omit=dev --no-audit --no-fund && npm run --silent build:builder"
 else
   staging="$PREFIX.new"
   run rm -rf "$staging"
   run install -d -m 0755 "$staging"
   # The code only: no dependencies, local state or build output.
-  run sh -c "tar -C '$SOURCE_DIR' --exclude=./node_modules --exclude=./.git --exclude=./.wrangler --exclude=./.data --exclude=./dist -cf - . | tar -C '$staging' -xf -"
-  run sh -c "cd '$staging' && npm ci --omit=dev --no-audit --no-fund"
+  run sh -c "tar -C '$SOURCE_DIR' --exclude=./node_modules --exclude=./.git --exclude=./.wrangler --exclude=./.data --exclude=./dist --exclude=./build -cf - . | tar -C '$staging' -xf -"
+  run sh -c "cd '$staging' && npm ci --omit=dev --no-audit --no-fund && npm run --silent build:builder"
   run chown -R root:root "$staging"
   run chmod -R go-w "$staging"
   # Swap in the new tree in one step (the running service keeps its files until it restarts).

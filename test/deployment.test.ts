@@ -11,6 +11,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENVIRONMENT_HELP } from "../builder-service/config.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startLocalBucket } from "../scripts/local-stack.ts";
+import { buildBuilder } from "./support/built-builder.ts";
 import { TEST_PKGS } from "./support/stack.ts";
 
 const execFileAsync = promisify(execFile);
@@ -36,6 +37,7 @@ let bucket: Awaited<ReturnType<typeof startLocalBucket>>;
 let installerPath: string;
 
 beforeAll(async () => {
+  await buildBuilder();
   scratch = await mkdtemp(join(tmpdir(), "deployment-test-"));
   bucket = await startLocalBucket(join(scratch, "bucket"));
   installerPath = process.env.PATH ?? "/usr/bin:/bin";
@@ -226,7 +228,7 @@ describe("the install script", () => {
     for (const step of [
       /would run: systemctl enable --now nix-daemon/,
       /nix-builder/,
-      /npm ci --omit=dev/,
+      /npm ci --omit=dev --no-audit --no-fund && npm run --silent build:builder/,
       /\/etc\/nix-edge-registry\/builder\.env/,
       /would run: install -m 0644 .*builder-service\.service \/etc\/systemd\/system\/builder-service\.service/,
       /would run: systemctl enable builder-service\.service/,
@@ -548,11 +550,11 @@ in { options = builtins.attrNames options; inherit (module) config; }
     expect(config.nix.settings.sandbox).toBe(true);
     expect(config.nix.settings["allowed-users"]).toContain("nix-builder");
     const service = config.systemd.services["builder-service"];
-    expect(service.serviceConfig.ExecStart).toBe(
-      "/nix/store/nodejs-22/bin/node /opt/nix-edge-registry/node_modules/tsx/dist/cli.mjs /opt/nix-edge-registry/builder-service/main.ts",
-    );
-    // The tsx the command names is where npm puts it.
-    expect(existsSync(join(PROJECT_ROOT, "node_modules/tsx/dist/cli.mjs"))).toBe(true);
+    expect(service.serviceConfig.ExecStart).toBe("/nix/store/nodejs-22/bin/node --enable-source-maps /opt/nix-edge-registry/build/builder-service.mjs");
+    // The file the command names is where npm run build:builder puts it (deploy/builder-service runs the same).
+    await buildBuilder();
+    expect(existsSync(join(PROJECT_ROOT, "build/builder-service.mjs"))).toBe(true);
+    expect(await readFile(join(PROJECT_ROOT, "deploy/builder-service"), "utf8")).toContain('main="$root/build/builder-service.mjs"');
     expect(service.serviceConfig).toMatchObject({ User: "nix-builder", Group: "nix-builder", EnvironmentFile: "/etc/nix-edge-registry/builder.env", RestartPreventExitStatus: 2 });
     expect(service.environment).toMatchObject({ BUILDER_DATA_DIR: "/var/lib/nix-edge-registry", NIX_REMOTE: "daemon", BUILDER_PORT: "8788" });
   });

@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildBuilder } from "./support/built-builder.ts";
 import { builderStatus } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { ChannelService, getConfig, getManifest } from "./support/package-sets.ts";
@@ -52,6 +53,7 @@ function channelEnv(channel: string): Record<string, string> {
 }
 
 beforeAll(async () => {
+  await buildBuilder();
   scratch = await mkdtemp(join(tmpdir(), "nixpkgs-set-test-"));
   channels = await ChannelService.start(join(scratch, "channel-service"));
   await channels.addFolderArchive(commits.tooNew, TEST_NIXPKGS, hostMeetsNixpkgs ? { "lib/minver.nix": `"${tooNewNeeds}"` } : {});

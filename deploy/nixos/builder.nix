@@ -17,9 +17,9 @@ in
       type = types.path;
       default = "/opt/nix-edge-registry";
       description = ''
-        A checkout of nix-edge-registry with its runtime dependencies installed (`npm ci --omit=dev`, run with
-        the same Node.js as `nodejs`): the service runs `builder-service/main.ts` with the tsx in its
-        `node_modules`.
+        A checkout of nix-edge-registry with its runtime dependencies installed and the builder built
+        (`npm ci --omit=dev && npm run build:builder`, run with the same Node.js as `nodejs`): the service runs
+        `build/builder-service.mjs`.
       '';
     };
 
@@ -102,7 +102,7 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "nix-daemon.socket" "nix-daemon.service" ];
-      # nix-build and friends for the builder; node for anything tsx starts.
+      # nix-build and friends for the builder.
       path = [ config.nix.package cfg.nodejs ];
       environment = {
         BUILDER_DATA_DIR = cfg.dataDir;
@@ -116,7 +116,7 @@ in
         EnvironmentFile = cfg.environmentFile;
         WorkingDirectory = cfg.source;
         # What deploy/builder-service runs, with this Node.js rather than whichever node is on PATH.
-        ExecStart = "${cfg.nodejs}/bin/node ${cfg.source}/node_modules/tsx/dist/cli.mjs ${cfg.source}/builder-service/main.ts";
+        ExecStart = "${cfg.nodejs}/bin/node --enable-source-maps ${cfg.source}/build/builder-service.mjs";
         Restart = "on-failure";
         RestartSec = "5s";
         # Exit status 2 is a setting to fix (named in the journal): restarting would not help.
