@@ -24,14 +24,27 @@ import { blobKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 import { emptyResponse, logIncident } from "./responses.ts";
 
-/** What the redirect reads from the worker's environment (worker/env.ts has the same fields). */
+/** The redirect's settings, part of the worker's environment (worker/env.ts). */
 export interface BlobRedirectEnv {
+  /**
+   * A GET of a blob of at least this many bytes is answered 307 with a URL where the client gets the bytes straight
+   * from the bucket. Unset or "0": off, the worker streams every blob.
+   */
   BLOB_REDIRECT_MIN_BYTES?: string;
+  /**
+   * With the redirect on: a public base URL of the bucket (a custom domain, cached by Cloudflare); a blob is then
+   * redirected to `${BLOB_REDIRECT_URL}/${blob key}`. Unset: presigned URLs of R2's S3 API (the R2_S3_ settings).
+   */
   BLOB_REDIRECT_URL?: string;
+  /** How long a presigned redirect URL is valid, in seconds (default 300, at most 604800). */
   BLOB_REDIRECT_TTL_SECONDS?: string;
+  /** R2's S3 API endpoint, without the bucket: https://<ACCOUNT_ID>.r2.cloudflarestorage.com. */
   R2_S3_ENDPOINT?: string;
+  /** The bucket's name in the S3 API: the REGISTRY_BUCKET binding's bucket_name. */
   R2_S3_BUCKET?: string;
+  /** The access key id of an R2 API token with Object Read on the bucket, for presigning. */
   R2_S3_ACCESS_KEY_ID?: string;
+  /** Its secret access key: `wrangler secret put R2_S3_SECRET_ACCESS_KEY`, never a [vars] entry. */
   R2_S3_SECRET_ACCESS_KEY?: string;
 }
 

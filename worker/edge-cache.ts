@@ -287,29 +287,12 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
 
     async getImage(imageKey): Promise<ImageRecord | null> {
       const key = imageRecordKey(imageKey);
-      const cached = await match(key);
-      if (cached) {
-        const value = (await cached.json().catch(() => null)) as unknown;
-        if (isImageRecord(value)) return value;
-      }
-      const record = await inner.getImage(imageKey);
-      if (record) {
-        const text = JSON.stringify(record);
-        store(key, text, cacheHeaders(new TextEncoder().encode(text).byteLength, "application/json"));
-      }
-      return record;
+      return cachedRecord(key, isImageRecord, () => inner.getImage(imageKey), (record) => storeJson(key, record, FOREVER));
     },
 
     async getResolution(tag) {
       const key = resolutionKey(tag);
-      const cached = await match(key);
-      if (cached) {
-        const value = (await cached.json().catch(() => null)) as unknown;
-        if (isStoredResolution(value)) return value;
-      }
-      const resolution = await inner.getResolution(tag);
-      if (resolution) storeResolution(key, resolution);
-      return resolution;
+      return cachedRecord(key, isStoredResolution, () => inner.getResolution(tag), (resolution) => storeResolution(key, resolution));
     },
 
     async putResolution(tag, resolution) {
@@ -319,11 +302,26 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
     },
   };
 
+  /** A JSON record from the cache if it is there and well formed, else from the bucket (then kept). */
+  async function cachedRecord<T>(key: string, isValid: (value: unknown) => value is T, load: () => Promise<T | null>, keep: (value: T) => void): Promise<T | null> {
+    const cached = await match(key);
+    if (cached) {
+      const value = (await cached.json().catch(() => null)) as unknown;
+      if (isValid(value)) return value;
+    }
+    const loaded = await load();
+    if (loaded) keep(loaded);
+    return loaded;
+  }
+
+  function storeJson(key: string, value: unknown, cacheControl: string): void {
+    const text = JSON.stringify(value);
+    store(key, text, cacheHeaders(new TextEncoder().encode(text).byteLength, "application/json", cacheControl));
+  }
+
   function storeResolution(key: string, resolution: StoredResolution): void {
     const lifetime = options.resolutionLifetime(resolution);
     if (lifetime !== null && lifetime <= 0) return;
-    const text = JSON.stringify(resolution);
-    const cacheControl = lifetime === null ? FOREVER : `public, max-age=${Math.floor(lifetime)}`;
-    store(key, text, cacheHeaders(new TextEncoder().encode(text).byteLength, "application/json", cacheControl));
+    storeJson(key, resolution, lifetime === null ? FOREVER : `public, max-age=${Math.floor(lifetime)}`);
   }
 }

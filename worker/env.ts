@@ -1,7 +1,9 @@
 // The worker's bindings, as wrangler.toml declares them.
+import type { BlobRedirectEnv } from "./blob-redirect.ts";
 import type { BuildCoordinator } from "./build-coordinator.ts";
 
-export interface Env {
+/** The blob redirect's settings (BLOB_REDIRECT_*, R2_S3_*) are described where they are read, in blob-redirect.ts. */
+export interface Env extends BlobRedirectEnv {
   /** One content-addressed store for manifests, blobs and the worker's small records (see storage.ts). */
   REGISTRY_BUCKET: R2Bucket;
   /**
@@ -35,24 +37,4 @@ export interface Env {
   EDGE_CACHE?: string;
   /** Largest blob kept in the location's cache, in bytes (default 500 MB; Cloudflare's cache keeps up to 512 MB). */
   EDGE_CACHE_MAX_BYTES?: string;
-  /**
-   * Blob redirect (blob-redirect.ts): a GET of a blob of at least this many bytes is answered 307 with a URL where
-   * the client gets the bytes straight from the bucket. Unset or "0": off, the worker streams every blob.
-   */
-  BLOB_REDIRECT_MIN_BYTES?: string;
-  /**
-   * With the redirect on: a public base URL of the bucket (a custom domain, cached by Cloudflare); a blob is then
-   * redirected to `${BLOB_REDIRECT_URL}/${blob key}`. Unset: presigned URLs of R2's S3 API (the R2_S3_ settings).
-   */
-  BLOB_REDIRECT_URL?: string;
-  /** How long a presigned redirect URL is valid, in seconds (default 300, at most 604800). */
-  BLOB_REDIRECT_TTL_SECONDS?: string;
-  /** R2's S3 API endpoint, without the bucket: https://<ACCOUNT_ID>.r2.cloudflarestorage.com. */
-  R2_S3_ENDPOINT?: string;
-  /** The bucket's name in the S3 API: the REGISTRY_BUCKET binding's bucket_name. */
-  R2_S3_BUCKET?: string;
-  /** The access key id of an R2 API token with Object Read on the bucket, for presigning. */
-  R2_S3_ACCESS_KEY_ID?: string;
-  /** Its secret access key: `wrangler secret put R2_S3_SECRET_ACCESS_KEY`, never a [vars] entry. */
-  R2_S3_SECRET_ACCESS_KEY?: string;
 }
