@@ -13,7 +13,7 @@ import type { StorePathNode } from "../builder-service/closure.ts";
 import { loadConfig } from "../builder-service/config.ts";
 import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts";
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
-import { S3BlobStore } from "../builder-service/s3-store.ts";
+import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startLocalBucket, startStack, type Stack } from "../scripts/local-stack.ts";
 import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";

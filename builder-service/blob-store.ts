@@ -1,5 +1,5 @@
 // Where the builder puts what it makes: the registry's bucket (layout: common/bucket-layout.ts), through the S3 API
-// (s3-store.ts) both in production (R2) and in the local stack (its local R2, behind scripts/local-s3-endpoint/).
+// (s3/store.ts) both in production (R2) and in the local stack (its local R2, behind scripts/local-s3-endpoint/).
 import type { Writable } from "node:stream";
 import type { Digest } from "../common/digest.ts";
 
@@ -19,7 +19,11 @@ export interface BlobInfo {
  * Nothing is visible under a digest until commit; abort throws the partial bytes away.
  */
 export interface StagedBlob {
+  /** Where the bytes go. The store hashes them on the way: the one sha256 of those bytes the builder computes. */
   readonly sink: Writable;
+  /** The digest and size of what the sink took, once it has finished (the layer pipeline's digest). */
+  written(): { digest: Digest; size: number };
+  /** Stores the bytes under the digest; refuses, uploading nothing, unless they hash to it and number size. */
   commit(digest: Digest, size: number): Promise<void>;
   abort(): Promise<void>;
 }

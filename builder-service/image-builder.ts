@@ -239,6 +239,7 @@ export class ImageBuilder {
         const staged = await store.stage();
         return {
           sink: staged.sink,
+          written: () => staged.written(),
           abort: () => staged.abort(),
           // Returns once the upload has started; the staged blob cleans up after itself however it ends.
           commit: async (digest, size) => {

@@ -30,7 +30,7 @@ import { getJson, putJson, type BlobStore } from "./blob-store.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { Logger } from "./log.ts";
 import { NixBuildError, NixTooOldError, UnknownPackagesError } from "./nix-runner.ts";
-import { S3Error } from "./s3-store.ts";
+import { S3Error } from "./s3/errors.ts";
 import { RevisionUnavailableError } from "./sources/package-source.ts";
 import { CommandTimeoutError } from "./time-limited-command.ts";
 

@@ -1,4 +1,5 @@
-// One streaming pass per layer: tar -> sha256 (diff_id) -> gzip -> sha256 (digest) -> blob store.
+// One streaming pass per layer: tar -> sha256 (diff_id) -> gzip -> blob store, which hashes the compressed bytes
+// as it spools them (the digest). Each byte is hashed once: the tar's here, the compressed ones by the store.
 // No layer is ever held in memory; the blob becomes visible under its digest only once complete.
 import { createHash, type Hash } from "node:crypto";
 import { Transform, type TransformCallback } from "node:stream";
@@ -38,7 +39,6 @@ class HashTap extends Transform {
 
 export async function writeLayer(entries: readonly TarEntry[], store: Pick<BlobStore, "stage">): Promise<WrittenLayer> {
   const uncompressed = new HashTap();
-  const compressed = new HashTap();
   const staged = await store.stage();
   try {
     // Node's gzip header carries no timestamp or file name, so the same tar gives the same bytes.
@@ -46,12 +46,11 @@ export async function writeLayer(entries: readonly TarEntry[], store: Pick<BlobS
       tarStream(entries),
       uncompressed,
       createGzip({ level: GZIP_LEVEL, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
-      compressed,
       staged.sink,
     );
-    const digest = compressed.digest();
-    await staged.commit(digest, compressed.bytes);
-    return { digest, diffId: uncompressed.digest(), size: compressed.bytes, tarSize: uncompressed.bytes };
+    const { digest, size } = staged.written();
+    await staged.commit(digest, size);
+    return { digest, diffId: uncompressed.digest(), size, tarSize: uncompressed.bytes };
   } catch (error) {
     await staged.abort();
     throw error;

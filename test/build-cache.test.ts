@@ -9,7 +9,7 @@ import type { Digest } from "../common/digest.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import { loadConfig } from "../builder-service/config.ts";
 import type { Logger } from "../builder-service/log.ts";
-import { S3BlobStore } from "../builder-service/s3-store.ts";
+import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { startBuilder, startLocalBucket, type Builder } from "../scripts/local-stack.ts";
 import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
 import { startTestStack, TEST_PKGS, type BuilderCounters, type TestStack } from "./support/stack.ts";

@@ -3,7 +3,7 @@ import { execFileSync } from "node:child_process";
 import { createServer as createHttpServer } from "node:http";
 import { createServer as createTcpServer, type AddressInfo, type Socket } from "node:net";
 import { createHash, randomUUID } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, readFileSync } from "node:fs";
 import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,8 +31,8 @@ const scratch = await mkdtemp(join(tmpdir(), "units-"));
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
 /**
- * Where writeLayer puts a layer, reduced to files: staged bytes go to a temporary file, which commit checks against
- * the digest and size it is given and renames to <dir>/<hex>.
+ * Where writeLayer puts a layer, reduced to files: staged bytes go to a temporary file, whose hash written() reads,
+ * which commit checks against the digest and size it is given and renames to <dir>/<hex>.
  */
 function folderStore(dir: string): { stage(): Promise<StagedBlob>; commits: { digest: Digest; size: number }[] } {
   const commits: { digest: Digest; size: number }[] = [];
@@ -44,6 +44,10 @@ function folderStore(dir: string): { stage(): Promise<StagedBlob>; commits: { di
       const sink = createWriteStream(path);
       return {
         sink,
+        written() {
+          const bytes = readFileSync(path);
+          return { digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}`, size: bytes.length };
+        },
         async commit(digest, size) {
           const bytes = await readFile(path);
           expect(bytes.length).toBe(size);

@@ -6,7 +6,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../builder-service/config.ts";
-import { S3BlobStore } from "../builder-service/s3-store.ts";
+import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
 import { startTestStack, type TestStack } from "./support/stack.ts";

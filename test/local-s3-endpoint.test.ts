@@ -12,7 +12,8 @@ import { Miniflare } from "miniflare";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { Digest } from "../common/digest.ts";
 import type { S3StoreConfig } from "../builder-service/config.ts";
-import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
+import { S3Error } from "../builder-service/s3/errors.ts";
+import { S3BlobStore } from "../builder-service/s3/store.ts";
 import {
   LOCAL_S3_BUCKET_BINDING,
   localS3EndpointWorker,

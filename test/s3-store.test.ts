@@ -2,6 +2,8 @@
 // signatures (s3rver) and, through the test front, bodies against their signed sha256 and Content-MD5.
 // No Nix here: blobs are made of random bytes, staged and committed the way layer-pipeline.ts does.
 import { randomBytes } from "node:crypto";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,9 +12,10 @@ import { builderCacheKey, imageRecordKey, jobRecordKey, manifestKey, recentJobKe
 import type { Digest } from "../common/digest.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import { ConfigError, loadConfig, type S3StoreConfig } from "../builder-service/config.ts";
-import { S3BlobStore, S3Error } from "../builder-service/s3-store.ts";
+import { S3Error } from "../builder-service/s3/errors.ts";
+import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { startTestS3, type TestS3 } from "./support/s3-server.ts";
-import { digestOf, writeBlob } from "./support/staged-blobs.ts";
+import { chunks, digestOf, writeBlob } from "./support/staged-blobs.ts";
 import { RecordingLogger } from "./support/recording-logger.ts";
 
 const MiB = 1024 * 1024;
@@ -110,6 +113,21 @@ describe("the S3 blob store", () => {
     const upload = log.entries.find((l) => l.event === "s3-upload");
     expect(upload?.fields).toMatchObject({ digest, size: bytes.length, parts: 3 });
     console.log(`multipart upload of ${(bytes.length / MiB).toFixed(1)} MiB to s3rver (3 parts, 2 at a time): ${seconds.toFixed(2)} s including spooling, ${upload?.fields.mbPerSecond} MB/s for the upload`);
+  });
+
+  it("hashes staged bytes as it spools them: that sha256 is the digest it hands back, and each part's is signed", async () => {
+    const store = await newStore();
+    // Chunks of an odd size straddle the 5 MiB part boundaries.
+    const bytes = randomBytes(10 * MiB + 777);
+    const staged = await store.stage();
+    await pipeline(Readable.from(chunks(bytes, 100_003)), staged.sink);
+    expect(staged.written()).toEqual({ digest: digestOf(bytes), size: bytes.length });
+    await staged.commit(digestOf(bytes), bytes.length);
+    // The front refuses a part whose body doesn't match its signed sha256: each part went through on its first try.
+    const key = `blobs/sha256/${hexOf(digestOf(bytes))}`;
+    const parts = requestsFor(key).filter((r) => r.method === "PUT" && r.query.partNumber);
+    expect(parts.map((p) => [p.query.partNumber, p.outcome]).sort()).toEqual([["1", 200], ["2", 200], ["3", 200]]);
+    expect(digestOf((await s3.get(key))!.bytes)).toBe(digestOf(bytes));
   });
 
   it("does not upload a blob that is already in the bucket", async () => {

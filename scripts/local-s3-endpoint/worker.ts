@@ -1,6 +1,6 @@
 // A local S3 endpoint over the local R2 bucket: what R2's S3 API is in production, for the local stack.
 // Miniflare runs it next to the registry worker, bound to the same R2 bucket, so the builder's S3 blob store
-// (builder-service/s3-store.ts) writes into the very bucket the registry worker serves from.
+// (builder-service/s3/store.ts) writes into the very bucket the registry worker serves from.
 //
 // It speaks the subset of the S3 REST API (path style, /<bucket>/<key>) that the builder uses, and the presigned
 // GET the registry worker's blob redirect sends clients to (worker/blob-redirect.ts):
