@@ -9,7 +9,7 @@ import { manifestKey, type JobPhase, type JobRecord } from "../common/bucket-lay
 import type { NixSystem } from "../common/image-name.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
-import type { StorePathNode } from "../builder-service/closure.ts";
+import { parseImageClosure, type StorePathNode } from "../builder-service/closure.ts";
 import { loadConfig } from "../builder-service/config.ts";
 import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts";
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
@@ -86,13 +86,14 @@ async function imageClosure(pkgsPath: string, packages: string[], system: NixSys
       system,
     ])
   ).trim();
-  const image = JSON.parse(await readFile(join(out, "image.json"), "utf8")) as { graph: StorePathNode[]; topLevel: string[] };
+  const image = parseImageClosure(await readFile(join(out, "image.json"), "utf8"));
   return { graph: image.graph, topLevel: image.topLevel };
 }
 
 /**
  * A copy of the package set whose every package has new store paths (a salt in packages.json, see
- * nix/debian-pkgs/default.nix), so a build from it is cold in Nix too, without deleting anything from the store.
+ * package-sets/debian-pkgs/default.nix), so a build from it is cold in Nix too, without deleting anything from the
+ * store.
  */
 async function saltedCopy(base: string, into: string, salt: string): Promise<string> {
   await cp(base, into, { recursive: true });
@@ -132,7 +133,7 @@ async function main(): Promise<void> {
   console.log(`Machine: ${await machine()}\n`);
 
   const basePath = join(scratch, "debian-pkgs");
-  const generated = await time(() => sh("node", [join(PROJECT_ROOT, "nix/debian-pkgs/generate.mjs"), basePath, "--quiet"]));
+  const generated = await time(() => sh("node", [join(PROJECT_ROOT, "package-sets/debian-pkgs/generate.mjs"), basePath, "--quiet"]));
   console.log(`Package set: generated from this machine's Debian packages in ${seconds(generated.ms)}\n`);
   // Salted copies: one for the floor, one for the builder, one for the pulls; each builds every package afresh.
   const run = `${Date.now()}`;

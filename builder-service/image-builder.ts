@@ -16,6 +16,7 @@ import type { Logger } from "./log.ts";
 import { serialiseImage, type LayerDescription } from "./manifest.ts";
 import type { NixRunner } from "./nix-runner.ts";
 import { NixBuildProgress } from "./nix-progress.ts";
+import { rootFilesystem } from "./root-filesystem.ts";
 import type { PackageSource } from "./sources/package-source.ts";
 import { LAYER_FORMAT_VERSION, rootfsEntries, storePathEntries, type TarEntry } from "./tarball.ts";
 
@@ -115,6 +116,8 @@ export class ImageBuilder {
     const built = performance.now();
 
     report.phase("layering");
+    const rootfs = await rootFilesystem(closure);
+    if (rootfs.leftOut.length > 0) log.warn("rootfs-left-out", { imageKey: key, reason: "a newline in the name", paths: rootfs.leftOut });
     const groups = planLayers(closure.graph, this.options.layerBudget, this.options.popularity);
     const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string }[] = groups.map((group) => ({
       id: group.paths.join("\n"),
@@ -122,8 +125,8 @@ export class ImageBuilder {
       comment: `store paths: ${group.paths.map(storePathName).join(", ")}`.slice(0, 1024),
     }));
     jobs.push({
-      id: `rootfs\n${JSON.stringify(closure.rootfs)}`,
-      entries: async () => rootfsEntries(closure.rootfs),
+      id: `rootfs\n${JSON.stringify(rootfs.entries)}`,
+      entries: async () => rootfsEntries(rootfs.entries),
       comment: `root filesystem: links to ${Object.keys(closure.packages).sort().join(", ")}`.slice(0, 1024),
     });
     // Which layers the bucket has already (written by any builder), asked all at once rather than one by one
@@ -162,7 +165,7 @@ export class ImageBuilder {
     const image = await serialiseImage({
       system: request.system,
       packages: request.packages,
-      rootfs: closure.rootfs,
+      rootfs: rootfs.entries,
       mainProgram: closure.mainProgram,
       layers,
       revision: request.revision,

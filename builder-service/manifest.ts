@@ -11,7 +11,7 @@ import {
   OCI_MANIFEST,
 } from "../common/media-types.ts";
 import type { ImageConfig, ImageManifest } from "../common/oci.ts";
-import type { RootfsEntry } from "./tarball.ts";
+import type { RootfsEntry } from "./root-filesystem.ts";
 
 export interface BuiltManifest {
   digest: Digest;

@@ -5,16 +5,14 @@ import { mkdtemp, readFile, readlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NixSystem } from "../common/image-name.ts";
-import type { ImageClosure } from "./closure.ts";
+import { parseImageClosure, type ImageClosure } from "./closure.ts";
 import { NixBuildPlanReader, type BuildPlan } from "./nix-progress.ts";
 import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
-import type { RootfsEntry } from "./tarball.ts";
 
 /** How a package set is given to nix/build-image.nix (its `source` argument). */
 export type NixSource =
   | { kind: "path"; path: string }
-  | { kind: "tarball"; url: string; sha256?: string }
-  | { kind: "git"; url: string; rev: string };
+  | { kind: "tarball"; url: string; sha256?: string };
 
 /** Why the package set refuses to evaluate a package (nixpkgs' check-meta), as nix/build-image.nix reports it. */
 export type Refusal = "broken" | "insecure" | "unfree" | "unsupported-system" | "refused";
@@ -341,7 +339,7 @@ export class NixRunner {
   }
 
   /**
-   * Builds the image's derivation and returns its closure graph and root filesystem; Nix's log lines go to
+   * Builds the image's derivation and returns its closure and metadata; Nix's log lines go to
    * onLogLine. With a guard, the build stops as soon as Nix announces a plan the guard refuses.
    */
   async buildClosure(drvPath: string, onLogLine?: (line: string) => void, guard?: BuildGuard): Promise<ImageClosure> {
@@ -372,15 +370,7 @@ export class NixRunner {
     if (!outPath.startsWith("/nix/store/")) {
       throw new NixBuildError(`nix-build printed no output path`, [], tail(result.stderrTail, LOG_TAIL_LINES));
     }
-    const image = JSON.parse(await readFile(join(outPath, "image.json"), "utf8")) as Omit<ImageClosure, "rootfs">;
-    const rootfs = JSON.parse(await readFile(join(outPath, "rootfs.json"), "utf8")) as RootfsEntry[];
-    return {
-      packages: image.packages,
-      topLevel: image.topLevel,
-      graph: image.graph,
-      rootfs,
-      mainProgram: typeof image.mainProgram === "string" ? image.mainProgram : null,
-    };
+    return parseImageClosure(await readFile(join(outPath, "image.json"), "utf8"));
   }
 
   private throwOnFailure(result: CommandResult, what: string): void {

@@ -1,7 +1,7 @@
 // How widely a store path is used across a package set: what tells layering (layering.ts) which paths come
 // together in images, when a closure has more paths than the layer budget. Nixery's format, {"<name>-<version>":
 // count}: for each store path name, how many packages of the set have it in their closure. Nixery's popcount tool
-// computes such data for a nixpkgs channel; the Debian-derived package set ships its own (nix/debian-pkgs).
+// computes such data for a nixpkgs channel; the Debian-derived package set ships its own (package-sets/debian-pkgs).
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { storePathName, type StorePathNode } from "./closure.ts";

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import tar from "tar-stream";
+import type { RootfsEntry } from "./root-filesystem.ts";
 
 /** Nix's own timestamp for store contents (1 second after the epoch). */
 const FIXED_MTIME = new Date(1000);
@@ -22,12 +23,8 @@ export type TarEntry =
   | { name: string; type: "symlink"; mode: number; target: string }
   | { name: string; type: "file"; mode: number; size: number; source: string };
 
-/** What a root-filesystem layer holds, as the Nix expression describes it (nix/README.md). */
-export type RootfsEntry =
-  | { path: string; type: "directory"; mode?: string }
-  | { path: string; type: "symlink"; target: string };
-
-function compareBytes(a: string, b: string): number {
+/** Orders names by their UTF-8 bytes, as the file names' own bytes sort (not by UTF-16 code units). */
+export function compareBytes(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 

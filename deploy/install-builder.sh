@@ -373,8 +373,8 @@ else
   staging="$PREFIX.new"
   run rm -rf "$staging"
   run install -d -m 0755 "$staging"
-  # The code only: no dependencies, local state or build output.
-  run sh -c "tar -C '$SOURCE_DIR' --exclude=./node_modules --exclude=./.git --exclude=./.wrangler --exclude=./.data --exclude=./dist --exclude=./build -cf - . | tar -C '$staging' -xf -"
+  # The code only: no dependencies, local state, build output or the offline package sets of the tests.
+  run sh -c "tar -C '$SOURCE_DIR' --exclude=./node_modules --exclude=./.git --exclude=./.wrangler --exclude=./.data --exclude=./dist --exclude=./build --exclude=./package-sets -cf - . | tar -C '$staging' -xf -"
   run sh -c "cd '$staging' && npm ci --omit=dev --no-audit --no-fund && npm run --silent build:builder"
   run chown -R root:root "$staging"
   run chmod -R go-w "$staging"

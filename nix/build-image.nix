@@ -1,5 +1,6 @@
-# What the builder service asks Nix: which packages a name means (`resolve`), and the image's
-# metadata, built (`image`). See nix/README.md for the full contract.
+# What the builder service asks Nix: the Nix a package set needs (`requirements`), which packages a
+# name means (`resolve`, `explain`), and the image's closure and metadata, built (`image`). See
+# README.md in this folder for the contract. The root filesystem is the builder's (root-filesystem.ts).
 #
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A requirements ARGS
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A resolve ARGS
@@ -52,18 +53,7 @@ let
       # A nixpkgs channel tarball (nixexprs.tar.xz) or a GitHub archive; sha256 pins it.
       builtins.fetchTarball ({ url = srcString "url"; }
         // (if src ? sha256 then { sha256 = srcString "sha256"; } else { }))
-    else if src.kind == "git" then
-      let rev = srcString "rev";
-      in if match "[0-9a-f]{40}" rev == null then fail "a git source needs a 40-hex `rev`"
-         else builtins.fetchGit ({
-           url = srcString "url";
-           inherit rev;
-           # A commit on any branch must be found; without allRefs Nix fetches only `ref`
-           # (default HEAD). Nix 2.8 accepts allRefs (checked), though with a local file:// repo a
-           # commit on another branch was found even without it.
-           allRefs = true;
-         } // (if src ? ref then { ref = srcString "ref"; } else { }))
-    else fail "unknown source kind ${builtins.toJSON src.kind} (path, tarball or git)";
+    else fail "unknown source kind ${builtins.toJSON src.kind} (path or tarball)";
 
   # ---- the Nix the package set needs ------------------------------------------------------------
 
@@ -212,23 +202,42 @@ let
     else let p = (tryEval ((head known).value.meta.mainProgram or null)).value;
          in if isString p && match "[A-Za-z0-9._+-]+" p != null then p else null;
 
-  # /usr/bin/env comes from the coreutils package when it is in the image.
-  coreutilsOutputs = map (l: l.value.outPath) (filter (l: l.path == [ "coreutils" ]) known);
-  envFrom = if coreutilsOutputs == [ ] then "" else head coreutilsOutputs;
-
-  busyboxBin =
-    if buildPkgs ? busybox && isDerivation buildPkgs.busybox then "${buildPkgs.busybox}/bin/busybox"
-    else if builtins.pathExists /usr/bin/busybox then
-      "${builtins.path { path = /usr/bin; name = "busybox"; filter = p: t: baseNameOf p == "busybox"; }}/busybox"
-    else fail "the package set has no busybox and the host has no /usr/bin/busybox";
-
-  meta = builtins.toJSON {
-    version = 2;
+  # What the builder reads from the image's output besides the closure graph (README.md, `image`).
+  metadata = {
+    version = 3;
     system = targetSystem;
     packages = packageOutputs;
     resolved = resolve.resolved;
     inherit mainProgram topLevel;
   };
+
+  # The image's derivation runs where Nix runs, whatever the image's system, with the package set's own
+  # busybox for that system: a set the builder serves must have one (nixpkgs and the offline sets do).
+  busyboxBin =
+    if buildPkgs ? busybox && isDerivation buildPkgs.busybox then "${buildPkgs.busybox}/bin/busybox"
+    else fail "the package set has no busybox, which builds the image's derivation";
+
+  # The derivation's builder, run as `busybox sh -ec SCRIPT BUSYBOX`: it copies the structured attributes Nix
+  # wrote for the build (.attrs.json: `metadata`, and the closure `graph` that exportReferencesGraph adds) to
+  # $out/image.json. Nothing else runs, so the output depends only on the closure.
+  # With __structuredAttrs, Nix 2.8 sets no $out: the output path is in .attrs.sh (shell syntax that busybox sh
+  # cannot source, so sed picks it out). Nix (2.8 too) names both files in NIX_ATTRS_{SH,JSON}_FILE: those when
+  # set, the working directory's copies otherwise. In Nix 2.8's sandbox those variables name the build folder as
+  # seen from outside the sandbox, where the files are not: then the working directory's copies are the ones.
+  copyAttributes = ''
+    bb=$0
+    attrs_sh=''${NIX_ATTRS_SH_FILE:-.attrs.sh}
+    attrs_json=''${NIX_ATTRS_JSON_FILE:-.attrs.json}
+    [ -e "$attrs_sh" ] || attrs_sh=.attrs.sh
+    [ -e "$attrs_json" ] || attrs_json=.attrs.json
+    out=$("$bb" sed -n "s/^declare -A outputs=.*\['out'\]='\([^']*\)'.*/\1/p" "$attrs_sh")
+    case $out in
+      /*) ;;
+      *) echo "image-metadata: no output path in $attrs_sh" >&2; exit 1 ;;
+    esac
+    "$bb" mkdir "$out"
+    "$bb" cp "$attrs_json" "$out/image.json"
+  '';
 
   image =
     assert argumentsOk;
@@ -238,8 +247,9 @@ let
       name = "image-metadata";
       system = builtins.currentSystem;
       builder = busyboxBin;
-      args = [ "sh" "-e" "${./image-metadata.sh}" busyboxBin envFrom meta ] ++ topLevel;
+      args = [ "sh" "-ec" copyAttributes busyboxBin ];
       __structuredAttrs = true;
+      inherit metadata;
       exportReferencesGraph.graph = topLevel;
     };
 in

@@ -34,7 +34,7 @@ if (!have("nix-build")) {
     console.error(
       `Nix is needed to build images and is not installed, and ${apt ? `this system's nix-bin is ${apt.join(".")}` : "apt has no nix-bin"}, ` +
         `older than the ${NIXPKGS_MIN_NIX.join(".")} current nixpkgs needs. Install Nix with the upstream installer:\n  ${UPSTREAM_INSTALLER}\n` +
-        "then open a new shell and run npm start again. (To try the registry offline without it: NIXERY_PKGS_PATH=nix/test-pkgs npm start)",
+        "then open a new shell and run npm start again. (To try the registry offline without it: NIXERY_PKGS_PATH=package-sets/test-pkgs npm start)",
     );
     process.exit(1);
   }

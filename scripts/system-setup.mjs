@@ -46,7 +46,7 @@ export function installDebianPackages(names, purpose) {
   process.exit(1);
 }
 
-/** The packages the Debian-derived offline package set (nix/debian-pkgs) is made of. */
+/** The packages the Debian-derived offline package set (package-sets/debian-pkgs) is made of. */
 export function debianSetPackages() {
-  return readFileSync(`${root}nix/debian-pkgs/apt-packages.txt`, "utf8").split("\n").map((line) => line.trim()).filter(Boolean);
+  return readFileSync(`${root}package-sets/debian-pkgs/apt-packages.txt`, "utf8").split("\n").map((line) => line.trim()).filter(Boolean);
 }

@@ -7,7 +7,7 @@ import { debianSetPackages, ensureNpmPackages, installDebianPackages, missingDeb
 
 /** What each test needs, and why. */
 const TEST_PACKAGES = [
-  // Nix builds the images; busybox-static is what the offline package sets (nix/test-pkgs) are built from.
+  // Nix builds the images; busybox-static is what the offline package sets (package-sets/test-pkgs) are built from.
   "nix-bin",
   "busybox-static",
   // The real clients and runtimes the tests pull and run images with.
@@ -33,9 +33,9 @@ installDebianPackages(missingDebianPackages([...TEST_PACKAGES, ...debianSetPacka
 // into /usr/local/lib/nix-test-pkgs, nothing installed with dpkg).
 if (!existsSync("/usr/local/lib/nix-test-pkgs/aarch64-linux/busybox")) {
   if (process.getuid?.() === 0) {
-    execFileSync(`${root}nix/test-pkgs/fetch-foreign-busybox.sh`, ["aarch64-linux"], { stdio: "inherit" });
+    execFileSync(`${root}package-sets/test-pkgs/fetch-foreign-busybox.sh`, ["aarch64-linux"], { stdio: "inherit" });
   } else {
-    console.error(`The arm64 tests need Debian's arm64 static busybox. Run:\n  sudo ${root}nix/test-pkgs/fetch-foreign-busybox.sh aarch64-linux\nthen run npm test again.`);
+    console.error(`The arm64 tests need Debian's arm64 static busybox. Run:\n  sudo ${root}package-sets/test-pkgs/fetch-foreign-busybox.sh aarch64-linux\nthen run npm test again.`);
     process.exit(1);
   }
 }

@@ -30,7 +30,7 @@ const SLOW_SECONDS = 5;
 const SLOW = Array.from({ length: 12 }, (_, i) => `slow${i}`);
 const CLOSURE_LIMIT = 3 * 1024 * 1024;
 
-/** nix/test-pkgs plus the fixtures above. */
+/** package-sets/test-pkgs plus the fixtures above. */
 function packageSet(nonce: string): string {
   const program = (name: string, sleep: number) => slowProgram(name, sleep, nonce);
   // 4 MiB that do not compress: over the closure limit on its own.

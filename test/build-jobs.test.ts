@@ -28,11 +28,11 @@ const execFileAsync = promisify(execFile);
 const PROXY_LIMIT_MS = 3000;
 const SLOW_SECONDS = 6;
 
-/** nix/test-pkgs plus slow fixtures: each sleeps, then installs a program printing its name and the run's nonce. */
+/** package-sets/test-pkgs plus slow fixtures: each sleeps, then installs a program printing its name and the nonce. */
 function slowPackageSet(nonce: string): string {
   const slow = (name: string) => slowProgram(name, SLOW_SECONDS, nonce);
   return `{ system ? builtins.currentSystem, ... }@args:
-let base = import ${join(PROJECT_ROOT, "nix/test-pkgs")} args;
+let base = import ${join(PROJECT_ROOT, "package-sets/test-pkgs")} args;
 in base // {${slow("slowtool")}${slow("slowtool2")}${slow("slowtool3")}${slow("slowtool4")}
 }
 `;

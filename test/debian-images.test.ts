@@ -1,4 +1,4 @@
-// Real software from the Debian-derived offline package set (nix/debian-pkgs): the images run curl, git and
+// Real software from the Debian-derived offline package set (package-sets/debian-pkgs): the images run curl, git and
 // python3 as they would from nixpkgs. The set is generated from this machine's installed packages.
 import { execFile } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -15,7 +15,7 @@ let setDir: string;
 
 beforeAll(async () => {
   setDir = await mkdtemp(join(tmpdir(), "debian-pkgs-"));
-  await execFileAsync("node", [join(PROJECT_ROOT, "nix/debian-pkgs/generate.mjs"), setDir, "--quiet"]);
+  await execFileAsync("node", [join(PROJECT_ROOT, "package-sets/debian-pkgs/generate.mjs"), setDir, "--quiet"]);
   stack = await startTestStack({ pkgsPath: setDir });
 });
 

@@ -29,7 +29,7 @@ const BLOBS_AT_ONCE = 3;
 /** The builder's own processes (not the Nix processes it runs), and workerd, may grow by no more than this under load. */
 const MAX_GROWTH_MIB = 100;
 
-/** Packages of nix/test-pkgs (besides `broken` and the aliases), for images no other part of this file pulls. */
+/** Packages of package-sets/test-pkgs (not `broken` or the aliases), for images no other part of this file pulls. */
 const PACKAGES = ["2048", "bashinteractive", "busybox", "cacert", "coreutils", "dataset", "greeting", "hello", "iana-etc", "moreutils", "nano", "tools.greet"];
 
 let stack: TestStack;

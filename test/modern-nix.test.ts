@@ -1,7 +1,7 @@
 // Issue "Current nixpkgs with a Nix that can evaluate it": the builder under a Nix new enough for current nixpkgs
 // (>= 2.18): the machine's own when it is, else Debian 13's Nix 2.26 from a bootstrapped root with its own store
 // (test/support/modern-nix.ts; the first run bootstraps it, about a minute). A stand-in for the channel service
-// and GitHub's archives (a local HTTP server) serves nix/test-nixpkgs as shipped, with nixpkgs' guard
+// and GitHub's archives (a local HTTP server) serves package-sets/test-nixpkgs as shipped, with nixpkgs' guard
 // (lib/minver.nix: 2.18); shell/hello, python3packages.requests and the multi-output curl are pulled with skopeo
 // and podman and run, and the builder's Nix really was that Nix. The prefix gives the builder a mount namespace of
 // its own but the host's network: it writes into the stack's bucket through the S3 endpoint on 127.0.0.1.
@@ -40,7 +40,7 @@ beforeAll(async () => {
   traceDir = await mkdtemp(join(tmpdir(), "modern-nix-trace-"));
   trace = join(traceDir, "calls");
   channels = await ChannelService.start(join(traceDir, "channel-service"));
-  await channels.addFolderArchive(COMMIT, join(PROJECT_ROOT, "nix/test-nixpkgs"));
+  await channels.addFolderArchive(COMMIT, join(PROJECT_ROOT, "package-sets/test-nixpkgs"));
   channels.channels.set("nixos-test", COMMIT);
   stack = await startTestStack({
     builderEnv: {

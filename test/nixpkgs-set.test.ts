@@ -1,7 +1,7 @@
 // Issue "Current nixpkgs with a Nix that can evaluate it", on the machine's own Nix (Debian 12: 2.8.0).
 //
 // A local HTTP server stands in for the channel service and GitHub's archives (as in sources.test.ts) and serves
-// nix/test-nixpkgs, the offline set shaped like nixpkgs, in two versions:
+// package-sets/test-nixpkgs, the offline set shaped like nixpkgs, in two versions:
 // - as shipped, with nixpkgs' guard (lib/minver.nix: 2.18): too new for this Nix. Before any pull, --check, the
 //   signed /status (the open /ready only says "not ready") and `npm start` say so; a pull gets the same error, and
 //   nothing is built. (Where the machine's Nix is 2.18 or newer, the guard is raised to 99.0 so that the same path
@@ -24,7 +24,7 @@ import { ChannelService, getConfig, getManifest } from "./support/package-sets.t
 import { podmanRun, pullAndUnpack, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
 
 const execFileAsync = promisify(execFile);
-const TEST_NIXPKGS = join(PROJECT_ROOT, "nix/test-nixpkgs");
+const TEST_NIXPKGS = join(PROJECT_ROOT, "package-sets/test-nixpkgs");
 const WRAPPER = join(PROJECT_ROOT, "deploy/builder-service");
 
 const hostNix = (await execFileAsync("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], { env: { ...process.env, NIX_CONFIG: OFFLINE_NIX_CONFIG } }))

@@ -6,7 +6,7 @@
 // - a git source: a package-set repository this test makes (file:// URL), commits made as the test goes;
 // - a channel source: a local HTTP server stands in for the internet here, answering like
 //   channels.nixos.org (/<channel>/git-revision) and GitHub's nixpkgs archives (/archive/<commit>.tar.gz).
-// Both serve copies of nix/test-pkgs whose hello prints a different line per commit (with a per-run id, so
+// Both serve copies of package-sets/test-pkgs whose hello prints a different line per commit (with a per-run id, so
 // every run builds fresh derivations: the arm64 error below needs something left to build).
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -23,7 +23,7 @@ const TTL_SECONDS = 2;
 const RUN = randomBytes(4).toString("hex");
 const REVISION = "org.opencontainers.image.revision";
 const SOURCE = "org.opencontainers.image.source";
-/** Where nix/test-pkgs/fetch-foreign-busybox.sh installs Debian's busybox-static:arm64. */
+/** Where package-sets/test-pkgs/fetch-foreign-busybox.sh installs Debian's busybox-static:arm64. */
 const ARM64_BUSYBOX = "/usr/local/lib/nix-test-pkgs/aarch64-linux/busybox";
 
 const fakeCommit = () => randomBytes(20).toString("hex");
@@ -37,7 +37,7 @@ let scratch: string | undefined;
 const commits: Record<"one" | "two" | "three", string> = { one: "", two: "", three: "" };
 const channelCommits = { test: fakeCommit(), other: fakeCommit(), pinned: fakeCommit() };
 
-/** Stack options for a builder that serves no local folder (startTestStack passes nix/test-pkgs otherwise). */
+/** Stack options for a builder that serves no local folder (startTestStack passes package-sets/test-pkgs otherwise). */
 function sourceEnv(vars: Record<string, string>, nixConfig = OFFLINE_NIX_CONFIG): Record<string, string> {
   return { NIXERY_PKGS_PATH: "", NIXERY_TAG_TTL_SECONDS: String(TTL_SECONDS), NIX_CONFIG: nixConfig, ...vars };
 }
@@ -221,7 +221,7 @@ describe("meta-packages", () => {
   });
 
   it.skipIf(!existsSync(ARM64_BUSYBOX))(
-    `arm64/hello on a builder with extra-platforms = aarch64-linux: an arm64 image with aarch64 binaries (needs ${ARM64_BUSYBOX}: nix/test-pkgs/fetch-foreign-busybox.sh)`,
+    `arm64/hello on a builder with extra-platforms = aarch64-linux: an arm64 image with aarch64 binaries (needs ${ARM64_BUSYBOX}: package-sets/test-pkgs/fetch-foreign-busybox.sh)`,
     async () => {
       const answer = await getManifest(channelStack.registryUrl, "arm64/hello", "latest");
       expect(answer.status, JSON.stringify(answer.error)).toBe(200);
@@ -316,7 +316,7 @@ describe("choosing the source (builder configuration)", () => {
       branch: "release-1",
     });
     expect(loadConfig({ ...base, NIXERY_PKGS_REPO: "file:///srv/pkgs.git" }).source).toMatchObject({ kind: "git", branch: null });
-    expect(loadConfig({ ...base, NIXERY_PKGS_PATH: "nix/test-pkgs" }).source.kind).toBe("path");
+    expect(loadConfig({ ...base, NIXERY_PKGS_PATH: "package-sets/test-pkgs" }).source.kind).toBe("path");
     expect(loadConfig(base).source).toMatchObject({ kind: "channel", channel: "nixos-unstable" });
   });
 

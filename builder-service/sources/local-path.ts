@@ -26,7 +26,7 @@ export class LocalPathSource implements PackageSource {
     try {
       await access(join(this.path, "default.nix"));
     } catch {
-      throw new Error(`NIXERY_PKGS_PATH=${this.path} holds no default.nix; point it at a package set such as nix/test-pkgs`);
+      throw new Error(`NIXERY_PKGS_PATH=${this.path} holds no default.nix; point it at a package set such as package-sets/test-pkgs`);
     }
   }
 

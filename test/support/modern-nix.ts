@@ -29,7 +29,7 @@ export const MIN_NIX_VERSION = "2.18";
 export const MODERN_NIX_CACHE = process.env.MODERN_NIX_CACHE || "/var/cache/nix-edge-registry-tests";
 const MIRROR = process.env.MODERN_NIX_MIRROR || "http://deb.debian.org/debian";
 const PROJECT_ROOT = fileURLToPath(new URL("../../", import.meta.url));
-/** Where nix/test-pkgs looks for other systems' busybox (fetch-foreign-busybox.sh). */
+/** Where package-sets/test-pkgs looks for other systems' busybox (fetch-foreign-busybox.sh). */
 const FOREIGN_BUSYBOX_DIR = "/usr/local/lib/nix-test-pkgs";
 
 export interface ModernNix {

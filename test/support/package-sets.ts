@@ -12,12 +12,12 @@ import { TEST_PKGS } from "./stack.ts";
 
 const execFileAsync = promisify(execFile);
 
-/** nix/test-pkgs/default.nix with hello printing `message` instead of "Hello, world!". */
+/** package-sets/test-pkgs/default.nix with hello printing `message` instead of "Hello, world!". */
 export async function testPkgsWithHello(message: string): Promise<string> {
   if (message.includes("'")) throw new Error("the message goes into single quotes");
   const original = await readFile(join(TEST_PKGS, "default.nix"), "utf8");
   const changed = original.replace("echo 'Hello, world!'", `echo '${message}'`);
-  if (changed === original) throw new Error("nix/test-pkgs/default.nix no longer has hello's echo line");
+  if (changed === original) throw new Error("package-sets/test-pkgs/default.nix no longer has hello's echo line");
   return changed;
 }
 
@@ -89,7 +89,7 @@ export class ChannelService {
   }
 
   /**
-   * Publishes a package-set folder (e.g. nix/test-nixpkgs) as the source archive of `commit`, with some of its
+   * Publishes a package-set folder (e.g. package-sets/test-nixpkgs) as the source archive of `commit`, with some of its
    * files replaced (`{ "lib/minver.nix": '"2.0"' }`).
    */
   async addFolderArchive(commit: string, folder: string, replaced: Record<string, string> = {}): Promise<void> {

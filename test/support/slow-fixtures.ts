@@ -1,7 +1,7 @@
-// Packages for a test's own package set (nix/test-pkgs plus these): each sleeps, then installs a program printing its
-// name and the run's nonce. The nonce gives every run new store paths, so Nix really builds them each time.
+// Packages for a test's own package set (package-sets/test-pkgs plus these): each sleeps, then installs a program
+// printing its name and the run's nonce. The nonce gives every run new store paths, so Nix really builds them each time.
 
-/** The Nix attribute `name = derivation {...};`, for a set whose `base` is nix/test-pkgs and `system` its argument. */
+/** The Nix attribute `name = derivation {...};`, for a set whose `base` is package-sets/test-pkgs, `system` its argument. */
 export function slowProgram(name: string, seconds: number, nonce: string): string {
   return `
   ${name} = derivation {

@@ -13,7 +13,7 @@ import { withWorkerR2 } from "./local-r2.ts";
 
 const execFileAsync = promisify(execFile);
 
-export const TEST_PKGS = join(PROJECT_ROOT, "nix/test-pkgs");
+export const TEST_PKGS = join(PROJECT_ROOT, "package-sets/test-pkgs");
 
 export interface TestStackOptions {
   builderEnv?: Record<string, string>;

@@ -9,13 +9,13 @@
 # The set is called the way nixpkgs is: `import ./. { system = ...; config = {}; overlays = []; }`.
 # `system` is the system of the derivations. Builders always run the host's busybox; for another
 # system (aarch64-linux on an x86_64 host) the packages hold that system's static busybox instead,
-# taken from FOREIGN_BUSYBOX_DIR/<system>/busybox (nix/test-pkgs/fetch-foreign-busybox.sh puts
+# taken from FOREIGN_BUSYBOX_DIR/<system>/busybox (fetch-foreign-busybox.sh in this folder puts
 # Debian's busybox-static:arm64 there). Nix builds such derivations only when told the host may
 # (`extra-platforms = aarch64-linux`; the builders are x86 programs, so no emulation is needed);
 # otherwise it says "a 'aarch64-linux' ... is required". Without the foreign busybox, the
 # foreign `busybox` package fails to build with a message saying how to get it.
 #
-# To add a package, see nix/README.md: write `mk { pname; version; script; }` below, where `script`
+# To add a package, see package-sets/README.md: write `mk { pname; version; script; }` below, where `script`
 # is busybox sh that fills $out, and refer to other packages with ${...} so the store paths reference
 # each other like real packages do.
 { system ? builtins.currentSystem, ... }:
@@ -38,7 +38,7 @@ let
         filter = p: t: baseNameOf p == "busybox";
       }
     else
-      throw "nix/test-pkgs needs Debian's static busybox at /usr/bin/busybox (apt-get install busybox-static)";
+      throw "package-sets/test-pkgs needs Debian's static busybox at /usr/bin/busybox (apt-get install busybox-static)";
 
   # The target system's static busybox (a store folder holding `busybox`), or null when there is none.
   targetBusybox =
@@ -74,8 +74,8 @@ let
   # host busybox's applets (the same Debian version has the same ones).
   foreignBusyboxScript =
     if targetBusybox == null then ''
-      echo "nix/test-pkgs: no static busybox for ${system} at ${toString foreignBusyboxDir}/${system}/busybox;" >&2
-      echo "run nix/test-pkgs/fetch-foreign-busybox.sh ${system} (as root) to build this package set for ${system}" >&2
+      echo "package-sets/test-pkgs: no static busybox for ${system} at ${toString foreignBusyboxDir}/${system}/busybox;" >&2
+      echo "run package-sets/test-pkgs/fetch-foreign-busybox.sh ${system} (as root) to build this package set for ${system}" >&2
       exit 1
     '' else ''
       bb=${hostBusybox}/busybox
@@ -218,6 +218,7 @@ let
         let host = /etc/ssl/certs/ca-certificates.crt;
         in if builtins.pathExists host
           then builtins.toFile "ca-bundle.crt" (builtins.readFile host)
+          # The text keeps the set's former folder name: a new text would give this package new store paths.
           else builtins.toFile "ca-bundle.crt" ''
             # Placeholder CA bundle of nix/test-pkgs: the build host had no
             # /etc/ssl/certs/ca-certificates.crt, so this bundle trusts nothing.

@@ -1,7 +1,7 @@
 # An offline package set shaped like nixpkgs, for tests: what name resolution and builds meet in the
 # real nixpkgs (the minimum-Nix guard, lib, aliases that throw, nested sets, packages refused by
 # check-meta, multi-output packages, meta.mainProgram), built from Debian's static busybox like
-# nix/test-pkgs. See nix/README.md for the packages.
+# package-sets/test-pkgs. See package-sets/README.md for the packages.
 #
 # Like nixpkgs' own default.nix, it refuses an older Nix than lib/minver.nix names, with `abort`.
 let

@@ -1,15 +1,20 @@
 #!/usr/bin/env node
-// Self-check of nix/build-image.nix against nix/test-pkgs: `node nix/check.mjs` (needs nix-bin and
-// busybox-static; root for the chroot part, which is skipped otherwise). Exits non-zero on failure.
+// Self-check of nix/build-image.nix against package-sets/test-pkgs: `node package-sets/check.mjs` (needs nix-bin
+// and busybox-static; root for the chroot part, which is skipped otherwise). Exits non-zero on failure.
 // It checks the contract documented in nix/README.md with real Nix runs, and prints timings.
 import { execFileSync, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { tsImport } from "tsx/esm/api";
+
+// The builder's own reading of the image's output, and its root filesystem (TypeScript, loaded through tsx).
+const { parseImageClosure } = await tsImport("../builder-service/closure.ts", import.meta.url);
+const { rootFilesystem } = await tsImport("../builder-service/root-filesystem.ts", import.meta.url);
 
 const here = dirname(fileURLToPath(import.meta.url));
-const expr = join(here, "build-image.nix");
+const expr = join(here, "../nix/build-image.nix");
 const source = JSON.stringify({ kind: "path", path: resolve(here, "test-pkgs") });
 // Root without the nixbld group (Debian's nix-bin alone) builds as root, as a single-user Nix does.
 const singleUserRoot = process.getuid?.() === 0 && !/^nixbld:/m.test(existsSync("/etc/group") ? readFileSync("/etc/group", "utf8") : "");
@@ -55,7 +60,7 @@ function closureOf(paths) {
   return new Set(execFileSync("nix-store", ["-qR", ...paths], { env, encoding: "utf8" }).trim().split("\n"));
 }
 
-function checkImage(packages, runs) {
+async function checkImage(packages, runs) {
   const r = nix("build", "image", packages);
   check(r.status === 0, `image ${JSON.stringify(packages)} builds (${r.seconds.toFixed(3)} s)`);
   if (r.status !== 0) { console.log(r.stderr); return; }
@@ -65,10 +70,11 @@ function checkImage(packages, runs) {
   const rebuilt = spawnSync("nix-build", ["--check", "--no-out-link", expr, "-A", "image", "--argstr", "packages", JSON.stringify(packages), "--argstr", "source", source, "--argstr", "system", system], { env, encoding: "utf8" });
   check(rebuilt.status === 0, "  nix-build --check: a rebuild gives the same bytes");
 
-  const image = JSON.parse(readFileSync(join(out, "image.json"), "utf8"));
+  const text = readFileSync(join(out, "image.json"), "utf8");
+  const image = parseImageClosure(text);
   const expectedKeys = [...new Set([...packages, "cacert", "iana-etc"])].sort();
   check(JSON.stringify(Object.keys(image.packages).sort()) === JSON.stringify(expectedKeys), "  packages: every requested name, cacert and iana-etc");
-  check(image.system === system, `  system is ${system}`);
+  check(JSON.parse(text).metadata.system === system, `  system is ${system}`);
   const wantTop = [...new Set([...[...packages].sort().map((n) => image.packages[n]), image.packages.cacert, image.packages["iana-etc"]])];
   check(JSON.stringify(image.topLevel) === JSON.stringify(wantTop), "  topLevel: requested names sorted, then cacert, iana-etc");
   const graphPaths = new Set(image.graph.map((e) => e.path));
@@ -76,9 +82,9 @@ function checkImage(packages, runs) {
   check(graphPaths.size === closure.size && [...closure].every((p) => graphPaths.has(p)), `  graph holds exactly the closure (${closure.size} paths)`);
   check(image.graph.every((e) => e.references.every((p) => graphPaths.has(p)) && e.narSize > 0 && e.closureSize >= e.narSize), "  graph: references inside the graph, sizes set");
 
-  const rootfs = JSON.parse(readFileSync(join(out, "rootfs.json"), "utf8"));
+  const { entries: rootfs } = await rootFilesystem(image);
   const paths = rootfs.map((e) => e.path);
-  check(paths.every((p, i) => i === 0 || cmp(paths[i - 1], p) < 0), `  rootfs.json sorted bytewise, no duplicates (${rootfs.length} entries)`);
+  check(paths.every((p, i) => i === 0 || cmp(paths[i - 1], p) < 0), `  root filesystem sorted bytewise, no duplicates (${rootfs.length} entries)`);
   const kinds = new Map(rootfs.map((e) => [e.path, e.type]));
   check(rootfs.every((e) => { const parent = e.path.slice(0, e.path.lastIndexOf("/")); return parent === "" || kinds.get(parent) === "directory"; }), "  every parent is a directory entry");
   check(rootfs.filter((e) => e.type === "symlink").every((e) => existsSync(e.target) && image.topLevel.some((t) => e.target.startsWith(t + "/"))), "  every symlink resolves to a file of a top-level path");
@@ -90,7 +96,7 @@ function checkImage(packages, runs) {
   if (runs && process.getuid?.() === 0) runInChroot(image, rootfs, runs);
 }
 
-// Materialise the image (closure copied into ROOT/nix/store, rootfs.json applied) and run in it.
+// Materialise the image (closure copied into ROOT/nix/store, the root filesystem laid out) and run in it.
 const chrootBin = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"].find((p) => existsSync(p));
 function runInChroot(image, rootfs, runs) {
   if (!chrootBin) { console.log("skip  chroot runs (no chroot binary)"); return; }
@@ -112,14 +118,14 @@ function runInChroot(image, rootfs, runs) {
   }
 }
 
-checkImage(["hello"], [[["/bin/hello"], "Hello, world!\n"]]);
-checkImage(["greeting", "dataset"], [[["/bin/greeting", "tests"], "HELLO, WORLD!\nand greetings to tests\n"]]);
-checkImage(["bashInteractive", "coreutils", "moreutils", "nano", "hello"], [
+await checkImage(["hello"], [[["/bin/hello"], "Hello, world!\n"]]);
+await checkImage(["greeting", "dataset"], [[["/bin/greeting", "tests"], "HELLO, WORLD!\nand greetings to tests\n"]]);
+await checkImage(["bashInteractive", "coreutils", "moreutils", "nano", "hello"], [
   [["/bin/bash", "-c", "hello"], "Hello, world!\n"],
   [["/usr/bin/env", "sh", "-c", "echo one two | wc -w"], "2\n"],
   [["/bin/sh", "-c", "printf 'b\\na\\n' | sort | sponge"], "a\nb\n"],
 ]);
-checkImage(["tools.greet", "2048", "bashinteractive", "busybox", "coreutils"], [[["/bin/bash", "-c", "greet && 2048"], "greetings from tools.greet\n2048: join the numbers and get to the 2048 tile!\n"]]);
+await checkImage(["tools.greet", "2048", "bashinteractive", "busybox", "coreutils"], [[["/bin/bash", "-c", "greet && 2048"], "greetings from tools.greet\n2048: join the numbers and get to the 2048 tile!\n"]]);
 
 // ---- failures ---------------------------------------------------------------------------------
 {
@@ -130,6 +136,15 @@ checkImage(["tools.greet", "2048", "bashinteractive", "busybox", "coreutils"], [
 {
   const r = nix("build", "image", ["hello", "nosuch", "zzz"]);
   check(r.status === 1 && r.stderr.includes("unknown packages: nosuch, zzz"), "unknown names: image fails to evaluate, naming them");
+}
+
+{
+  // The image's derivation is built with the package set's own busybox; the host's is never used.
+  const dir = mkdtempSync(join(tmpdir(), "no-busybox-"));
+  writeFileSync(join(dir, "default.nix"), `args: removeAttrs (import ${resolve(here, "test-pkgs")} args) [ "busybox" ]`);
+  const r = spawnSync("nix-instantiate", [expr, "-A", "image", "--argstr", "packages", '["hello"]', "--argstr", "source", JSON.stringify({ kind: "path", path: dir })], { env, encoding: "utf8" });
+  check(r.status === 1 && r.stderr.includes("the package set has no busybox"), "a package set without busybox: image fails to evaluate, saying so");
+  rmSync(dir, { recursive: true, force: true });
 }
 
 console.log(failures === 0 ? "all checks passed" : `${failures} check(s) failed`);

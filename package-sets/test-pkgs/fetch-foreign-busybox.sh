@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Installs another system's static busybox for the offline package set (nix/test-pkgs), so that it can
+# Installs another system's static busybox for the offline package set (package-sets/test-pkgs), so that it can
 # build images for that system too: `fetch-foreign-busybox.sh [aarch64-linux]` (as root, Debian/Ubuntu).
 #
 # It downloads Debian's busybox-static package for that architecture with apt, using package lists of its
 # own in a temporary folder: the machine's apt configuration is not changed (no dpkg --add-architecture)
 # and nothing is installed through dpkg. The binary goes to /usr/local/lib/nix-test-pkgs/<system>/busybox,
-# where nix/test-pkgs/default.nix looks for it. Nix then also needs `extra-platforms = <system>` to build
+# where package-sets/test-pkgs/default.nix looks for it. Nix then also needs `extra-platforms = <system>` to build
 # these derivations on this host (their builders are the host's busybox; only the files are foreign).
 set -euo pipefail
 

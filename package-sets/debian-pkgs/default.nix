@@ -1,12 +1,12 @@
 # A realistic offline package set: the Debian packages installed on the build machine, one store
 # path per package, with their real files and dependency graph. See README.md.
 #
-# This file is the Nix side; `node nix/debian-pkgs/generate.mjs` writes packages.json (read from
+# This file is the Nix side; `node package-sets/debian-pkgs/generate.mjs` writes packages.json (read from
 # dpkg's database and the files on disk) and copies this file and build-package.sh next to it, into
-# nix/debian-pkgs/generated/ by default. That folder is the package set:
+# package-sets/debian-pkgs/generated/ by default. That folder is the package set:
 #
 #   import ./generated { system = "x86_64-linux"; }
-#   NIXERY_PKGS_PATH=/abs/path/nix/debian-pkgs/generated
+#   NIXERY_PKGS_PATH=/abs/path/package-sets/debian-pkgs/generated
 #
 # Attributes: nixpkgs-like names (curl, git, python3, bashInteractive, cacert, iana-etc, busybox,
 # ...: packages.json's `aliases`) and every Debian package of the set under `debian.<name>`
@@ -31,16 +31,16 @@ let
   data =
     if pathExists jsonFile then builtins.fromJSON (readFile jsonFile)
     else throw (
-      "nix/debian-pkgs: packages.json is missing next to default.nix. This package set is generated "
-      + "from the machine's installed Debian packages: run `node nix/debian-pkgs/generate.mjs` "
-      + "(it writes nix/debian-pkgs/generated/, holding default.nix and packages.json) and use that "
-      + "folder as the package set (see nix/debian-pkgs/README.md).");
+      "package-sets/debian-pkgs: packages.json is missing next to default.nix. This package set is generated "
+      + "from the machine's installed Debian packages: run `node package-sets/debian-pkgs/generate.mjs` "
+      + "(it writes package-sets/debian-pkgs/generated/, holding default.nix and packages.json) and use that "
+      + "folder as the package set (see package-sets/debian-pkgs/README.md).");
 
   set =
     if data.version or null != 1 then
-      throw "nix/debian-pkgs: packages.json has format version ${toString (data.version or "?")}, this default.nix reads version 1: run generate.mjs again"
+      throw "package-sets/debian-pkgs: packages.json has format version ${toString (data.version or "?")}, this default.nix reads version 1: run generate.mjs again"
     else if system != data.system then
-      throw ("nix/debian-pkgs: this package set is made of the build machine's installed Debian "
+      throw ("package-sets/debian-pkgs: this package set is made of the build machine's installed Debian "
         + "packages, which are ${data.system} binaries; it has nothing for ${system}")
     else data;
 
@@ -58,9 +58,9 @@ let
           && (!pathExists (/. + p.md5sums.path) || builtins.hashFile "sha256" (/. + p.md5sums.path) != p.md5sums.sha256);
       in
       if changed then
-        throw ("nix/debian-pkgs: the Debian package ${name} (${p.version} in packages.json) has changed on this "
+        throw ("package-sets/debian-pkgs: the Debian package ${name} (${p.version} in packages.json) has changed on this "
           + "machine since packages.json was generated (${p.md5sums.path}); generate the set again: "
-          + "node nix/debian-pkgs/generate.mjs")
+          + "node package-sets/debian-pkgs/generate.mjs")
       else builtins.path {
         path = /.;
         name = "debian-files-${p.storeName}";
@@ -117,7 +117,7 @@ let
     else if o.op == "write" then
       concatStringsSep "\n" ([ "write\t${o.path}\t${o.mode}" ]
         ++ map (l: "line\t" + concatStringsSep "" (map (seg: if isString seg then seg else ref name (elemAt seg 0) (elemAt seg 1)) l)) o.lines)
-    else throw "nix/debian-pkgs: unknown operation ${o.op} in packages.json";
+    else throw "package-sets/debian-pkgs: unknown operation ${o.op} in packages.json";
 
   # A benchmark's cold builds set "salt" in packages.json: every package then gets new store paths, built
   # afresh, without touching the store paths anything else uses.

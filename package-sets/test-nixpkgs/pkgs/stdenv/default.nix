@@ -13,7 +13,7 @@ let
         filter = p: t: baseNameOf p == "busybox";
       }
     else
-      throw "nix/test-nixpkgs needs Debian's static busybox at /usr/bin/busybox (apt-get install busybox-static)";
+      throw "package-sets/test-nixpkgs needs Debian's static busybox at /usr/bin/busybox (apt-get install busybox-static)";
 
   # Applet links, so that scripts can call `mkdir`, `cat`, ... by name.
   tools = derivation {

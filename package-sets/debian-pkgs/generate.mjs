@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // Generates an offline Nix package set from the Debian packages installed on this machine.
 //
-//   node nix/debian-pkgs/generate.mjs [OUTDIR] [--root PKG]... [--all] [--quiet]
+//   node package-sets/debian-pkgs/generate.mjs [OUTDIR] [--root PKG]... [--all] [--quiet]
 //
-// OUTDIR (default nix/debian-pkgs/generated/) receives a self-contained package set: packages.json
+// OUTDIR (default package-sets/debian-pkgs/generated/) receives a self-contained package set: packages.json
 // (written here, from dpkg's database and the files on disk) next to copies of default.nix and
 // build-package.sh (the Nix side). Use OUTDIR as the package set: import it like nixpkgs, or give it
 // to the builder as a `path` source (NIXERY_PKGS_PATH). See README.md.
@@ -123,7 +123,7 @@ const DLOPENS = new Map([['libc.so.6', ['libgcc_s.so.1']]]);
 
 function usage(msg) {
   if (msg) process.stderr.write(`generate.mjs: ${msg}\n`);
-  process.stderr.write('usage: node nix/debian-pkgs/generate.mjs [OUTDIR] [--root PKG]... [--all] [--quiet]\n');
+  process.stderr.write('usage: node package-sets/debian-pkgs/generate.mjs [OUTDIR] [--root PKG]... [--all] [--quiet]\n');
   process.exit(2);
 }
 

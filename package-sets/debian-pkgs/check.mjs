@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // Self-check of the Debian package set with real Nix runs, the way the builder uses it:
 //
-//   node nix/debian-pkgs/check.mjs [SETDIR] [--no-generate] [--keep]
+//   node package-sets/debian-pkgs/check.mjs [SETDIR] [--no-generate] [--keep]
 //
-// 1. Generates the set into SETDIR (default nix/debian-pkgs/generated/; --no-generate uses it as is).
+// 1. Generates the set into SETDIR (default package-sets/debian-pkgs/generated/; --no-generate uses it as is).
 // 2. For a few images (curl; shell/git; python3; bash/jq; busybox; perl/openssl): builds
 //    nix/build-image.nix's `image` from SETDIR, makes the image's root filesystem like the image
-//    layers would (every store path of image.json's graph under ROOT/nix/store, rootfs.json's
-//    directories and symlinks, plus /dev/null), and runs commands in it with chroot (needs root).
+//    layers would (every store path of image.json's graph under ROOT/nix/store, the builder's root
+//    filesystem's directories and symlinks, plus /dev/null), and runs commands in it with chroot (needs root).
 // 3. Checks the set's failures: aarch64-linux and a missing packages.json fail with clear messages.
 // 4. Rebuilds a few packages with `nix-build --check` (deterministic builds).
 // Prints closure sizes (sum of narSize) and store-path counts. Exit code 1 if anything failed.
@@ -18,14 +18,21 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { tsImport } from 'tsx/esm/api';
+
+// The builder's own reading of the image's output, and its root filesystem (TypeScript, loaded through tsx).
+const { parseImageClosure } = await tsImport('../../builder-service/closure.ts', import.meta.url);
+const { rootFilesystem } = await tsImport('../../builder-service/root-filesystem.ts', import.meta.url);
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const NIX_DIR = path.dirname(HERE);
+const NIX_DIR = path.join(HERE, '../../nix');
 const args = process.argv.slice(2);
 const keep = args.includes('--keep');
 const noGenerate = args.includes('--no-generate');
 const setDir = path.resolve(args.find((a) => !a.startsWith('--')) || path.join(HERE, 'generated'));
-const env = { ...process.env, NIX_CONFIG: 'substituters =\nexperimental-features = nix-command' };
+// Root without the nixbld group (Debian's nix-bin alone) builds as root, as a single-user Nix does.
+const singleUserRoot = process.getuid?.() === 0 && !/^nixbld:/m.test(fs.existsSync('/etc/group') ? fs.readFileSync('/etc/group', 'utf8') : '');
+const env = { ...process.env, NIX_CONFIG: `substituters =\nexperimental-features = nix-command${singleUserRoot ? '\nbuild-users-group =' : ''}` };
 
 let failures = 0;
 const ok = (msg) => console.log(`ok    ${msg}`);
@@ -52,12 +59,14 @@ function buildImage(packages, system = 'x86_64-linux') {
     '--argstr', 'packages', JSON.stringify(packages), '--argstr', 'source', source, '--argstr', 'system', system]);
 }
 
-function makeRoot(meta) {
+const readImage = (meta) => parseImageClosure(fs.readFileSync(path.join(meta, 'image.json'), 'utf8'));
+
+async function makeRoot(meta) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'debian-pkgs-root-'));
-  const image = JSON.parse(fs.readFileSync(path.join(meta, 'image.json'), 'utf8'));
+  const image = readImage(meta);
   fs.mkdirSync(path.join(root, 'nix/store'), { recursive: true });
   execFileSync('cp', ['-a', ...image.graph.map((g) => g.path), path.join(root, 'nix/store/')]);
-  for (const e of JSON.parse(fs.readFileSync(path.join(meta, 'rootfs.json'), 'utf8'))) {
+  for (const e of (await rootFilesystem(image)).entries) {
     const p = path.join(root, e.path);
     if (e.type === 'directory') {
       fs.mkdirSync(p, { recursive: true });
@@ -123,7 +132,7 @@ for (const c of CASES) {
   const r = buildImage(c.packages);
   if (r.status !== 0) { fail(`${c.name}: build-image failed:\n${r.stderr.split('\n').slice(-15).join('\n')}`); continue; }
   const meta = r.stdout.trim().split('\n').pop();
-  const { root, image } = makeRoot(meta);
+  const { root, image } = await makeRoot(meta);
   summarize(c.name, image);
   ok(`${c.name}: image built in ${seconds(t)}: ${image.graph.length} store paths`);
   for (const [argv, want] of c.runs) {
@@ -137,7 +146,7 @@ for (const c of CASES) {
 }
 for (const pkgs of [['git'], ['curl', 'jq', 'git']]) {
   const r = buildImage(pkgs);
-  if (r.status === 0) summarize(pkgs.join('/'), JSON.parse(fs.readFileSync(path.join(r.stdout.trim().split('\n').pop(), 'image.json'), 'utf8')));
+  if (r.status === 0) summarize(pkgs.join('/'), readImage(r.stdout.trim().split('\n').pop()));
   else fail(`${pkgs.join('/')}: build-image failed`);
 }
 
@@ -147,8 +156,8 @@ for (const pkgs of [['git'], ['curl', 'jq', 'git']]) {
   if (r.status !== 0 && /only|nothing for aarch64-linux/.test(r.stderr)) ok('aarch64-linux fails: ' + r.stderr.trim().split('\n').pop());
   else fail(`aarch64-linux: exit ${r.status}: ${r.stderr}`);
   const src = nix('nix-instantiate', ['--eval', '-E', `builtins.attrNames (import ${HERE} { })`]);
-  if (src.status !== 0 && /run `node nix\/debian-pkgs\/generate.mjs`/.test(src.stderr)) ok('without packages.json: ' + src.stderr.trim().split('\n').pop().slice(0, 100) + '...');
-  else if (fs.existsSync(path.join(HERE, 'packages.json'))) ok('(nix/debian-pkgs/packages.json exists: missing-file message not checked)');
+  if (src.status !== 0 && /run `node package-sets\/debian-pkgs\/generate.mjs`/.test(src.stderr)) ok('without packages.json: ' + src.stderr.trim().split('\n').pop().slice(0, 100) + '...');
+  else if (fs.existsSync(path.join(HERE, 'packages.json'))) ok('(package-sets/debian-pkgs/packages.json exists: missing-file message not checked)');
   else fail(`without packages.json: exit ${src.status}: ${src.stderr}`);
 }
 
