@@ -3,8 +3,8 @@
 // both manifest flavours. The image record that makes it visible is the job's to write (jobs.ts), last.
 import os from "node:os";
 import type { BuildRequest } from "../common/builder-api.ts";
-import { builderCacheKey, type JobPhase, type JobProgress } from "../common/bucket-layout.ts";
-import { isDigest, sha256Hex, type Digest } from "../common/digest.ts";
+import { builderCacheKey, isLayerRecord, type JobPhase, type JobProgress, type LayerRecord } from "../common/bucket-layout.ts";
+import { sha256Hex, type Digest } from "../common/digest.ts";
 import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
@@ -40,12 +40,6 @@ const LOOKUP_CONCURRENCY = 16;
 /** Where the record of the layer holding these contents lives (store paths are immutable: same paths, same layer). */
 async function layerRecordKey(id: string): Promise<string> {
   return builderCacheKey("layers", `${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${id}`)}.json`);
-}
-
-interface LayerRecord {
-  digest: Digest;
-  diffId: Digest;
-  size: number;
 }
 
 /** Where a build reports how far it is. */
@@ -228,8 +222,8 @@ export class ImageBuilder {
   /** The layer's record, if the layer is in the bucket. */
   private async storedLayer(recordKey: string): Promise<LayerRecord | null> {
     const { store } = this.options;
-    const known = (await getJson(store, recordKey)) as LayerRecord | null;
-    if (!known || typeof known.digest !== "string" || !isDigest(known.digest)) return null;
+    const known = await getJson(store, recordKey);
+    if (!isLayerRecord(known)) return null;
     return (await store.stat(known.digest)) ? known : null;
   }
 

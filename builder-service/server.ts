@@ -10,13 +10,11 @@ import {
   TIMESTAMP_HEADER,
   verifyRequest,
   type BuilderStatus,
-  type ResolveRequest,
 } from "../common/builder-api.ts";
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
-import { classifyTag } from "../common/tag.ts";
 import { AdmissionError } from "./admission.ts";
 import type { BlobStore } from "./blob-store.ts";
-import { validateJobRequest } from "./build-request.ts";
+import { parseResolveRequest, validateJobRequest } from "./build-request.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { BuildJobs } from "./jobs.ts";
 import type { Logger } from "./log.ts";
@@ -103,8 +101,8 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       return json(200, status);
     })
     .post("/resolve", authenticate, async (request) => {
-      const body = parseJson<ResolveRequest>((request as SignedRequest).rawBody);
-      if (!body || typeof body.tag !== "string" || !classifyTag(body.tag)) {
+      const body = parseResolveRequest(parseJson<unknown>((request as SignedRequest).rawBody));
+      if (!body) {
         return fail(400, "MANIFEST_UNKNOWN", "the resolve request names no valid tag");
       }
       const resolved = await deps.source.resolve(body.tag);

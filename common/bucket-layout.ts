@@ -15,10 +15,14 @@
 //   resolutions/<tag>.json            worker    what a tag resolved to, and when (the worker's cache of /resolve)
 //   tags/<repository name>/<tag>      worker    an empty marker per tag pulled for a name (feeds tags/list)
 //
+// The records are valibot schemas, their types the schemas' outputs: whoever reads a record checks it with the
+// schema, so a record written by another version, or damaged, is treated as absent rather than trusted.
+//
 // Everything the builder writes is content-addressed or keyed by an image key, itself a hash of everything that
 // decides the image's bytes (common/image-key.ts): writes are idempotent, and two builders of one image write the
 // same bytes.
-import type { BuildRequest } from "./builder-api.ts";
+import * as v from "valibot";
+import { BuildRequestSchema, ResolveResultSchema } from "./builder-api.ts";
 import { isDigest, type Digest } from "./digest.ts";
 import type { RegistryErrorCode } from "./registry-errors.ts";
 
@@ -58,24 +62,46 @@ export function builderCacheKey(kind: string, id: string): string {
 
 export const isImageKey = (value: string): boolean => /^[0-9a-f]{64}$/.test(value);
 
-/** images/<imageKey>.json: the image exists, and these are its manifests. */
-export interface ImageRecord {
-  oci: Digest;
-  docker: Digest;
-  /** The package-set revision it was built from. */
-  revision: string;
-  builtAt: string;
-}
+/** A "sha256:<64 hex>" digest. */
+const DigestSchema = v.custom<Digest>((value) => typeof value === "string" && isDigest(value), "not a sha256 digest");
 
-export function isImageRecord(value: unknown): value is ImageRecord {
-  if (typeof value !== "object" || value === null) return false;
-  const v = value as Record<string, unknown>;
-  return (
-    typeof v.oci === "string" && isDigest(v.oci) &&
-    typeof v.docker === "string" && isDigest(v.docker) &&
-    typeof v.revision === "string" && typeof v.builtAt === "string"
-  );
-}
+/** images/<imageKey>.json: the image exists, and these are its manifests. */
+const ImageRecordSchema = v.object({
+  oci: DigestSchema,
+  docker: DigestSchema,
+  /** The package-set revision it was built from. */
+  revision: v.string(),
+  builtAt: v.string(),
+});
+export type ImageRecord = v.InferOutput<typeof ImageRecordSchema>;
+
+export const isImageRecord = (value: unknown): value is ImageRecord => v.is(ImageRecordSchema, value);
+
+/**
+ * builder-cache/layers/<hash>.json: the layer that holds a set of store paths (builder-service/image-builder.ts
+ * names the set), so that no builder tars and uploads it again.
+ */
+const LayerRecordSchema = v.object({
+  /** The compressed blob's digest, under blobs/. */
+  digest: DigestSchema,
+  /** The uncompressed tar's digest (the image config's diff id). */
+  diffId: DigestSchema,
+  /** The compressed blob's size in bytes. */
+  size: v.number(),
+});
+export type LayerRecord = v.InferOutput<typeof LayerRecordSchema>;
+
+export const isLayerRecord = (value: unknown): value is LayerRecord => v.is(LayerRecordSchema, value);
+
+/** resolutions/<tag>.json: what the worker was told a tag resolved to (builder-api.ts ResolveResult), and when. */
+const StoredResolutionSchema = v.object({
+  ...ResolveResultSchema.entries,
+  /** When the worker got this answer from the builder (ISO time). */
+  fetchedAt: v.string(),
+});
+export type StoredResolution = v.InferOutput<typeof StoredResolutionSchema>;
+
+export const isStoredResolution = (value: unknown): value is StoredResolution => v.is(StoredResolutionSchema, value);
 
 /** A build job's phases, in the order a successful job passes them. */
 export const JOB_PHASES = ["queued", "evaluating", "building", "layering", "uploading", "done", "failed"] as const;
@@ -83,61 +109,50 @@ export type JobPhase = (typeof JOB_PHASES)[number];
 
 export const isFinished = (phase: JobPhase): boolean => phase === "done" || phase === "failed";
 
-export interface Count {
-  done: number;
-  total: number;
-}
+const CountSchema = v.object({ done: v.number(), total: v.number() });
+export type Count = v.InferOutput<typeof CountSchema>;
 
-export interface JobProgress {
+const JobProgressSchema = v.object({
   /** Derivations built here (not fetched). */
-  derivations?: Count;
+  derivations: v.optional(CountSchema),
   /** Store paths fetched from substituters, and the download size Nix announced for them. */
-  fetched?: Count & { downloadBytes: number };
+  fetched: v.optional(v.object({ ...CountSchema.entries, downloadBytes: v.number() })),
   /** Layers tarred and compressed (reused layers count as done). */
-  layers?: Count;
+  layers: v.optional(CountSchema),
   /** Bytes of new blobs uploaded to the bucket, of those written so far. */
-  upload?: Count;
-}
+  upload: v.optional(CountSchema),
+});
+export type JobProgress = v.InferOutput<typeof JobProgressSchema>;
 
 /** Why a job failed, as the registry error a pull of the image gets. */
-export interface JobError {
-  status: number;
-  code: RegistryErrorCode;
-  message: string;
-  detail?: unknown;
-}
+const JobErrorSchema = v.object({
+  status: v.number(),
+  // Any code: a worker relays what a newer builder says rather than refuse the record.
+  code: v.custom<RegistryErrorCode>((value) => typeof value === "string"),
+  message: v.string(),
+  detail: v.optional(v.unknown()),
+});
+export type JobError = v.InferOutput<typeof JobErrorSchema>;
 
 /** jobs/<imageKey>.json: the image's latest build job, rewritten as it goes. */
-export interface JobRecord {
-  imageKey: string;
+export const JobRecordSchema = v.object({
+  imageKey: v.string(),
   /** Chosen by whoever asked for the build; a new job of the same image gets a new id. */
-  jobId: string;
-  request: BuildRequest;
-  phase: JobPhase;
+  jobId: v.string(),
+  request: BuildRequestSchema,
+  phase: v.picklist(JOB_PHASES),
   /** Every phase entered so far, with when. */
-  phases: { phase: JobPhase; at: string }[];
-  progress: JobProgress;
-  startedAt: string;
-  updatedAt: string;
+  phases: v.array(v.object({ phase: v.picklist(JOB_PHASES), at: v.string() })),
+  progress: JobProgressSchema,
+  startedAt: v.string(),
+  updatedAt: v.string(),
   /** While running, the record is rewritten at least this often: a record older than a few of these is stale. */
-  heartbeatSeconds: number;
+  heartbeatSeconds: v.number(),
   /** Set when phase is "failed". */
-  error?: JobError;
+  error: v.optional(JobErrorSchema),
   /** Set when phase is "done". */
-  image?: ImageRecord;
-}
+  image: v.optional(ImageRecordSchema),
+});
+export type JobRecord = v.InferOutput<typeof JobRecordSchema>;
 
-export function isJobRecord(value: unknown): value is JobRecord {
-  if (typeof value !== "object" || value === null) return false;
-  const v = value as Record<string, unknown>;
-  return (
-    typeof v.imageKey === "string" &&
-    typeof v.jobId === "string" &&
-    typeof v.phase === "string" && (JOB_PHASES as readonly string[]).includes(v.phase) &&
-    Array.isArray(v.phases) &&
-    typeof v.progress === "object" && v.progress !== null &&
-    typeof v.request === "object" && v.request !== null &&
-    typeof v.startedAt === "string" && typeof v.updatedAt === "string" &&
-    typeof v.heartbeatSeconds === "number"
-  );
-}
+export const isJobRecord = (value: unknown): value is JobRecord => v.is(JobRecordSchema, value);

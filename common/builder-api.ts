@@ -3,69 +3,107 @@
 // those two say nothing but "up" and "ready or not" (GET /status, signed, has the rest).
 // A signature covers a random nonce too, and the builder remembers the nonces it accepted for as long as their
 // signatures are valid: a captured request can't be sent again, not even within the signature window.
+import * as v from "valibot";
 import { hmacSha256Hex, sha256Hex } from "./digest.ts";
-import type { NixSystem } from "./image-name.ts";
+import { MAX_PACKAGES, type NixSystem } from "./image-name.ts";
+import { fieldsObject } from "./schema-messages.ts";
 
 export const SIGNATURE_HEADER = "x-builder-signature";
 export const TIMESTAMP_HEADER = "x-builder-timestamp";
 export const NONCE_HEADER = "x-builder-nonce";
 /** How old a signed request may be; a captured request is useless after this. */
 export const SIGNATURE_MAX_AGE_SECONDS = 60;
+/** Well inside the 100 s after which Cloudflare cuts a request to an origin that hasn't answered. */
+export const MAX_JOB_WAIT_SECONDS = 10;
 
-export interface ResolveRequest {
-  tag: string;
-}
+// The request and answer bodies, as schemas: the builder checks what it is sent, the worker what it is answered,
+// and the types are the schemas' outputs.
 
-export interface ResolveResult {
-  /** What the tag points at now: a commit, or a content hash for a local package set. */
-  revision: string;
-  /** Where packages come from, for the image's org.opencontainers.image.source annotation. */
-  source: string;
-  /** Seconds the resolution may be reused; 0 never expires (pinned revisions). */
-  ttlSeconds: number;
-}
+export const ResolveRequestSchema = v.object({ tag: v.string() });
+export type ResolveRequest = v.InferOutput<typeof ResolveRequestSchema>;
 
-export interface BuildRequest {
-  packages: string[];
-  system: NixSystem;
-  tag: string;
-  revision: string;
-}
+const TTL_SECONDS = "ttlSeconds is not a non-negative number";
+
+export const ResolveResultSchema = fieldsObject(
+  {
+    /** What the tag points at now: a commit, or a content hash for a local package set. */
+    revision: v.pipe(v.string("revision is missing"), v.nonEmpty("revision is missing")),
+    /** Where packages come from, for the image's org.opencontainers.image.source annotation. */
+    source: v.string("source is missing"),
+    /** Seconds the resolution may be reused; 0 never expires (pinned revisions). */
+    ttlSeconds: v.pipe(v.number(TTL_SECONDS), v.minValue(0, TTL_SECONDS)),
+  },
+  "not an object",
+);
+export type ResolveResult = v.InferOutput<typeof ResolveResultSchema>;
+
+/** An attribute path: components of letters, digits, '_', '-', '+', '\'' separated by dots. */
+export const ATTRIBUTE_PATH = /^[A-Za-z0-9_][A-Za-z0-9_+'-]*(\.[A-Za-z0-9_][A-Za-z0-9_+'-]*)*$/;
+const NIX_SYSTEMS: readonly NixSystem[] = ["x86_64-linux", "aarch64-linux"];
+
+const packageCount = (issue: v.BaseIssue<unknown>) =>
+  `an image holds 1 to ${MAX_PACKAGES} packages, not ${Array.isArray(issue.input) ? issue.input.length : "none"}`;
+const notAnAttributePath = (issue: v.BaseIssue<unknown>) => `"${String(issue.input)}" is not a package attribute path`;
+const TAG_AND_REVISION = "the build request needs a tag and the revision it resolved to";
+
+/** What an image is built from. The builder checks it all before any of it reaches Nix (builder-service/build-request.ts). */
+const buildRequestEntries = {
+  // The count first, then each name: an oversized list is refused for its size whatever it holds.
+  packages: v.pipe(
+    v.array(v.unknown(), packageCount),
+    v.minLength(1, packageCount),
+    v.maxLength(MAX_PACKAGES, packageCount),
+    v.array(v.pipe(v.string(notAnAttributePath), v.maxLength(255, notAnAttributePath), v.regex(ATTRIBUTE_PATH, notAnAttributePath))),
+  ),
+  system: v.picklist(NIX_SYSTEMS, `system must be one of ${NIX_SYSTEMS.join(", ")}`),
+  tag: v.string(TAG_AND_REVISION),
+  revision: v.pipe(v.string(TAG_AND_REVISION), v.regex(/^[0-9a-z]{1,64}$/, TAG_AND_REVISION)),
+};
+
+export const BuildRequestSchema = fieldsObject(buildRequestEntries, "the build request is not a JSON object");
+export type BuildRequest = v.InferOutput<typeof BuildRequestSchema>;
+
+const WAIT_SECONDS = `waitSeconds is a number of seconds from 0 to ${MAX_JOB_WAIT_SECONDS}`;
+const JOB_ID = "the job request needs a jobId of 1 to 64 letters, digits and dashes";
 
 /** POST /jobs: start the image's build, or report on it. Answered at once with the job's JobRecord. */
-export interface JobRequest extends BuildRequest {
-  /**
-   * The caller's id for the job. A running job of the same image is reported whatever its id (the caller adopts
-   * it); a finished job is reported only to the id that started it, and any other id starts a new job.
-   */
-  jobId: string;
-  /**
-   * With a running job: hold the answer until the job finishes or this many seconds pass (at most
-   * MAX_JOB_WAIT_SECONDS), so that the caller hears of the end at once without asking every moment.
-   */
-  waitSeconds?: number;
-}
+export const JobRequestSchema = fieldsObject(
+  {
+    ...buildRequestEntries,
+    /**
+     * The caller's id for the job (a UUID, or any short token of letters, digits and dashes). A running job of the
+     * same image is reported whatever its id (the caller adopts it); a finished job is reported only to the id that
+     * started it, and any other id starts a new job.
+     */
+    jobId: v.pipe(v.string(JOB_ID), v.regex(/^[A-Za-z0-9-]{1,64}$/, JOB_ID)),
+    /**
+     * With a running job: hold the answer until the job finishes or this many seconds pass (at most
+     * MAX_JOB_WAIT_SECONDS), so that the caller hears of the end at once without asking every moment.
+     */
+    waitSeconds: v.optional(v.pipe(v.number(WAIT_SECONDS), v.minValue(0, WAIT_SECONDS), v.maxValue(MAX_JOB_WAIT_SECONDS, WAIT_SECONDS))),
+  },
+  "the build request is not a JSON object",
+);
+export type JobRequest = v.InferOutput<typeof JobRequestSchema>;
 
 /**
  * GET /status (signed): what the unsigned /health and /ready leave out, for operators and tests. `problem` says why
  * the builder is not ready; `store` names the bucket and its endpoint.
  */
-export interface BuilderStatus {
-  ready: boolean;
-  problem: string | null;
-  store: string;
-  source: string;
+export const BuilderStatusSchema = v.object({
+  ready: v.boolean(),
+  problem: v.nullable(v.string()),
+  store: v.string(),
+  source: v.string(),
   /** The counters since the builder started (builder-service/image-builder.ts BuilderCounters says what each counts). */
-  builds: number;
-  layersWritten: number;
-  layersReused: number;
-  tarBytesWritten: number;
-  bytesStored: number;
-  jobs: { started: number; done: number; failed: number; running: number };
-}
-
-/** Well inside the 100 s after which Cloudflare cuts a request to an origin that hasn't answered. */
-export const MAX_JOB_WAIT_SECONDS = 10;
+  builds: v.number(),
+  layersWritten: v.number(),
+  layersReused: v.number(),
+  tarBytesWritten: v.number(),
+  bytesStored: v.number(),
+  jobs: v.object({ started: v.number(), done: v.number(), failed: v.number(), running: v.number() }),
+});
+export type BuilderStatus = v.InferOutput<typeof BuilderStatusSchema>;
 
 function signedMessage(method: string, pathAndQuery: string, timestamp: string, nonce: string, bodyHash: string): string {
   return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${nonce}\n${bodyHash}`;

@@ -1,7 +1,8 @@
 // Signed calls to a builder, as the worker makes them, for tests and the benchmark that talk to it directly.
 import { randomUUID } from "node:crypto";
-import { signRequest, type BuilderStatus, type ResolveResult } from "../common/builder-api.ts";
-import type { JobRecord } from "../common/bucket-layout.ts";
+import * as v from "valibot";
+import { BuilderStatusSchema, ResolveResultSchema, signRequest, type BuilderStatus, type ResolveResult } from "../common/builder-api.ts";
+import { JobRecordSchema, type JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 
 export async function signedFetch(builderUrl: string, secret: string, method: string, path: string, body = ""): Promise<Response> {
@@ -17,13 +18,13 @@ export async function signedFetch(builderUrl: string, secret: string, method: st
 export async function builderStatus(builderUrl: string, secret: string): Promise<BuilderStatus> {
   const response = await signedFetch(builderUrl, secret, "GET", "/status");
   if (response.status !== 200) throw new Error(`GET /status failed: ${response.status} ${await response.text()}`);
-  return (await response.json()) as BuilderStatus;
+  return v.parse(BuilderStatusSchema, await response.json());
 }
 
 export async function resolveLatest(builderUrl: string, secret: string): Promise<ResolveResult> {
   const response = await signedFetch(builderUrl, secret, "POST", "/resolve", JSON.stringify({ tag: "latest" }));
   if (response.status !== 200) throw new Error(`resolve failed: ${response.status} ${await response.text()}`);
-  return (await response.json()) as ResolveResult;
+  return v.parse(ResolveResultSchema, await response.json());
 }
 
 /**
@@ -41,7 +42,7 @@ export async function build(
   for (;;) {
     const response = await signedFetch(builderUrl, secret, "POST", "/jobs", body);
     if (response.status !== 200) throw new Error(`build failed: ${response.status} ${await response.text()}`);
-    const record = (await response.json()) as JobRecord;
+    const record = v.parse(JobRecordSchema, await response.json());
     if (record.phase === "done") return record;
     if (record.phase === "failed") throw new Error(`build failed: ${JSON.stringify(record.error)}`);
     await new Promise((resolve) => setTimeout(resolve, 200));

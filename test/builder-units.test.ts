@@ -297,6 +297,28 @@ describe("names, tags, digests and ranges", () => {
     expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
   });
 
+  it("says what is wrong with a request first, in the order the fields are checked, a missing field included", () => {
+    const build = { packages: ["hello"], system: "x86_64-linux", tag: "latest", revision: "abc" };
+    const reason = (value: unknown) => {
+      const check = validateJobRequest(value);
+      return check.ok ? null : check.reason;
+    };
+    expect(reason(null)).toBe("the build request is not a JSON object");
+    expect(reason("hello")).toBe("the build request is not a JSON object");
+    expect(reason([])).toBe("an image holds 1 to 64 packages, not none");
+    expect(reason({ ...build, packages: "hello" })).toBe("an image holds 1 to 64 packages, not none");
+    // The count before the names: 65 names that are not attribute paths are refused for being 65.
+    expect(reason({ ...build, packages: Array(65).fill(7) })).toBe("an image holds 1 to 64 packages, not 65");
+    expect(reason({ ...build, packages: ["hello", { a: 1 }] })).toBe('"[object Object]" is not a package attribute path');
+    expect(reason({ ...build, packages: ["a".repeat(256)] })).toBe(`"${"a".repeat(256)}" is not a package attribute path`);
+    expect(reason({ ...build, system: undefined })).toBe("system must be one of x86_64-linux, aarch64-linux");
+    expect(reason({ packages: ["hello"], system: "x86_64-linux", revision: "abc" })).toBe("the build request needs a tag and the revision it resolved to");
+    expect(reason({ ...build, revision: "ABC" })).toBe("the build request needs a tag and the revision it resolved to");
+    expect(reason({ ...build, jobId: "j", waitSeconds: 11 })).toBe("waitSeconds is a number of seconds from 0 to 10");
+    expect(reason({ ...build, jobId: "j", waitSeconds: null })).toBe("waitSeconds is a number of seconds from 0 to 10");
+    expect(validateJobRequest({ ...build, jobId: "j", waitSeconds: 10, extra: 1 })).toEqual({ ok: true, request: { ...build, jobId: "j", waitSeconds: 10 } });
+  });
+
   it("the builder re-checks job requests: a build request plus a job id of letters, digits and dashes", () => {
     const build = { packages: ["hello", "a.b", "hello"], system: "x86_64-linux", tag: "latest", revision: "abc" };
     const jobId = randomUUID();

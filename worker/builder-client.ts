@@ -1,7 +1,15 @@
 // Calls to the builder services, each signed with the shared secret (common/builder-api.ts). Every call is short:
 // no request to a builder stays open long enough for a proxy in front of it (Cloudflare cuts at 100 s) to cut it.
-import { MAX_JOB_WAIT_SECONDS, signRequest, type JobRequest, type ResolveRequest, type ResolveResult } from "../common/builder-api.ts";
-import { isJobRecord, type JobRecord } from "../common/bucket-layout.ts";
+import * as v from "valibot";
+import {
+  MAX_JOB_WAIT_SECONDS,
+  ResolveResultSchema,
+  signRequest,
+  type JobRequest,
+  type ResolveRequest,
+  type ResolveResult,
+} from "../common/builder-api.ts";
+import { JobRecordSchema, type JobRecord } from "../common/bucket-layout.ts";
 import { isRegistryErrorBody, type RegistryErrorBody } from "../common/registry-errors.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
 import { BuilderConfigError, builderUrls } from "./builder-pool.ts";
@@ -76,12 +84,18 @@ function logBuilderCall(method: string, url: URL, status: number | "timeout" | "
   console.log(JSON.stringify({ event: "builder-call", method, builder: url.origin, path: url.pathname, status, ms: Date.now() - started }));
 }
 
+/** What a successful answer must be: its schema, and what to call an answer that is not (null: the schema's message). */
+interface ExpectedAnswer<T> {
+  schema: v.GenericSchema<unknown, T>;
+  otherwise: string | null;
+}
+
 async function postJson<T>(
   env: Env,
   base: string,
   path: string,
-  request: unknown,
-  validate: (value: unknown) => string | null,
+  request: JobRequest | ResolveRequest,
+  expected: ExpectedAnswer<T>,
   timeoutMs: number,
 ): Promise<BuilderOutcome<T>> {
   const body = JSON.stringify(request);
@@ -127,19 +141,16 @@ async function postJson<T>(
       ...(/^\d{1,6}$/.test(retryAfter) ? { retryAfterSeconds: Number(retryAfter) } : {}),
     };
   }
-  const problem = validate(parsed);
-  if (problem) return { kind: "broken", reason: `the builder's answer to ${path} is malformed: ${problem}` };
-  return { kind: "ok", value: parsed as T };
+  const answer = v.safeParse(expected.schema, parsed, { abortEarly: true });
+  if (!answer.success) {
+    const problem = expected.otherwise ?? answer.issues[0].message;
+    return { kind: "broken", reason: `the builder's answer to ${path} is malformed: ${problem}` };
+  }
+  return { kind: "ok", value: answer.output };
 }
 
-function validateResolve(value: unknown): string | null {
-  if (typeof value !== "object" || value === null) return "not an object";
-  const v = value as Record<string, unknown>;
-  if (typeof v.revision !== "string" || v.revision === "") return "revision is missing";
-  if (typeof v.source !== "string") return "source is missing";
-  if (typeof v.ttlSeconds !== "number" || !(v.ttlSeconds >= 0)) return "ttlSeconds is not a non-negative number";
-  return null;
-}
+const RESOLVE_ANSWER: ExpectedAnswer<ResolveResult> = { schema: ResolveResultSchema, otherwise: null };
+const JOB_ANSWER: ExpectedAnswer<JobRecord> = { schema: JobRecordSchema, otherwise: "not a job record" };
 
 /**
  * Resolves a tag with the builders ranked for it, the next one when one is unreachable: every builder serves the same
@@ -149,7 +160,7 @@ export async function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<
   const request: ResolveRequest = { tag };
   let outcome: BuilderOutcome<ResolveResult> | null = null;
   for (const base of await rankBuilders(builderUrls(env.BUILDER_URL), `resolve\n${tag}`)) {
-    outcome = await postJson<ResolveResult>(env, base, "/resolve", request, validateResolve, RESOLVE_TIMEOUT_MS);
+    outcome = await postJson(env, base, "/resolve", request, RESOLVE_ANSWER, RESOLVE_TIMEOUT_MS);
     if (outcome.kind !== "unavailable" && !isBuilderBusy(outcome)) return outcome;
   }
   return outcome!;
@@ -162,5 +173,5 @@ export function isBuilderBusy<T>(outcome: BuilderOutcome<T>): outcome is Extract
 
 /** Starts the image's build job on this builder, or asks after it: answered at once with the job's record. */
 export function submitJob(env: Env, base: string, request: JobRequest): Promise<BuilderOutcome<JobRecord>> {
-  return postJson<JobRecord>(env, base, "/jobs", request, (value) => (isJobRecord(value) ? null : "not a job record"), JOB_TIMEOUT_MS);
+  return postJson(env, base, "/jobs", request, JOB_ANSWER, JOB_TIMEOUT_MS);
 }

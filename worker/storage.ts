@@ -1,13 +1,13 @@
 // The worker's view of the R2 bucket (layout and writers: common/bucket-layout.ts), behind a small interface. The
 // worker reads what the builder wrote (blobs, manifests, image and job records) and writes only what it alone
 // decides: tag resolutions and tag markers.
-import type { ResolveResult } from "../common/builder-api.ts";
 import {
   blobKey,
   imageKeyOfRecentJob,
   imageRecordKey,
   isImageRecord,
   isJobRecord,
+  isStoredResolution,
   jobRecordKey,
   manifestKey,
   RECENT_JOBS_PREFIX,
@@ -16,15 +16,11 @@ import {
   tagMarkerPrefix,
   type ImageRecord,
   type JobRecord,
+  type StoredResolution,
 } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 
-export type { ImageRecord };
-
-export interface StoredResolution extends ResolveResult {
-  /** When the worker got this answer from the builder (ISO time). */
-  fetchedAt: string;
-}
+export { isStoredResolution, type ImageRecord, type StoredResolution };
 
 export interface ObjectInfo {
   size: number;
@@ -78,15 +74,6 @@ async function attempt<T>(operation: string, key: string, run: () => Promise<T>)
   } catch (error) {
     throw new StorageError(operation, key, error);
   }
-}
-
-export function isStoredResolution(value: unknown): value is StoredResolution {
-  if (typeof value !== "object" || value === null) return false;
-  const v = value as Record<string, unknown>;
-  return (
-    typeof v.revision === "string" && typeof v.source === "string" &&
-    typeof v.ttlSeconds === "number" && typeof v.fetchedAt === "string"
-  );
 }
 
 async function readJson(bucket: R2Bucket, key: string): Promise<unknown> {
