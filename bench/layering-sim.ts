@@ -6,6 +6,7 @@
 //
 //   npm run bench:layering [-- --budget N] [-- --images]
 import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
 import { storePathName, type StorePathNode } from "../builder-service/closure.ts";
 import { DEFAULT_LAYER_BUDGET, planLayers, topologicalOrder, type LayerGroup } from "../builder-service/layering.ts";
 import { popularityOf, type Popularity } from "../builder-service/popularity.ts";
@@ -159,14 +160,16 @@ const MB = 1e6;
 const mb = (bytes: number) => `${Math.round(bytes / MB).toLocaleString("en")} MB`;
 const against = (value: number, floor: number) => (value === floor ? "floor" : `${value >= floor ? "+" : ""}${((value / floor - 1) * 100).toFixed(1)}%`);
 
-function argument(name: string): string | undefined {
-  const at = process.argv.indexOf(name);
-  return at >= 0 ? process.argv[at + 1] : undefined;
+/** --budget N (layers per image) and --images (a line per image); anything else stops the simulation. */
+function options(args: string[]): { budget: number; images: boolean } {
+  const { values } = parseArgs({ args, options: { budget: { type: "string" }, images: { type: "boolean" } }, strict: true, allowPositionals: false });
+  const budget = Number(values.budget ?? DEFAULT_LAYER_BUDGET);
+  if (!Number.isInteger(budget) || budget < 2) throw new Error(`--budget ${values.budget}: a whole number of layers, at least 2`);
+  return { budget, images: values.images === true };
 }
 
 function main(): void {
-  const budget = Number(argument("--budget") ?? DEFAULT_LAYER_BUDGET);
-  if (!Number.isInteger(budget) || budget < 2) throw new Error(`--budget ${argument("--budget")}: a whole number of layers, at least 2`);
+  const { budget, images: perImage } = options(process.argv.slice(2));
   const started = performance.now();
   const { images, popularity, packages, sources } = loadCorpus();
   const loaded = performance.now();
@@ -198,7 +201,7 @@ function main(): void {
     "\nstored: bytes of the distinct layers of the corpus, which is also what one client pulling every image in turn downloads;" +
       "\npulls: the sum over the corpus of what a client holding only the image before it downloads.",
   );
-  if (process.argv.includes("--images")) {
+  if (perImage) {
     console.log(`\n${"image".padEnd(36)} paths  ${results.map((r) => r.name.slice(0, 12).padEnd(12)).join(" ")}`);
     images.forEach((image, i) => console.log(`${image.name.padEnd(36)} ${String(image.graph.length).padEnd(5)}  ${results.map((r) => String(r.figures.layersByImage[i]).padEnd(12)).join(" ")}`));
   }

@@ -4,7 +4,7 @@ import { execFile, spawn } from "node:child_process";
 import { cp, mkdtemp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
+import { parseArgs, promisify } from "node:util";
 import { manifestKey, type JobPhase, type JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
@@ -123,12 +123,19 @@ async function machine(): Promise<string> {
   return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${(await sh("nix-build", ["--version"])).trim()}`;
 }
 
-/** `npm run bench -- builds`, `-- pull` or `-- edge` runs one part; no argument runs them all. */
-const only = process.argv[2];
 const PARTS = ["builds", "pull", "edge"];
 
-async function main(): Promise<void> {
+/** `npm run bench -- builds`, `-- pull` or `-- edge` runs one part; no argument runs them all. No options. */
+function chosenPart(args: string[]): string | undefined {
+  const { positionals } = parseArgs({ args, options: {}, strict: true, allowPositionals: true });
+  if (positionals.length > 1) throw new Error(`one part at a time, not ${positionals.join(" and ")}: use ${PARTS.join(", ")}`);
+  const [only] = positionals;
   if (only !== undefined && !PARTS.includes(only)) throw new Error(`unknown part "${only}": use ${PARTS.join(", ")}`);
+  return only;
+}
+
+async function main(): Promise<void> {
+  const only = chosenPart(process.argv.slice(2));
   const scratch = await mkdtemp(join(os.tmpdir(), "bench-"));
   console.log(`Machine: ${await machine()}\n`);
 

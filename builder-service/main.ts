@@ -1,6 +1,7 @@
 // The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
 // (see config.ts).
 import { access, constants } from "node:fs/promises";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { BuildAdmission } from "./admission.ts";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
@@ -25,6 +26,26 @@ const STARTUP_CHECK_MS = 60_000;
 /** How often a running job's record in the bucket is rewritten when nothing else moved. */
 const JOB_HEARTBEAT_SECONDS = 5;
 
+/** The command's options: `node:util` parseArgs refuses any other (a misspelt --check must not start serving). */
+const OPTIONS = {
+  help: { type: "boolean", short: "h" },
+  check: { type: "boolean" },
+  "exit-with-stdin": { type: "boolean" },
+} as const satisfies ParseArgsConfig["options"];
+
+type Options = { [K in keyof typeof OPTIONS]?: boolean };
+
+/** The options given, or an exit with status 2 (a usage error, like a setting to fix) listing the valid ones. */
+function parseOptions(args: string[]): Options {
+  try {
+    return parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false }).values;
+  } catch (error) {
+    const valid = Object.entries(OPTIONS).map(([name, option]) => ("short" in option ? `--${name} (-${option.short})` : `--${name}`));
+    console.error(`builder-service: ${(error as Error).message}\nValid options: ${valid.join(", ")}; builder-service --help says more.`);
+    process.exit(2);
+  }
+}
+
 function usage(): string {
   const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
   return [
@@ -32,6 +53,7 @@ function usage(): string {
     "",
     "Usage: builder-service [--help | --check | --exit-with-stdin]",
     "",
+    "  -h, --help         print this help and exit",
     "  --check            check the settings, the package source, Nix (and that it is new enough for the package",
     "                     set `latest` serves) and that the bucket takes writes, then exit:",
     "                     0 when all is well, 2 for a setting to fix, 1 otherwise",
@@ -42,7 +64,7 @@ function usage(): string {
     "checks them and that the bucket takes writes, then serves the worker until stopped.",
     "Logs are JSON lines on stdout: one per request and one per build, with timings.",
     "",
-    "Configuration (environment variables):",
+    "Configuration (environment variables, with their defaults):",
     ...ENVIRONMENT_HELP.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`),
     "",
     "Endpoints: GET /health and GET /ready (unsigned, and saying no more than up and ready or not), and signed:",
@@ -128,7 +150,8 @@ async function configuredPopularity(config: BuilderConfig, log: Logger): Promise
 }
 
 async function main(): Promise<void> {
-  if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  const options = parseOptions(process.argv.slice(2));
+  if (options.help) {
     console.log(usage());
     return;
   }
@@ -159,7 +182,7 @@ async function main(): Promise<void> {
     throw error;
   }
   const store = await createStore(config, log);
-  const checkOnly = process.argv.includes("--check");
+  const checkOnly = options.check === true;
   let source: PackageSource;
   try {
     source = await createSource(config, log, checkOnly);
@@ -250,7 +273,7 @@ async function main(): Promise<void> {
   const stop = () => server.close(() => process.exit(0));
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
-  if (process.argv.includes("--exit-with-stdin")) {
+  if (options["exit-with-stdin"]) {
     // The parent is gone (its end of the pipe closed with it): nobody is left to send requests or to stop us.
     process.stdin.on("end", () => {
       log.info("stopping", { reason: "standard input closed: the process that started the builder has gone" });

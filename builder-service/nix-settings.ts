@@ -1,6 +1,8 @@
 // The builder's Nix settings: binary caches, parallelism and the time limit, from named environment variables,
 // handed to every Nix command as NIX_CONFIG lines. At startup Nix itself reads them once (`probeNix`), so a value
 // Nix rejects stops the builder with the variable's name instead of failing every build later.
+import * as v from "valibot";
+import { environment, help, readEnvironment, text, unlisted, wholeNumber, wholeNumberCheck, words, type Variable } from "./environment-variables.ts";
 import { CommandNotFoundError, CommandTimeoutError, runCommand, type CommandResult } from "./time-limited-command.ts";
 
 export interface NixSettings {
@@ -18,7 +20,7 @@ export interface NixSettings {
   timeoutSeconds: number;
 }
 
-export const DEFAULT_NIX_TIMEOUT_SECONDS = 600;
+const DEFAULT_NIX_TIMEOUT_SECONDS = 600;
 
 /** Which variable sets which Nix setting, for messages about a value Nix rejected. */
 const VARIABLE_OF_SETTING: Record<string, string> = {
@@ -30,76 +32,117 @@ const VARIABLE_OF_SETTING: Record<string, string> = {
   cores: "NIX_CORES",
 };
 
-export const NIX_SETTINGS_HELP: readonly [name: string, meaning: string][] = [
-  ["NIX_TIMEOUT", `time limit in seconds for one Nix command: an evaluation, a build, or copying a package set into the store (default ${DEFAULT_NIX_TIMEOUT_SECONDS}; Nixery's name; NIX_TIMEOUT_SECONDS is the same setting)`],
-  ["NIX_SUBSTITUTERS", "binary caches Nix downloads from, space-separated (default: Nix's own, https://cache.nixos.org; `none` for none, so everything is built here)"],
-  ["NIX_TRUSTED_PUBLIC_KEYS", "keys the binary caches sign with, space-separated (default: Nix's own, cache.nixos.org-1:...)"],
-  ["NIX_EXTRA_SUBSTITUTERS", "your own binary caches, added to NIX_SUBSTITUTERS (e.g. https://cache.example.com or s3://bucket?endpoint=...)"],
-  ["NIX_EXTRA_TRUSTED_PUBLIC_KEYS", "the keys of NIX_EXTRA_SUBSTITUTERS (name:base64, as `nix key convert-secret-to-public` prints)"],
-  ["NIX_MAX_JOBS", "derivations Nix builds at once: `auto` (one per core, the default) or a number; 0 builds nothing but each image's own small metadata and only downloads from the caches: an image with a package no cache has is refused with 403 DENIED naming this variable"],
-  ["NIX_CORES", "cores one build may use (default 0: all)"],
-];
-
 /** URL schemes Nix takes as a store (binary caches, other machines' stores). */
 const STORE_URL = /^(https?|s3|file|ssh|ssh-ng|gs):\/\/\S+$/;
+const CACHE_URL = "a binary cache URL (https://..., s3://..., file://...)";
 /** A public key as Nix writes it: name:base64 of 32 bytes. */
 const PUBLIC_KEY = /^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=$/;
+const KEY = "a public key (name:base64, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)";
 
-function words(value: string | undefined): string[] {
-  return (value ?? "").trim().split(/\s+/).filter(Boolean);
+/** A problem for each word of the list that is not `what`; null (the variable unset) has none. */
+const eachWord = <T extends string[] | null>(name: string, pattern: RegExp, what: string) =>
+  v.rawCheck<T>(({ dataset, addIssue }) => {
+    if (!dataset.typed || dataset.value === null) return;
+    for (const word of dataset.value) {
+      if (!pattern.test(word)) addIssue({ message: `${name}: ${JSON.stringify(word)} is not ${what}` });
+    }
+  });
+
+/** A list that replaces Nix's own when set: null when unset; `none` is the empty list. */
+function replacingList(pattern: RegExp, what: string, meaning: string, shownDefault: string): Variable<string[] | null> {
+  return (name) =>
+    v.pipe(
+      text(),
+      v.transform((raw) => (raw === "" ? null : raw === "none" ? [] : raw.split(/\s+/))),
+      eachWord(name, pattern, what),
+      help(meaning, shownDefault),
+    );
 }
 
-/** Reads the settings from the environment; problems are pushed to `problems`, each naming its variable. */
-export function readNixSettings(env: NodeJS.ProcessEnv, problems: string[]): NixSettings {
-  const list = (name: string, pattern: RegExp, what: string): string[] => {
-    const values = words(env[name]);
-    for (const value of values) {
-      if (!pattern.test(value)) problems.push(`${name}: ${JSON.stringify(value)} is not ${what}`);
-    }
-    return values;
-  };
-  const cacheUrl = "a binary cache URL (https://..., s3://..., file://...)";
-  const key = "a public key (name:base64, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)";
-  const substitutersRaw = (env.NIX_SUBSTITUTERS ?? "").trim();
-  const substituters = substitutersRaw === "" ? null : substitutersRaw === "none" ? [] : list("NIX_SUBSTITUTERS", STORE_URL, cacheUrl);
-  const keysRaw = (env.NIX_TRUSTED_PUBLIC_KEYS ?? "").trim();
-  const trustedPublicKeys = keysRaw === "" ? null : list("NIX_TRUSTED_PUBLIC_KEYS", PUBLIC_KEY, key);
-  const extraSubstituters = list("NIX_EXTRA_SUBSTITUTERS", STORE_URL, cacheUrl);
-  const extraTrustedPublicKeys = list("NIX_EXTRA_TRUSTED_PUBLIC_KEYS", PUBLIC_KEY, key);
-  if (extraSubstituters.length > 0 && extraTrustedPublicKeys.length === 0) {
-    problems.push("NIX_EXTRA_SUBSTITUTERS is set but NIX_EXTRA_TRUSTED_PUBLIC_KEYS is not: Nix accepts nothing from a cache whose key it does not trust");
+/** A list added to Nix's own: empty when unset. */
+function addedList(pattern: RegExp, what: string, meaning: string): Variable<string[]> {
+  return (name) => v.pipe(words(), eachWord(name, pattern, what), help(meaning, null));
+}
+
+const TIMEOUT = { min: 1, max: 86_400 };
+const MAX_JOBS = { min: 0, max: 1024 };
+
+/** The Nix settings' variables, in the order --help lists them. */
+export const NIX_VARIABLES = {
+  NIX_TIMEOUT: wholeNumber({
+    meaning:
+      "time limit in seconds for one Nix command: an evaluation, a build, or copying a package set into the store; " +
+      "Nixery's name, and NIX_TIMEOUT_SECONDS the older one of the same setting",
+    fallback: DEFAULT_NIX_TIMEOUT_SECONDS,
+    ...TIMEOUT,
+  }),
+  /** The builder's older name of NIX_TIMEOUT; null when unset. */
+  NIX_TIMEOUT_SECONDS: (name: string) =>
+    v.pipe(
+      text(),
+      wholeNumberCheck(name, TIMEOUT.min, TIMEOUT.max),
+      v.transform((raw) => (raw === "" ? null : Number(raw))),
+      unlisted(),
+    ),
+  NIX_SUBSTITUTERS: replacingList(
+    STORE_URL,
+    CACHE_URL,
+    "binary caches Nix downloads from, space-separated; `none` for none, so everything is built here",
+    "Nix's own, https://cache.nixos.org",
+  ),
+  NIX_TRUSTED_PUBLIC_KEYS: replacingList(PUBLIC_KEY, KEY, "keys the binary caches sign with, space-separated", "Nix's own, cache.nixos.org-1:..."),
+  NIX_EXTRA_SUBSTITUTERS: addedList(
+    STORE_URL,
+    CACHE_URL,
+    "your own binary caches, added to NIX_SUBSTITUTERS (e.g. https://cache.example.com or s3://bucket?endpoint=...)",
+  ),
+  NIX_EXTRA_TRUSTED_PUBLIC_KEYS: addedList(
+    PUBLIC_KEY,
+    KEY,
+    "the keys of NIX_EXTRA_SUBSTITUTERS (name:base64, as `nix key convert-secret-to-public` prints)",
+  ),
+  NIX_MAX_JOBS: (name: string) =>
+    v.pipe(
+      text(),
+      wholeNumberCheck(name, MAX_JOBS.min, MAX_JOBS.max, ["auto"]),
+      v.transform((raw): number | "auto" => (raw === "" || raw === "auto" ? "auto" : Number(raw))),
+      help(
+        "derivations Nix builds at once: `auto` (one per core) or a number; 0 builds nothing but each image's own " +
+          "small metadata and only downloads from the caches: an image with a package no cache has is refused with " +
+          "403 DENIED naming this variable",
+        `auto; ${MAX_JOBS.min} to ${MAX_JOBS.max}`,
+      ),
+    ),
+  NIX_CORES: wholeNumber({ meaning: "cores one build may use, 0 for all", fallback: 0, min: 0, max: 1024 }),
+};
+
+/**
+ * Reads the settings from the environment. Problems are pushed to `problems`, each naming its variable, and then
+ * there are no settings.
+ */
+export function readNixSettings(env: NodeJS.ProcessEnv, problems: string[]): NixSettings | null {
+  const { values, problems: found } = readEnvironment(environment(NIX_VARIABLES), env);
+  problems.push(...found);
+  if (!values) return null;
+  const { NIX_TIMEOUT: timeout, NIX_TIMEOUT_SECONDS: older } = values;
+  const clashes: string[] = [];
+  if (values.NIX_EXTRA_SUBSTITUTERS.length > 0 && values.NIX_EXTRA_TRUSTED_PUBLIC_KEYS.length === 0) {
+    clashes.push("NIX_EXTRA_SUBSTITUTERS is set but NIX_EXTRA_TRUSTED_PUBLIC_KEYS is not: Nix accepts nothing from a cache whose key it does not trust");
   }
-
-  const whole = (name: string, fallback: number, min: number, max: number): number => {
-    const raw = (env[name] ?? "").trim();
-    if (raw === "") return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      problems.push(`${name}=${raw} is not a whole number from ${min} to ${max}`);
-      return fallback;
-    }
-    return value;
-  };
-  const maxJobsRaw = (env.NIX_MAX_JOBS ?? "").trim();
-  const maxJobs = maxJobsRaw === "" || maxJobsRaw === "auto" ? "auto" : whole("NIX_MAX_JOBS", 1, 0, 1024);
-  const cores = whole("NIX_CORES", 0, 0, 1024);
-
   // NIX_TIMEOUT is Nixery's name; NIX_TIMEOUT_SECONDS this builder's older one. Both may be set only if they agree.
-  const timeout = whole("NIX_TIMEOUT", DEFAULT_NIX_TIMEOUT_SECONDS, 1, 86_400);
-  const timeoutOld = whole("NIX_TIMEOUT_SECONDS", DEFAULT_NIX_TIMEOUT_SECONDS, 1, 86_400);
-  const hasNew = (env.NIX_TIMEOUT ?? "").trim() !== "";
-  const hasOld = (env.NIX_TIMEOUT_SECONDS ?? "").trim() !== "";
-  if (hasNew && hasOld && timeout !== timeoutOld) {
-    problems.push(`NIX_TIMEOUT=${env.NIX_TIMEOUT} and NIX_TIMEOUT_SECONDS=${env.NIX_TIMEOUT_SECONDS} disagree; they are one setting: keep NIX_TIMEOUT`);
+  if (older !== null && (env.NIX_TIMEOUT ?? "").trim() !== "" && timeout !== older) {
+    clashes.push(`NIX_TIMEOUT=${env.NIX_TIMEOUT} and NIX_TIMEOUT_SECONDS=${env.NIX_TIMEOUT_SECONDS} disagree; they are one setting: keep NIX_TIMEOUT`);
   }
+  problems.push(...clashes);
+  if (clashes.length > 0) return null;
   return {
-    substituters,
-    trustedPublicKeys,
-    extraSubstituters,
-    extraTrustedPublicKeys,
-    maxJobs,
-    cores,
-    timeoutSeconds: hasNew ? timeout : timeoutOld,
+    substituters: values.NIX_SUBSTITUTERS,
+    trustedPublicKeys: values.NIX_TRUSTED_PUBLIC_KEYS,
+    extraSubstituters: values.NIX_EXTRA_SUBSTITUTERS,
+    extraTrustedPublicKeys: values.NIX_EXTRA_TRUSTED_PUBLIC_KEYS,
+    maxJobs: values.NIX_MAX_JOBS,
+    cores: values.NIX_CORES,
+    timeoutSeconds: older ?? timeout,
   };
 }
 

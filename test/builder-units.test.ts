@@ -348,6 +348,7 @@ describe("the builder's Nix settings", () => {
       problems,
     );
     expect(problems).toEqual([]);
+    if (!settings) throw new Error("no settings");
     expect(settings.timeoutSeconds).toBe(120);
     expect(nixConfig(settings, "sandbox = true").split("\n")).toEqual([
       "max-jobs = 0",
@@ -356,7 +357,9 @@ describe("the builder's Nix settings", () => {
       "extra-trusted-public-keys = cache.example.com-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
       "sandbox = true",
     ]);
-    expect(nixConfig(readNixSettings({ NIX_SUBSTITUTERS: "none" }, []), undefined).split("\n")).toContain("substituters = ");
+    const none = readNixSettings({ NIX_SUBSTITUTERS: "none" }, []);
+    if (!none) throw new Error("no settings");
+    expect(nixConfig(none, undefined).split("\n")).toContain("substituters = ");
   });
 
   it("names each variable whose value is wrong, and keeps NIX_TIMEOUT_SECONDS as NIX_TIMEOUT's old name", () => {
@@ -366,7 +369,9 @@ describe("the builder's Nix settings", () => {
       problems,
     );
     expect(problems.map((p) => p.split(/[:=]/)[0])).toEqual(["NIX_SUBSTITUTERS", "NIX_TRUSTED_PUBLIC_KEYS", "NIX_MAX_JOBS", "NIX_CORES"]);
-    expect(settings.timeoutSeconds).toBe(30);
+    // With a problem there are no settings to start with; the old name alone is read as NIX_TIMEOUT.
+    expect(settings).toBeNull();
+    expect(readNixSettings({ NIX_TIMEOUT_SECONDS: "30" }, [])?.timeoutSeconds).toBe(30);
     const clash: string[] = [];
     readNixSettings({ NIX_TIMEOUT: "60", NIX_TIMEOUT_SECONDS: "30" }, clash);
     expect(clash[0]).toContain("NIX_TIMEOUT=60 and NIX_TIMEOUT_SECONDS=30 disagree");

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ENVIRONMENT_HELP } from "../builder-service/config.ts";
+import { configurationTable, ENVIRONMENT_HELP } from "../builder-service/config.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startLocalBucket } from "../scripts/local-stack.ts";
 import { buildBuilder } from "./support/built-builder.ts";
 import { TEST_PKGS } from "./support/stack.ts";
@@ -74,11 +74,39 @@ afterAll(async () => {
 });
 
 describe("the builder-service command", () => {
-  it("--help lists every setting, from any folder", async () => {
+  it("--help lists every setting with its default, from any folder", async () => {
     const { code, stdout } = await run(WRAPPER, ["--help"], process.env, scratch);
     expect(code).toBe(0);
     expect(stdout).toContain("Usage: builder-service [--help | --check | --exit-with-stdin]");
-    for (const [name] of ENVIRONMENT_HELP) expect(stdout).toContain(`  ${name} `);
+    const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
+    for (const [name, meaning] of ENVIRONMENT_HELP) expect(stdout).toContain(`  ${name.padEnd(width)}  ${meaning}\n`);
+    expect(stdout).toContain("(default: 8788; 0 to 65535)");
+    expect((await run(WRAPPER, ["-h"], process.env, scratch)).stdout).toBe(stdout);
+  });
+
+  it("refuses an option it does not know, or an argument, with exit 2 and the valid options, and does not serve", async () => {
+    // Everything needed to serve is set: a misspelt --check must not start a builder.
+    const env = {
+      PATH: process.env.PATH,
+      BUILDER_SECRET: "a-secret-of-enough-length",
+      BUILDER_DATA_DIR: join(scratch, "data-options"),
+      NIXERY_PKGS_PATH: TEST_PKGS,
+      NIX_CONFIG: OFFLINE_NIX_CONFIG,
+      BUILDER_PORT: "0",
+      ...bucket.s3Env,
+    };
+    for (const [args, problem] of [
+      [["--chek"], "Unknown option '--chek'"],
+      [["--check", "--verbose"], "Unknown option '--verbose'"],
+      [["check"], "Unexpected argument 'check'"],
+      [["--help=yes"], "--help"],
+    ] as const) {
+      const { code, stdout, stderr } = await run(WRAPPER, [...args], env);
+      expect(code, args.join(" ")).toBe(2);
+      expect(stderr).toContain(problem);
+      expect(stderr).toContain("Valid options: --help (-h), --check, --exit-with-stdin");
+      expect(stdout).toBe("");
+    }
   });
 
   it("is the package's bin", async () => {
@@ -565,7 +593,9 @@ describe("the README", () => {
     const readme = await readFile(join(PROJECT_ROOT, "README.md"), "utf8");
     const deployment = readme.slice(readme.indexOf("\n## Deployment\n"));
     expect(deployment.startsWith("\n## Deployment\n")).toBe(true);
-    for (const [name, meaning] of ENVIRONMENT_HELP) expect(deployment).toContain(`| \`${name}\` | ${meaning} |`);
+    // The builder's table is what the code generates, row for row (configurationTable() in builder-service/config.ts).
+    const table = deployment.slice(deployment.indexOf("| variable | meaning |"));
+    expect(table.slice(0, table.indexOf("\n\n"))).toBe(configurationTable());
     for (const name of ["REGISTRY_BUCKET", "BUILDER_URL", "BUILDER_SECRET", "TAG_CACHE_SECONDS", "BUILDER_STALE_SECONDS", "BUILD_COORDINATOR"]) {
       expect(deployment).toContain(`| \`${name}\` |`);
     }
