@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // `npm run build:builder`: the builder as one JavaScript file, build/builder-service.mjs, which deploy/builder-service
 // runs in production. esbuild bundles builder-service/main.ts and common/ into it; the npm packages it uses
-// (aws4fetch, fast-xml-parser, tar-stream) stay imports from node_modules. The file sits one folder below the
-// project's root, as builder-service/*.ts do, so that it finds nix/ the same way.
+// (aws4fetch, fast-xml-parser, tar-stream, valibot) stay imports from node_modules. The file sits one folder below
+// the project's root, as builder-service/*.ts do, so that it finds nix/ the same way.
 import { build } from "esbuild";
 import { fileURLToPath } from "node:url";
 
