@@ -25,6 +25,7 @@ const TEST_PACKAGES = [
   "curl",
   "util-linux",
   "mmdebstrap", // bootstraps Debian 13 for its Nix 2.26 (test/support/modern-nix.ts)
+  "chromium", // the browser test/web-page.test.ts drives with playwright-core
 ];
 
 ensureNpmPackages();

@@ -6,6 +6,7 @@
 import type { IRequest } from "itty-router";
 import { isImageKey, type ImageRecord, type JobRecord } from "../common/bucket-layout.ts";
 import type { Env } from "./env.ts";
+import { progressSummary } from "./pages/format.ts";
 import { decodeParam } from "./params.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
 import { r2Storage, type RegistryStorage } from "./storage.ts";
@@ -24,6 +25,8 @@ export interface BuildView {
   progress: JobRecord["progress"];
   startedAt: string;
   updatedAt: string;
+  /** How far it got, in words (the front page shows it as it changes). */
+  summary: string;
   error?: JobRecord["error"];
   /** The image's manifests, once it exists. */
   image?: ImageRecord;
@@ -41,12 +44,13 @@ function view(record: JobRecord, image: ImageRecord | null): BuildView {
     progress: record.progress,
     startedAt: record.startedAt,
     updatedAt: record.updatedAt,
+    summary: progressSummary(record.phase, record.progress),
     ...(record.error ? { error: record.error } : {}),
     ...(image ? { image } : {}),
   };
 }
 
-async function viewOf(storage: RegistryStorage, key: string): Promise<BuildView | null> {
+export async function viewOf(storage: RegistryStorage, key: string): Promise<BuildView | null> {
   const [record, image] = await Promise.all([storage.getJob(key), storage.getImage(key)]);
   return record ? view(record, image) : null;
 }
@@ -65,11 +69,15 @@ export async function handleBuild(request: IRequest, env: Env): Promise<Response
   return jsonResponse(request.method, 200, found, NO_STORE);
 }
 
+/** The most recent builds, newest first. */
+export async function recentBuilds(storage: RegistryStorage, limit: number): Promise<BuildView[]> {
+  const keys = await storage.recentJobs(limit);
+  return (await Promise.all(keys.map((key) => viewOf(storage, key)))).filter((b): b is BuildView => b !== null);
+}
+
 export async function handleBuildList(request: IRequest, env: Env): Promise<Response> {
   const raw = new URL(request.url).searchParams.get("limit");
   const limit = raw && /^\d+$/.test(raw) ? Math.min(MAX_LIMIT, Math.max(1, Number(raw))) : DEFAULT_LIMIT;
-  const storage = r2Storage(env.REGISTRY_BUCKET);
-  const keys = await storage.recentJobs(limit);
-  const builds = (await Promise.all(keys.map((key) => viewOf(storage, key)))).filter((b): b is BuildView => b !== null);
+  const builds = await recentBuilds(r2Storage(env.REGISTRY_BUCKET), limit);
   return jsonResponse(request.method, 200, { builds }, NO_STORE);
 }

@@ -7,7 +7,9 @@
 //   GET|HEAD /v2/<name>/referrers/<digest>         referrers.ts (always an empty index)
 //   other methods on /v2/...                       405 UNSUPPORTED (no push, no delete)
 //   GET|HEAD /api/builds[/<image key>]            builds-api.ts (build progress as JSON)
-//   GET|HEAD /                                     how to pull
+//   GET|HEAD /                                     pages/home.ts: the front page (plain text for curl)
+//   GET|HEAD /builds/<image key>, /images/<key>   pages/: a build's progress, a built image's layers
+//   /static/...                                    worker/public/static: the pages' CSS and script (static assets)
 //
 // The build coordinator (a Durable Object per image key) is exported from here, as Workers require.
 //
@@ -17,8 +19,11 @@ import { handleBlob } from "./blobs.ts";
 import { handleBuild, handleBuildList } from "./builds-api.ts";
 import type { Env } from "./env.ts";
 import { handleManifest } from "./manifests.ts";
+import { handleBuildPage } from "./pages/build-page.ts";
+import { handleCompose, handleHome } from "./pages/home.ts";
+import { handleImagePage } from "./pages/image-page.ts";
 import { handleReferrers } from "./referrers.ts";
-import { errorResponse, finishResponse, internalErrorResponse, jsonResponse, textResponse } from "./responses.ts";
+import { errorResponse, finishResponse, internalErrorResponse, jsonResponse } from "./responses.ts";
 import { handleTagsList } from "./tags.ts";
 
 const PUSH_NOT_SUPPORTED = "this registry builds images itself from Nix; pushing and deleting are not supported";
@@ -29,26 +34,6 @@ type Handler = (request: IRequest, env: Env, ctx: ExecutionContext) => Response 
 
 function apiBase(request: IRequest): Response {
   return jsonResponse(request.method, 200, {});
-}
-
-function landing(request: IRequest): Response {
-  const host = new URL(request.url).host;
-  return textResponse(
-    request.method,
-    200,
-    [
-      "This is a container registry that builds images from Nix on demand.",
-      "",
-      "Every path component of an image name is a nixpkgs package; the tag picks the nixpkgs version.",
-      `  docker pull ${host}/shell/hello              bash, coreutils, moreutils, nano and hello`,
-      `  docker pull ${host}/shell/curl/jq:latest     the default channel, resolved to a commit`,
-      `  docker pull ${host}/hello:<40-hex commit>    a pinned nixpkgs commit`,
-      `  docker pull ${host}/arm64/hello              built for aarch64-linux`,
-      "",
-      "The first pull of a combination builds it; later pulls are served from the cache.",
-      "",
-    ].join("\n"),
-  );
 }
 
 function v2Fallback(request: IRequest): Response {
@@ -84,7 +69,10 @@ getAndHead("/v2/:name+/referrers/:digest", handleReferrers);
 router.all("/v2/*", v2Fallback);
 getAndHead("/api/builds", handleBuildList);
 getAndHead("/api/builds/:key", handleBuild);
-getAndHead("/", landing);
+getAndHead("/", handleHome);
+getAndHead("/compose", handleCompose);
+getAndHead("/builds/:key", handleBuildPage);
+getAndHead("/images/:key", handleImagePage);
 router.all("*", notFound);
 
 export { BuildCoordinator } from "./build-coordinator.ts";

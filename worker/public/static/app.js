@@ -1,0 +1,69 @@
+// The front page's script: copy buttons, the composer's answer as you type, and a running build followed live.
+// Everything it improves works without it: the form submits, the pages render on the server.
+
+/** Copy buttons: shown only where a script can copy. */
+for (const button of document.querySelectorAll("button.copy")) {
+  button.hidden = false;
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(button.dataset.copy ?? "");
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Select and copy";
+    }
+    setTimeout(() => (button.textContent = "Copy"), 2000);
+  });
+}
+
+/** Re-binds copy buttons inside an element whose HTML was replaced. */
+function enableCopy(root) {
+  for (const button of root.querySelectorAll("button.copy")) {
+    button.hidden = false;
+    button.addEventListener("click", () => navigator.clipboard.writeText(button.dataset.copy ?? "").then(() => (button.textContent = "Copied")));
+  }
+}
+
+/** The composer: the server renders its answer (/compose); the page asks for it as the fields change. */
+const composer = document.getElementById("composer");
+const composed = document.getElementById("composed");
+if (composer && composed) {
+  let timer;
+  let asked = 0;
+  const update = () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const query = new URLSearchParams(new FormData(composer));
+      const mine = ++asked;
+      const answer = await fetch(`/compose?${query}`, { headers: { Accept: "text/html" } }).catch(() => null);
+      if (!answer?.ok || mine !== asked) return;
+      composed.innerHTML = await answer.text();
+      enableCopy(composed);
+      history.replaceState(null, "", `/?${query}`);
+    }, 250);
+  };
+  composer.addEventListener("input", update);
+  composer.addEventListener("change", update);
+}
+
+/** A build page of a running build: its phase and progress from /api/builds/<key>, every second until it ends. */
+const live = document.querySelector("[data-live-build]");
+if (live) {
+  const key = live.getAttribute("data-live-build");
+  const phase = document.querySelector('[data-field="phase"]');
+  const summary = document.querySelector('[data-field="summary"]');
+  const poll = async () => {
+    const answer = await fetch(`/api/builds/${key}`).catch(() => null);
+    if (answer?.ok) {
+      const build = await answer.json();
+      if (phase) {
+        phase.textContent = build.phase;
+        phase.className = `phase phase-${build.phase}`;
+      }
+      if (summary) summary.textContent = build.summary;
+      // Finished: the server renders the outcome (the failure and its log, or the image's link).
+      if (build.phase === "done" || build.phase === "failed") return location.reload();
+    }
+    setTimeout(poll, 1000);
+  };
+  setTimeout(poll, 1000);
+}
