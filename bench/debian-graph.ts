@@ -78,7 +78,12 @@ function relations(field: string | undefined): string[][] {
   if (!field) return [];
   return field
     .split(",")
-    .map((group) => group.split("|").map((alt) => alt.trim().split(/[\s(:]/)[0]).filter(Boolean))
+    .map((group) =>
+      group
+        .split("|")
+        .map((alt) => alt.trim().split(/[\s(:]/)[0])
+        .filter(Boolean),
+    )
     .filter((alts) => alts.length > 0);
 }
 
@@ -175,7 +180,9 @@ function components(names: string[], edges: Map<string, string[]>): string[][] {
 
 export function loadDebianSet(files: string[] = packagesFiles()): DebianSet {
   if (files.length === 0) {
-    throw new Error(`no Packages files in ${APT_LISTS}: run apt-get update (as root) to fetch Debian's archive metadata`);
+    throw new Error(
+      `no Packages files in ${APT_LISTS}: run apt-get update (as root) to fetch Debian's archive metadata`,
+    );
   }
   const packages = new Map<string, Package>();
   for (const file of files) parse(readPackagesFile(file), packages);
@@ -209,13 +216,17 @@ export function loadDebianSet(files: string[] = packagesFiles()): DebianSet {
     const first = packages.get(component[0])!;
     const path = storePath(storeName(first.name, first.version));
     members.set(path, component);
-    sizeOf.set(path, component.reduce((sum, name) => sum + packages.get(name)!.installedKiB * 1024, 0));
+    sizeOf.set(
+      path,
+      component.reduce((sum, name) => sum + packages.get(name)!.installedKiB * 1024, 0),
+    );
     for (const name of component) pathOf.set(name, path);
   }
   const references = new Map<string, string[]>();
   for (const [path, component] of members) {
     const refs = new Set<string>();
-    for (const name of component) for (const dep of edges.get(name)!) if (pathOf.get(dep) !== path) refs.add(pathOf.get(dep)!);
+    for (const name of component)
+      for (const dep of edges.get(name)!) if (pathOf.get(dep) !== path) refs.add(pathOf.get(dep)!);
     references.set(path, [...refs].sort(compare));
   }
 
@@ -252,18 +263,27 @@ export function loadDebianSet(files: string[] = packagesFiles()): DebianSet {
   const nodes = new Map<string, StorePathNode>();
   const popularity = new Map<string, number>();
   for (const path of members.keys()) {
-    nodes.set(path, { path, references: references.get(path)!, narSize: sizeOf.get(path)!, closureSize: closureSize.get(path)! });
+    nodes.set(path, {
+      path,
+      references: references.get(path)!,
+      narSize: sizeOf.get(path)!,
+      closureSize: closureSize.get(path)!,
+    });
     popularity.set(path.slice("/nix/store/".length + 33), popularityByPath.get(path)!);
   }
   return { sources: files, packages: packages.size, pathOf, nodes, popularity, members };
 }
 
 /** The closure of an image of these Debian packages: their store paths and everything they reference. */
-export function imageGraph(set: DebianSet, packageNames: readonly string[]): { topLevel: string[]; graph: StorePathNode[] } {
+export function imageGraph(
+  set: DebianSet,
+  packageNames: readonly string[],
+): { topLevel: string[]; graph: StorePathNode[] } {
   const topLevel: string[] = [];
   for (const name of packageNames) {
     const path = set.pathOf.get(name);
-    if (!path) throw new Error(`${name} is not a package of Debian's archive (${set.sources.length} Packages files read)`);
+    if (!path)
+      throw new Error(`${name} is not a package of Debian's archive (${set.sources.length} Packages files read)`);
     if (!topLevel.includes(path)) topLevel.push(path);
   }
   const seen = new Set<string>(topLevel);

@@ -131,22 +131,35 @@ export function previousLayers(graph: readonly StorePathNode[], budget: number, 
   const byValue = [...ordered].sort((a, b) => value(b) - value(a) || byName(a.path, b.path));
   const own = new Set(byValue.slice(0, storeLayers - 1).map((node) => node.path));
   const rest = ordered.filter((node) => !own.has(node.path));
-  const groups = ordered.filter((node) => own.has(node.path)).map((node) => ({ paths: [node.path], size: node.narSize }));
+  const groups = ordered
+    .filter((node) => own.has(node.path))
+    .map((node) => ({ paths: [node.path], size: node.narSize }));
   groups.push({ paths: rest.map((node) => node.path).sort(), size: rest.reduce((sum, node) => sum + node.narSize, 0) });
   return groups;
 }
 
 export function strategies(budget: number, popularity: Popularity): Strategy[] {
   return [
-    { name: "one layer per path, no budget (the floor)", layers: (image) => image.graph.map((n) => ({ paths: [n.path], size: n.narSize })) },
-    { name: "before: top paths alone, one tail layer", layers: (image) => previousLayers(image.graph, budget, popularity) },
+    {
+      name: "one layer per path, no budget (the floor)",
+      layers: (image) => image.graph.map((n) => ({ paths: [n.path], size: n.narSize })),
+    },
+    {
+      name: "before: top paths alone, one tail layer",
+      layers: (image) => previousLayers(image.graph, budget, popularity),
+    },
     { name: "Nixery's grouping", layers: (image) => nixeryLayers(image.graph, image.topLevel, popularity, budget - 1) },
     { name: "now: groups by co-occurrence", layers: (image) => planLayers(image.graph, budget, popularity) },
     { name: "now, without popularity data", layers: (image) => planLayers(image.graph, budget) },
   ];
 }
 
-export function loadCorpus(corpus: string[][] = CORPUS): { images: SimImage[]; popularity: Popularity; packages: number; sources: string[] } {
+export function loadCorpus(corpus: string[][] = CORPUS): {
+  images: SimImage[];
+  popularity: Popularity;
+  packages: number;
+  sources: string[];
+} {
   const set = loadDebianSet();
   const images = corpus.map((packages) => {
     const { topLevel, graph } = imageGraph(set, [...packages, ...ALWAYS_ADDED]);
@@ -158,13 +171,20 @@ export function loadCorpus(corpus: string[][] = CORPUS): { images: SimImage[]; p
 
 const MB = 1e6;
 const mb = (bytes: number) => `${Math.round(bytes / MB).toLocaleString("en")} MB`;
-const against = (value: number, floor: number) => (value === floor ? "floor" : `${value >= floor ? "+" : ""}${((value / floor - 1) * 100).toFixed(1)}%`);
+const against = (value: number, floor: number) =>
+  value === floor ? "floor" : `${value >= floor ? "+" : ""}${((value / floor - 1) * 100).toFixed(1)}%`;
 
 /** --budget N (layers per image) and --images (a line per image); anything else stops the simulation. */
 function options(args: string[]): { budget: number; images: boolean } {
-  const { values } = parseArgs({ args, options: { budget: { type: "string" }, images: { type: "boolean" } }, strict: true, allowPositionals: false });
+  const { values } = parseArgs({
+    args,
+    options: { budget: { type: "string" }, images: { type: "boolean" } },
+    strict: true,
+    allowPositionals: false,
+  });
   const budget = Number(values.budget ?? DEFAULT_LAYER_BUDGET);
-  if (!Number.isInteger(budget) || budget < 2) throw new Error(`--budget ${values.budget}: a whole number of layers, at least 2`);
+  if (!Number.isInteger(budget) || budget < 2)
+    throw new Error(`--budget ${values.budget}: a whole number of layers, at least 2`);
   return { budget, images: values.images === true };
 }
 
@@ -174,7 +194,9 @@ function main(): void {
   const { images, popularity, packages, sources } = loadCorpus();
   const loaded = performance.now();
   const over = images.filter((image) => image.graph.length > budget - 1);
-  console.log(`Debian's archive: ${packages.toLocaleString("en")} packages from ${sources.length} Packages files, read in ${((loaded - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `Debian's archive: ${packages.toLocaleString("en")} packages from ${sources.length} Packages files, read in ${((loaded - started) / 1000).toFixed(1)} s`,
+  );
   console.log(
     `Corpus: ${images.length} images, ${over.length} with more store paths than the budget of ${budget} layers (${budget - 1} store layers + root filesystem); ` +
       `store paths per image ${Math.min(...images.map((i) => i.graph.length))}-${Math.max(...images.map((i) => i.graph.length))}\n`,
@@ -189,7 +211,9 @@ function main(): void {
   }
   const floor = results[0].figures;
   const width = Math.max(...results.map((r) => r.name.length));
-  console.log(`${"strategy".padEnd(width)}  ${"stored".padEnd(20)}  ${"pulls, after the previous image".padEnd(32)}  most layers  time`);
+  console.log(
+    `${"strategy".padEnd(width)}  ${"stored".padEnd(20)}  ${"pulls, after the previous image".padEnd(32)}  most layers  time`,
+  );
   for (const { name, figures, ms } of results) {
     console.log(
       `${name.padEnd(width)}  ${`${mb(figures.stored)} ${against(figures.stored, floor.stored)}`.padEnd(20)}  ` +
@@ -203,7 +227,11 @@ function main(): void {
   );
   if (perImage) {
     console.log(`\n${"image".padEnd(36)} paths  ${results.map((r) => r.name.slice(0, 12).padEnd(12)).join(" ")}`);
-    images.forEach((image, i) => console.log(`${image.name.padEnd(36)} ${String(image.graph.length).padEnd(5)}  ${results.map((r) => String(r.figures.layersByImage[i]).padEnd(12)).join(" ")}`));
+    images.forEach((image, i) =>
+      console.log(
+        `${image.name.padEnd(36)} ${String(image.graph.length).padEnd(5)}  ${results.map((r) => String(r.figures.layersByImage[i]).padEnd(12)).join(" ")}`,
+      ),
+    );
   }
 }
 

@@ -34,7 +34,10 @@ export function nixeryLayers(
   const rootEdges = new Set<string>(topLevel.filter((p) => nodes.has(p)));
   for (const node of graph) {
     if (node.closureSize > BIG_CLOSURE_BYTES || pop(node.path) >= POPULAR_COUNT) rootEdges.add(node.path);
-    successors.set(node.path, node.references.filter((r) => r !== node.path && nodes.has(r)));
+    successors.set(
+      node.path,
+      node.references.filter((r) => r !== node.path && nodes.has(r)),
+    );
   }
   successors.set(ROOT, [...rootEdges]);
 
@@ -51,7 +54,8 @@ export function nixeryLayers(
   visit(ROOT);
   order.reverse();
   const predecessors = new Map<string, string[]>();
-  for (const [from, tos] of successors) for (const to of tos) predecessors.set(to, [...(predecessors.get(to) ?? []), from]);
+  for (const [from, tos] of successors)
+    for (const to of tos) predecessors.set(to, [...(predecessors.get(to) ?? []), from]);
   const idom = new Map<string, string>();
   const depth = new Map<string, number>([[ROOT, 0]]);
   const lca = (a: string, b: string) => {
@@ -88,7 +92,5 @@ export function nixeryLayers(
       ...rest,
     ];
   }
-  return candidates
-    .sort((a, b) => b.rating - a.rating)
-    .map((c) => ({ paths: [...c.paths].sort(), size: c.size }));
+  return candidates.sort((a, b) => b.rating - a.rating).map((c) => ({ paths: [...c.paths].sort(), size: c.size }));
 }

@@ -15,8 +15,15 @@ import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
 import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
-import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, startLocalBucket, startStack, type Stack } from "../scripts/local-stack.ts";
-import { nixeryLayers, NIXERY_STORE_LAYER_BUDGET } from "./nixery-layering.ts";
+import {
+  OFFLINE_NIX_CONFIG,
+  PROJECT_ROOT,
+  startBuilder,
+  startLocalBucket,
+  startStack,
+  type Stack,
+} from "../scripts/local-stack.ts";
+import { nixeryLayers } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
 import { get, wirePull } from "./wire-pull.ts";
 
@@ -68,7 +75,11 @@ interface Closure {
 }
 
 /** The same Nix expression the builder runs, called directly. */
-async function imageClosure(pkgsPath: string, packages: string[], system: NixSystem = "x86_64-linux"): Promise<Closure> {
+async function imageClosure(
+  pkgsPath: string,
+  packages: string[],
+  system: NixSystem = "x86_64-linux",
+): Promise<Closure> {
   const out = (
     await sh("nix-build", [
       "--no-out-link",
@@ -111,7 +122,9 @@ async function floorBuild(pkgsPath: string, packages: string[]): Promise<{ nixMs
     () =>
       new Promise<void>((resolve, reject) => {
         const relative = closure.graph.map((node) => node.path.slice(1)).sort();
-        const child = spawn("sh", ["-c", 'tar -cf - -C / "$@" | gzip -6 > /dev/null', "tar", ...relative], { stdio: "inherit" });
+        const child = spawn("sh", ["-c", 'tar -cf - -C / "$@" | gzip -6 > /dev/null', "tar", ...relative], {
+          stdio: "inherit",
+        });
         child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`tar | gzip exited with ${code}`))));
       }),
   );
@@ -128,7 +141,8 @@ const PARTS = ["builds", "pull", "edge"];
 /** `npm run bench -- builds`, `-- pull` or `-- edge` runs one part; no argument runs them all. No options. */
 function chosenPart(args: string[]): string | undefined {
   const { positionals } = parseArgs({ args, options: {}, strict: true, allowPositionals: true });
-  if (positionals.length > 1) throw new Error(`one part at a time, not ${positionals.join(" and ")}: use ${PARTS.join(", ")}`);
+  if (positionals.length > 1)
+    throw new Error(`one part at a time, not ${positionals.join(" and ")}: use ${PARTS.join(", ")}`);
   const [only] = positionals;
   if (only !== undefined && !PARTS.includes(only)) throw new Error(`unknown part "${only}": use ${PARTS.join(", ")}`);
   return only;
@@ -140,7 +154,9 @@ async function main(): Promise<void> {
   console.log(`Machine: ${await machine()}\n`);
 
   const basePath = join(scratch, "debian-pkgs");
-  const generated = await time(() => sh("node", [join(PROJECT_ROOT, "package-sets/debian-pkgs/generate.mjs"), basePath, "--quiet"]));
+  const generated = await time(() =>
+    sh("node", [join(PROJECT_ROOT, "package-sets/debian-pkgs/generate.mjs"), basePath, "--quiet"]),
+  );
   console.log(`Package set: generated from this machine's Debian packages in ${seconds(generated.ms)}\n`);
   // Salted copies: one for the floor, one for the builder, one for the pulls; each builds every package afresh.
   const run = `${Date.now()}`;
@@ -169,7 +185,10 @@ async function manifestOf(store: S3BlobStore, record: JobRecord): Promise<ImageM
 }
 
 /** How long each phase of a job took, by the builder's clock (a phase lasts until the next one begins). */
-function phaseTimes(record: { startedAt: string; phases: { phase: JobPhase; at: string }[] }): { total: number; phases: Partial<Record<JobPhase, number>> } {
+function phaseTimes(record: { startedAt: string; phases: { phase: JobPhase; at: string }[] }): {
+  total: number;
+  phases: Partial<Record<JobPhase, number>>;
+} {
   const phases: Partial<Record<JobPhase, number>> = {};
   for (let i = 0; i + 1 < record.phases.length; i++) {
     phases[record.phases[i].phase] = Date.parse(record.phases[i + 1].at) - Date.parse(record.phases[i].at);
@@ -185,12 +204,16 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
   // The builder writes into a local bucket (the local stack's S3 endpoint over its R2), as it writes into R2.
   const bucket = await startLocalBucket(join(scratch, "builds-bucket"));
   const store = bucketReader(bucket.s3Env, join(scratch, "reader-spool"));
-  const builder = await startBuilder({ pkgsPath, builderPort: 0, builderDataDir: join(scratch, "builder"), secret, s3Env: bucket.s3Env }).catch(
-    async (error: unknown) => {
-      await bucket.dispose();
-      throw error;
-    },
-  );
+  const builder = await startBuilder({
+    pkgsPath,
+    builderPort: 0,
+    builderDataDir: join(scratch, "builder"),
+    secret,
+    s3Env: bucket.s3Env,
+  }).catch(async (error: unknown) => {
+    await bucket.dispose();
+    throw error;
+  });
   const counters = () => builderStatus(builder.url, secret);
   try {
     const { revision } = await resolveLatest(builder.url, secret);
@@ -231,29 +254,59 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
       "bytes newly tarred",
       mib(tarred),
       `new store paths alone: ${mib(freshBytes)} (${fresh.length} paths) + root filesystem`,
-      written <= fresh.length + 1 ? `${written} layers written = new paths + 1, ${secondManifest.layers.length - written} reused` : `${written} layers written, more than ${fresh.length} + 1`,
+      written <= fresh.length + 1
+        ? `${written} layers written = new paths + 1, ${secondManifest.layers.length - written} reused`
+        : `${written} layers written, more than ${fresh.length} + 1`,
     );
     line("root-filesystem layer and tar headers", mib(Math.max(0, rootfsLayerTar)), "");
-    line("bytes newly stored (gzip)", mib(after.bytesStored - before.bytesStored), `image total ${mib(secondManifest.layers.reduce((sum, l) => sum + l.size, 0))}`);
-    line("build time (job submitted to manifests stored)", seconds(phaseTimes(second).total), describeJob(phaseTimes(second)));
+    line(
+      "bytes newly stored (gzip)",
+      mib(after.bytesStored - before.bytesStored),
+      `image total ${mib(secondManifest.layers.reduce((sum, l) => sum + l.size, 0))}`,
+    );
+    line(
+      "build time (job submitted to manifests stored)",
+      seconds(phaseTimes(second).total),
+      describeJob(phaseTimes(second)),
+    );
 
     // 3. Sharing across a corpus, against Nixery's grouping of the same closures.
-    console.log(`\nSharing across ${CORPUS.length} images (store-path bytes; root-filesystem layers left out of both):`);
+    console.log(
+      `\nSharing across ${CORPUS.length} images (store-path bytes; root-filesystem layers left out of both):`,
+    );
     const closures = [];
-    for (const packages of CORPUS) closures.push({ name: packages.join("/"), closure: await imageClosure(pkgsPath, packages) });
+    for (const packages of CORPUS)
+      closures.push({ name: packages.join("/"), closure: await imageClosure(pkgsPath, packages) });
     const popularityFn = popularity ?? (() => undefined);
-    const ours: CorpusImage[] = closures.map(({ name, closure }) => ({ name, layers: planLayers(closure.graph, DEFAULT_LAYER_BUDGET, popularity) }));
-    const nixery: CorpusImage[] = closures.map(({ name, closure }) => ({ name, layers: nixeryLayers(closure.graph, closure.topLevel, popularityFn) }));
+    const ours: CorpusImage[] = closures.map(({ name, closure }) => ({
+      name,
+      layers: planLayers(closure.graph, DEFAULT_LAYER_BUDGET, popularity),
+    }));
+    const nixery: CorpusImage[] = closures.map(({ name, closure }) => ({
+      name,
+      layers: nixeryLayers(closure.graph, closure.topLevel, popularityFn),
+    }));
     // Ours again with no more layers than Nixery gives each image (plus the root filesystem).
     const oursTight: CorpusImage[] = closures.map(({ name, closure }, i) => ({
       name,
       layers: planLayers(closure.graph, nixery[i].layers.length + 1, popularity),
     }));
     const [a, b, c] = [sharing(ours), sharing(nixery), sharing(oursTight)];
-    const describe = (f: ReturnType<typeof sharing>) => `shared ${mib(f.sharedBytes)}, stored ${mib(f.storedBytes)} of ${mib(f.totalBytes)}, layers ${f.layers.min}-${f.layers.max} (mean ${f.layers.mean.toFixed(1)})`;
+    const describe = (f: ReturnType<typeof sharing>) =>
+      `shared ${mib(f.sharedBytes)}, stored ${mib(f.storedBytes)} of ${mib(f.totalBytes)}, layers ${f.layers.min}-${f.layers.max} (mean ${f.layers.mean.toFixed(1)})`;
     line("Nixery's grouping (budget 94)", "", describe(b));
-    line(`ours (budget ${DEFAULT_LAYER_BUDGET - 1} store layers)`, "", describe(a), `${(a.sharedBytes / Math.max(1, b.sharedBytes)).toFixed(2)}x Nixery's shared bytes`);
-    line("ours, held to Nixery's layer count per image", "", describe(c), `${(c.sharedBytes / Math.max(1, b.sharedBytes)).toFixed(2)}x Nixery's shared bytes`);
+    line(
+      `ours (budget ${DEFAULT_LAYER_BUDGET - 1} store layers)`,
+      "",
+      describe(a),
+      `${(a.sharedBytes / Math.max(1, b.sharedBytes)).toFixed(2)}x Nixery's shared bytes`,
+    );
+    line(
+      "ours, held to Nixery's layer count per image",
+      "",
+      describe(c),
+      `${(c.sharedBytes / Math.max(1, b.sharedBytes)).toFixed(2)}x Nixery's shared bytes`,
+    );
     console.log(`  popularity data: ${popularity ? popularityFile : "none (reference counts within each closure)"}`);
   } finally {
     store.close();
@@ -284,8 +337,11 @@ interface BuildView {
  * worker serves the manifest), timed to its 200; then the job's phases as the worker's /api/builds shows them.
  */
 async function coldManifest(stack: Stack, name: string): Promise<{ ms: number; job: ReturnType<typeof phaseTimes> }> {
-  const manifest = await time(() => fetchText(new URL(`${stack.registryUrl}/v2/${name}/manifests/latest`), `${OCI_MANIFEST}, ${DOCKER_MANIFEST}`));
-  if (manifest.value.status !== 200) throw new Error(`cold pull of ${name}: the manifest answered ${manifest.value.status}: ${manifest.value.body}`);
+  const manifest = await time(() =>
+    fetchText(new URL(`${stack.registryUrl}/v2/${name}/manifests/latest`), `${OCI_MANIFEST}, ${DOCKER_MANIFEST}`),
+  );
+  if (manifest.value.status !== 200)
+    throw new Error(`cold pull of ${name}: the manifest answered ${manifest.value.status}: ${manifest.value.body}`);
   const listed = await fetchText(new URL(`${stack.registryUrl}/api/builds?limit=1`));
   const [job] = (JSON.parse(listed.body) as { builds: BuildView[] }).builds;
   if (!job || job.phase !== "done" || job.packages.join("/") !== name.split("/").sort().join("/")) {
@@ -317,7 +373,9 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
   try {
     const pull = async (reference: string) => {
       const dir = await mkdtemp(join(scratch, "pull-"));
-      const result = await time(() => sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${reference}`, `oci:${dir}:img`]));
+      const result = await time(() =>
+        sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${reference}`, `oci:${dir}:img`]),
+      );
       await rm(dir, { recursive: true, force: true });
       return result.ms;
     };
@@ -325,7 +383,9 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     // 4. Cold pulls: the first pull of curl, through the whole stack. The pull half has a package set of its own,
     // so the first stack's builder builds every package with Nix; the second stack's builder (same Nix store) finds
     // them built, and the image is new only to its registry.
-    console.log(`\nCold pull of curl through the whole stack (worker, coordinator, builder job, manifest served), then skopeo copy of it:`);
+    console.log(
+      `\nCold pull of curl through the whole stack (worker, coordinator, builder job, manifest served), then skopeo copy of it:`,
+    );
     const cold = await coldManifest(edgeLike, "curl");
     line("nothing built yet: manifest GET to 200 (https)", seconds(cold.ms), describeJob(cold.job));
     line("  of which worker, coordinator, asking after job", seconds(cold.ms - cold.job.total), "");
@@ -343,7 +403,14 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
       distribution: `${distribution.host}/curl:latest`,
     };
     for (const reference of [sides.tls, sides.plain]) await pull(reference);
-    await sh("skopeo", ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", `docker://${sides.plain}`, `docker://${sides.distribution}`]);
+    await sh("skopeo", [
+      "copy",
+      "--quiet",
+      "--src-tls-verify=false",
+      "--dest-tls-verify=false",
+      `docker://${sides.plain}`,
+      `docker://${sides.distribution}`,
+    ]);
     await pull(sides.distribution); // every side warm before anything is timed
     // Every side once per round, so that whatever else the machine does weighs on all three alike.
     const interleaved = async (measure: (side: Side) => Promise<number>): Promise<Record<Side, number[]>> => {
@@ -356,18 +423,40 @@ async function pullFigures(scratch: string, pkgsPath: string): Promise<void> {
     const spread = (values: number[]) => `${seconds(Math.min(...values))}-${seconds(Math.max(...values))}`;
     line("CNCF distribution (plain http)", seconds(dist), `range ${spread(times.distribution)}`);
     const tls = median(times.tls);
-    line("worker, https from workerd (as at the edge)", seconds(tls), `range ${spread(times.tls)}`, `${(tls / dist).toFixed(2)}x distribution's time, target <= 1x`);
+    line(
+      "worker, https from workerd (as at the edge)",
+      seconds(tls),
+      `range ${spread(times.tls)}`,
+      `${(tls / dist).toFixed(2)}x distribution's time, target <= 1x`,
+    );
     const fronted = median(times.plain);
-    line("worker behind npm start's plain-http front", seconds(fronted), `range ${spread(times.plain)}`, `${(fronted / dist).toFixed(2)}x distribution's time`);
+    line(
+      "worker behind npm start's plain-http front",
+      seconds(fronted),
+      `range ${spread(times.plain)}`,
+      `${(fronted / dist).toFixed(2)}x distribution's time`,
+    );
 
     // The same pulls with a client that does nothing but receive (bench/wire-pull.ts): the servers alone.
-    console.log(`\nThe same, served only (manifest and every blob 6 at a time, bytes counted and dropped; ${PULL_RUNS} runs each, median):`);
+    console.log(
+      `\nThe same, served only (manifest and every blob 6 at a time, bytes counted and dropped; ${PULL_RUNS} runs each, median):`,
+    );
     const urls = { tls: edgeLike.registryUrl, plain: plain.registryUrl, distribution: `http://${distribution.host}` };
     const wire = await interleaved((side) => wirePull(urls[side], "curl", "latest"));
     const wireDist = median(wire.distribution);
     line("CNCF distribution (plain http)", seconds(wireDist), "");
-    line("worker, https from workerd", seconds(median(wire.tls)), "", `${(median(wire.tls) / wireDist).toFixed(2)}x distribution's time`);
-    line("worker behind the plain-http front", seconds(median(wire.plain)), "", `${(median(wire.plain) / wireDist).toFixed(2)}x distribution's time`);
+    line(
+      "worker, https from workerd",
+      seconds(median(wire.tls)),
+      "",
+      `${(median(wire.tls) / wireDist).toFixed(2)}x distribution's time`,
+    );
+    line(
+      "worker behind the plain-http front",
+      seconds(median(wire.plain)),
+      "",
+      `${(median(wire.plain) / wireDist).toFixed(2)}x distribution's time`,
+    );
   } finally {
     await distribution.stop();
     await edgeLike.stop();
@@ -429,19 +518,37 @@ async function edgeFigures(scratch: string, pkgsPath: string): Promise<void> {
   try {
     const image = "curl";
     const built = await coldManifest(stack, image);
-    const manifest = JSON.parse((await fetchText(new URL(`${stack.registryUrl}/v2/${image}/manifests/latest`), OCI_MANIFEST)).body) as ImageManifest;
+    const manifest = JSON.parse(
+      (await fetchText(new URL(`${stack.registryUrl}/v2/${image}/manifests/latest`), OCI_MANIFEST)).body,
+    ) as ImageManifest;
     const bytes = [manifest.config, ...manifest.layers].reduce((sum, blob) => sum + blob.size, 0);
     console.log(
       `\nEdge cache: warm pulls of ${image} (${manifest.layers.length} layers, ${mib(bytes)}; built in ${seconds(built.ms)}) at modelled ` +
         `locations, each with its own isolate and cache; far: every R2 read ${R2_RTT_MS} ms later (${EDGE_ROUNDS} locations each, median):`,
     );
     const reads = async (location: string) => {
-      const answer = JSON.parse((await fetchText(new URL(`${stack.locationUrls[location]}/.instrument/r2-reads`))).body) as { reads: { key: string }[] };
+      const answer = JSON.parse(
+        (await fetchText(new URL(`${stack.locationUrls[location]}/.instrument/r2-reads`))).body,
+      ) as { reads: { key: string }[] };
       return answer.reads;
     };
-    const reset = (location: string) => fetch(`${stack.locationUrls[location]}/.instrument/r2-reads/reset`, { method: "POST" });
-    const results = { farCold: [] as number[], farWarm: [] as number[], near: [] as number[], nearWarm: [] as number[], uncached: [] as number[], nearUncached: [] as number[] };
-    const readCounts = { farCold: [] as number[], farWarm: [] as number[], farWarmByDigest: [] as number[], near: [] as number[], uncached: [] as number[] };
+    const reset = (location: string) =>
+      fetch(`${stack.locationUrls[location]}/.instrument/r2-reads/reset`, { method: "POST" });
+    const results = {
+      farCold: [] as number[],
+      farWarm: [] as number[],
+      near: [] as number[],
+      nearWarm: [] as number[],
+      uncached: [] as number[],
+      nearUncached: [] as number[],
+    };
+    const readCounts = {
+      farCold: [] as number[],
+      farWarm: [] as number[],
+      farWarmByDigest: [] as number[],
+      near: [] as number[],
+      uncached: [] as number[],
+    };
     const cpu = { cached: 0, r2: 0, r2Only: 0, cachedBytes: 0, r2Bytes: 0 };
     for (let i = 0; i < EDGE_ROUNDS; i++) {
       const far = `far-${i}`;
@@ -476,20 +583,55 @@ async function edgeFigures(scratch: string, pkgsPath: string): Promise<void> {
       results.nearUncached.push(await wirePull(stack.locationUrls[`near-uncached-${i}`], image, "latest"));
       cpu.r2Only += (await workerdCpuSeconds()) - before;
     }
-    const [farCold, farWarm, near, nearWarm] = [median(results.farCold), median(results.farWarm), median(results.near), median(results.nearWarm)];
+    const [farCold, farWarm, near, nearWarm] = [
+      median(results.farCold),
+      median(results.farWarm),
+      median(results.near),
+      median(results.nearWarm),
+    ];
     const range = (values: number[]) => `${Math.min(...values)}-${Math.max(...values)}`;
     line("far location, first pull (its cache cold)", seconds(farCold), `R2 reads ${range(readCounts.farCold)}`);
-    line("far location, second pull", seconds(farWarm), `R2 reads ${range(readCounts.farWarm)}, by digest ${range(readCounts.farWarmByDigest)}`,
-      `${(farWarm / near).toFixed(2)}x the first pull next to the bucket, target <= 1.15x; target 0 reads by digest`);
+    line(
+      "far location, second pull",
+      seconds(farWarm),
+      `R2 reads ${range(readCounts.farWarm)}, by digest ${range(readCounts.farWarmByDigest)}`,
+      `${(farWarm / near).toFixed(2)}x the first pull next to the bucket, target <= 1.15x; target 0 reads by digest`,
+    );
     line("location next to the bucket, first pull", seconds(near), `R2 reads ${range(readCounts.near)}`);
-    line("location next to the bucket, second pull", seconds(nearWarm), "", `far's second pull ${(farWarm / nearWarm).toFixed(2)}x this`);
-    line("location next to the bucket without the edge cache", seconds(median(results.nearUncached)), "first pull: R2 only, no cache written");
-    line("far location without the edge cache, second pull", seconds(median(results.uncached)), `R2 reads ${range(readCounts.uncached)}`,
-      `${(median(results.uncached) / farWarm).toFixed(1)}x the cached one`);
-    const perMiB = (cpuSeconds: number, served: number) => `${((cpuSeconds * 1000) / (served / MiB)).toFixed(1)} ms/MiB`;
-    line("workerd CPU per MiB served, from the cache", perMiB(cpu.cached, cpu.cachedBytes), "worker and local runtime together");
-    line("workerd CPU per MiB served, from R2, filling the cache", perMiB(cpu.r2, cpu.r2Bytes), "worker, local R2 and local cache together");
-    line("workerd CPU per MiB served, from R2, no edge cache", perMiB(cpu.r2Only, cpu.r2Bytes), "worker and local R2 together");
+    line(
+      "location next to the bucket, second pull",
+      seconds(nearWarm),
+      "",
+      `far's second pull ${(farWarm / nearWarm).toFixed(2)}x this`,
+    );
+    line(
+      "location next to the bucket without the edge cache",
+      seconds(median(results.nearUncached)),
+      "first pull: R2 only, no cache written",
+    );
+    line(
+      "far location without the edge cache, second pull",
+      seconds(median(results.uncached)),
+      `R2 reads ${range(readCounts.uncached)}`,
+      `${(median(results.uncached) / farWarm).toFixed(1)}x the cached one`,
+    );
+    const perMiB = (cpuSeconds: number, served: number) =>
+      `${((cpuSeconds * 1000) / (served / MiB)).toFixed(1)} ms/MiB`;
+    line(
+      "workerd CPU per MiB served, from the cache",
+      perMiB(cpu.cached, cpu.cachedBytes),
+      "worker and local runtime together",
+    );
+    line(
+      "workerd CPU per MiB served, from R2, filling the cache",
+      perMiB(cpu.r2, cpu.r2Bytes),
+      "worker, local R2 and local cache together",
+    );
+    line(
+      "workerd CPU per MiB served, from R2, no edge cache",
+      perMiB(cpu.r2Only, cpu.r2Bytes),
+      "worker and local R2 together",
+    );
   } finally {
     await stack.stop();
   }
@@ -514,7 +656,10 @@ async function startDistribution(scratch: string): Promise<{ host: string; stop:
   );
   const child = spawn("docker-registry", ["serve", config], { stdio: "ignore" });
   for (let i = 0; i < 100; i++) {
-    const up = await fetch(`http://127.0.0.1:${port}/v2/`).then((r) => r.ok, () => false);
+    const up = await fetch(`http://127.0.0.1:${port}/v2/`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (up) break;
     await new Promise((r) => setTimeout(r, 100));
   }

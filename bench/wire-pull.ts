@@ -12,12 +12,20 @@ const CONCURRENCY = 6;
  * GET a URL and count its body, kept too when asked (by default when an Accept is given: a manifest); an https
  * registry's certificate is not checked (like --tls-verify=false).
  */
-export function get(url: URL, accept?: string, keep: boolean = accept !== undefined): Promise<{ status: number; body: Buffer | null; bytes: number }> {
+export function get(
+  url: URL,
+  accept?: string,
+  keep: boolean = accept !== undefined,
+): Promise<{ status: number; body: Buffer | null; bytes: number }> {
   const client = url.protocol === "https:" ? https : http;
   return new Promise((resolve, reject) => {
     const request = client.get(
       url,
-      { headers: accept ? { Accept: accept } : {}, agent: false, ...(url.protocol === "https:" ? { rejectUnauthorized: false } : {}) },
+      {
+        headers: accept ? { Accept: accept } : {},
+        agent: false,
+        ...(url.protocol === "https:" ? { rejectUnauthorized: false } : {}),
+      },
       (response) => {
         const chunks: Buffer[] = [];
         let bytes = 0;
@@ -25,7 +33,9 @@ export function get(url: URL, accept?: string, keep: boolean = accept !== undefi
           bytes += chunk.length;
           if (keep) chunks.push(chunk);
         });
-        response.on("end", () => resolve({ status: response.statusCode ?? 0, body: keep ? Buffer.concat(chunks) : null, bytes }));
+        response.on("end", () =>
+          resolve({ status: response.statusCode ?? 0, body: keep ? Buffer.concat(chunks) : null, bytes }),
+        );
         response.on("error", reject);
       },
     );

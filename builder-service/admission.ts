@@ -112,7 +112,11 @@ const plural = (count: number, noun: string): string => `${count} ${noun}${count
 
 /** Sizes as people read them, with the exact figure: "8.0 GiB (8589934592 bytes)". */
 export function describeBytes(bytes: number): string {
-  const units: [string, number][] = [["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]];
+  const units: [string, number][] = [
+    ["GiB", 1024 ** 3],
+    ["MiB", 1024 ** 2],
+    ["KiB", 1024],
+  ];
   const [unit, size] = units.find(([, size]) => bytes >= size) ?? ["bytes", 1];
   return unit === "bytes" ? `${bytes} bytes` : `${(bytes / size).toFixed(1)} ${unit} (${bytes} bytes)`;
 }
@@ -233,7 +237,12 @@ export class BuildAdmission {
       status: 403,
       code: "DENIED",
       message: `not built here: ${reasons.join("; ")}`,
-      detail: { refused: refusals.map((refusal) => ({ name: refusal.path, ...(refusal.list === "deny" ? { denied: refusal.entry } : { allowList: allow }) })) },
+      detail: {
+        refused: refusals.map((refusal) => ({
+          name: refusal.path,
+          ...(refusal.list === "deny" ? { denied: refusal.entry } : { allowList: allow }),
+        })),
+      },
     });
   }
 }

@@ -42,11 +42,13 @@ export interface BlobStore {
   putObject(key: string, bytes: Uint8Array, contentType: string): Promise<void>;
 }
 
-const BUILDER_WRITES = /^(images\/[0-9a-f]{64}\.json|jobs\/[0-9a-f]{64}\.json|recent-jobs\/\d{13}-[0-9a-f]{64}|builder-cache\/[a-z0-9-]+\/[a-zA-Z0-9._-]+|builder-cache\/startup-check)$/;
+const BUILDER_WRITES =
+  /^(images\/[0-9a-f]{64}\.json|jobs\/[0-9a-f]{64}\.json|recent-jobs\/\d{13}-[0-9a-f]{64}|builder-cache\/[a-z0-9-]+\/[a-zA-Z0-9._-]+|builder-cache\/startup-check)$/;
 
 /** The builder writes only its own records (common/bucket-layout.ts): never the worker's resolutions/ or tags/. */
 export function assertBuilderWritable(key: string): void {
-  if (!BUILDER_WRITES.test(key)) throw new Error(`the builder does not write "${key}": not one of its keys in common/bucket-layout.ts`);
+  if (!BUILDER_WRITES.test(key))
+    throw new Error(`the builder does not write "${key}": not one of its keys in common/bucket-layout.ts`);
 }
 
 /** A JSON record by key, or null when absent or unreadable (a corrupt record is rewritten by the next write). */

@@ -1,6 +1,10 @@
 // Work over many items with a bound on how much runs at once: layers (one per core), upload parts.
 /** Runs work over items, `limit` at a time; on a failure starts nothing new, waits for what runs, then throws. */
-export async function mapWithLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
+export async function mapWithLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T) => Promise<R>,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   let firstError: { error: unknown } | null = null;

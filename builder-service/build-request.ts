@@ -13,13 +13,18 @@ import {
 import { classifyTag } from "../common/tag.ts";
 
 /** The same packages in any order, repeated or not, are the same image. */
-const normalized = <T extends BuildRequest>(request: T): T => ({ ...request, packages: [...new Set(request.packages)].sort() });
+const normalized = <T extends BuildRequest>(request: T): T => ({
+  ...request,
+  packages: [...new Set(request.packages)].sort(),
+});
 
 type Check<T> = { ok: true; request: T } | { ok: false; reason: string };
 
 function check<T extends BuildRequest>(schema: v.GenericSchema<unknown, T>, value: unknown): Check<T> {
   const result = v.safeParse(schema, value, { abortEarly: true });
-  return result.success ? { ok: true, request: normalized(result.output) } : { ok: false, reason: result.issues[0].message };
+  return result.success
+    ? { ok: true, request: normalized(result.output) }
+    : { ok: false, reason: result.issues[0].message };
 }
 
 export type BuildRequestCheck = Check<BuildRequest>;

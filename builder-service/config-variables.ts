@@ -9,7 +9,17 @@ import * as v from "valibot";
 import { DEFAULT_DENIED_ATTRIBUTES } from "../common/attribute-policy.ts";
 import { ATTRIBUTE_PATH } from "../common/builder-api.ts";
 import { DEFAULT_MAX_CLOSURE_BYTES, DEFAULT_MAX_QUEUE } from "./admission.ts";
-import { environment, help, optionalText, requiredText, text, unlisted, wholeNumber, words, type Variable } from "./environment-variables.ts";
+import {
+  environment,
+  help,
+  optionalText,
+  requiredText,
+  text,
+  unlisted,
+  wholeNumber,
+  words,
+  type Variable,
+} from "./environment-variables.ts";
 import { DEFAULT_LAYER_BUDGET } from "./layering.ts";
 import { NIX_VARIABLES } from "./nix-settings.ts";
 import { isPopularityUrl } from "./popularity.ts";
@@ -43,7 +53,9 @@ function attributePaths(name: string, none: "nothing" | "refused") {
       if (!dataset.typed) return;
       for (const entry of dataset.value) {
         if (entry !== "none" && !ATTRIBUTE_PATH.test(entry)) {
-          addIssue({ message: `${name}: ${JSON.stringify(entry)} is not an attribute path (e.g. pkgsCross or python3Packages.numpy)` });
+          addIssue({
+            message: `${name}: ${JSON.stringify(entry)} is not an attribute path (e.g. pkgsCross or python3Packages.numpy)`,
+          });
         }
       }
       if (none === "refused" && dataset.value.includes("none")) {
@@ -54,7 +66,7 @@ function attributePaths(name: string, none: "nothing" | "refused") {
 }
 
 /** A branch name as git takes it (conservatively: no leading '-', no "..", no spaces or control characters). */
-const BRANCH_NAME = /^(?!-)(?!.*\.\.)(?!.*\/\/)[A-Za-z0-9._\/+-]+(?<![./])$/;
+const BRANCH_NAME = /^(?!-)(?!.*\.\.)(?!.*\/\/)[A-Za-z0-9._/+-]+(?<![./])$/;
 
 /** Popularity data: an http(s) URL, or a file (a path or a file:// URL) that exists; null when unset. */
 const popularitySource = (name: string) =>
@@ -91,23 +103,34 @@ const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const endpointOrigin = (name: string) =>
   v.rawTransform<string, string>(({ dataset: { value }, addIssue, NEVER }) => {
     const url = URL.canParse(value) ? new URL(value) : null;
-    if (!url) addIssue({ message: `${name}=${value} is not a URL; for R2 it is https://<account id>.r2.cloudflarestorage.com` });
+    if (!url)
+      addIssue({
+        message: `${name}=${value} is not a URL; for R2 it is https://<account id>.r2.cloudflarestorage.com`,
+      });
     else if (url.protocol !== "https:" && url.protocol !== "http:") {
       addIssue({ message: `${name}=${value} must start with https:// (or http:// for a local test server)` });
     } else if (url.pathname.replace(/\/+$/, "") !== "" || url.search || url.hash) {
-      addIssue({ message: `${name}=${value} has a path; give the endpoint without the bucket (https://${url.host}) and the bucket in S3_BUCKET` });
+      addIssue({
+        message: `${name}=${value} has a path; give the endpoint without the bucket (https://${url.host}) and the bucket in S3_BUCKET`,
+      });
     } else return url.origin;
     return NEVER;
   });
 
-const NIXPKGS_SWITCH = (meaning: string): Variable<string> => () => v.pipe(text(), help(meaning, null));
+const NIXPKGS_SWITCH =
+  (meaning: string): Variable<string> =>
+  () =>
+    v.pipe(text(), help(meaning, null));
 
 /** The service: where it listens, how much it builds at once, from which package set, and which names. */
 const SERVICE_VARIABLES = {
   BUILDER_SECRET: secret,
   BUILDER_HOST: optionalText("address to listen on", "127.0.0.1"),
   BUILDER_PORT: wholeNumber({ meaning: "port to listen on", fallback: 8788, min: 0, max: 65535 }),
-  BUILDER_DATA_DIR: optionalText("where layers are spooled before upload and unfinished jobs are journalled", "./.data/builder"),
+  BUILDER_DATA_DIR: optionalText(
+    "where layers are spooled before upload and unfinished jobs are journalled",
+    "./.data/builder",
+  ),
   BUILDER_MAX_BUILDS: wholeNumber({
     meaning: "image builds run at once; more wait in a queue, in phase `queued`",
     fallback: { value: Math.max(1, Math.floor(availableParallelism() / 2)), shown: "half the cores, at least 1" },
@@ -115,7 +138,8 @@ const SERVICE_VARIABLES = {
     max: 1024,
   }),
   BUILDER_MAX_QUEUE: wholeNumber({
-    meaning: "builds waiting for their turn; past it a new build is refused with 503 BUILDER_BUSY and Retry-After, and the worker tries the next builder",
+    meaning:
+      "builds waiting for their turn; past it a new build is refused with 503 BUILDER_BUSY and Retry-After, and the worker tries the next builder",
     fallback: DEFAULT_MAX_QUEUE,
     min: 0,
     max: 10_000,
@@ -129,13 +153,21 @@ const SERVICE_VARIABLES = {
     max: Number.MAX_SAFE_INTEGER,
     bytes: true,
   }),
-  NIXERY_PKGS_PATH: () => v.pipe(text(), help("serve this local package set (a folder with default.nix) instead of a channel; only the tag `latest`", null)),
+  NIXERY_PKGS_PATH: () =>
+    v.pipe(
+      text(),
+      help(
+        "serve this local package set (a folder with default.nix) instead of a channel; only the tag `latest`",
+        null,
+      ),
+    ),
   NIXERY_PKGS_REPO: (name: string) =>
     v.pipe(
       text(),
       v.check(
         (repo) => !repo.startsWith("-") && !/\s/.test(repo),
-        (issue) => `${name}=${String(issue.input)} is not a git URL (e.g. https://github.com/NixOS/nixpkgs or file:///srv/pkgs.git)`,
+        (issue) =>
+          `${name}=${String(issue.input)} is not a git URL (e.g. https://github.com/NixOS/nixpkgs or file:///srv/pkgs.git)`,
       ),
       help(
         "serve a package set from this git repository (https://, ssh://, file://) instead of a channel: tags are `latest`, " +
@@ -146,7 +178,10 @@ const SERVICE_VARIABLES = {
   NIXERY_PKGS_BRANCH: (name: string) =>
     v.pipe(
       text(),
-      v.check((branch) => branch === "" || BRANCH_NAME.test(branch), (issue) => `${name}=${String(issue.input)} is not a branch name`),
+      v.check(
+        (branch) => branch === "" || BRANCH_NAME.test(branch),
+        (issue) => `${name}=${String(issue.input)} is not a branch name`,
+      ),
       help("with NIXERY_PKGS_REPO: the branch `latest` follows", "the repository's default branch"),
     ),
   // Checked only where it is used, with neither NIXERY_PKGS_PATH nor NIXERY_PKGS_REPO (see relationProblems).
@@ -163,7 +198,9 @@ const SERVICE_VARIABLES = {
   NIXERY_DENY_ATTRIBUTES: (name: string) =>
     v.pipe(
       attributePaths(name, "nothing"),
-      v.transform((entries) => (entries.length === 0 ? DEFAULT_DENIED_ATTRIBUTES : entries.filter((entry) => entry !== "none"))),
+      v.transform((entries) =>
+        entries.length === 0 ? DEFAULT_DENIED_ATTRIBUTES : entries.filter((entry) => entry !== "none"),
+      ),
       help(
         "attribute names or paths never built, separated by commas or spaces, matched case-insensitively at any depth of a " +
           "name (`pkgscross.riscv64.hello` reaches pkgsCross); a list replaces the default one, and `none` denies nothing. " +
@@ -189,7 +226,9 @@ const NIXPKGS_SWITCHES = {
     "nixpkgs' own switch, passed to Nix: `1` builds packages with unfree licenses (refused by default, with a message naming this variable)",
   ),
   NIXPKGS_ALLOW_BROKEN: NIXPKGS_SWITCH("nixpkgs' own switch: `1` builds packages marked broken (refused by default)"),
-  NIXPKGS_ALLOW_INSECURE: NIXPKGS_SWITCH("nixpkgs' own switch: `1` builds packages with known vulnerabilities (refused by default)"),
+  NIXPKGS_ALLOW_INSECURE: NIXPKGS_SWITCH(
+    "nixpkgs' own switch: `1` builds packages with known vulnerabilities (refused by default)",
+  ),
   NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM: NIXPKGS_SWITCH(
     "nixpkgs' own switch: `1` builds packages whose meta.platforms leave out the image's system (refused by default)",
   ),
@@ -197,7 +236,12 @@ const NIXPKGS_SWITCHES = {
 
 /** How images are laid out, and the bucket they go to. */
 const IMAGE_VARIABLES = {
-  NIXERY_LAYER_BUDGET: wholeNumber({ meaning: "most layers per image, root filesystem included", fallback: DEFAULT_LAYER_BUDGET, min: 2, max: 125 }),
+  NIXERY_LAYER_BUDGET: wholeNumber({
+    meaning: "most layers per image, root filesystem included",
+    fallback: DEFAULT_LAYER_BUDGET,
+    min: 2,
+    max: 125,
+  }),
   NIX_POPULARITY_URL: (name: string) =>
     v.pipe(
       popularitySource(name),
@@ -237,13 +281,19 @@ const IMAGE_VARIABLES = {
         "the bucket, the same one the worker's REGISTRY_BUCKET binding names",
         "the bucket the worker's REGISTRY_BUCKET binding names (wrangler.toml)",
       )(name),
-      v.regex(BUCKET_NAME, (issue) => `${name}=${issue.input} is not a bucket name (3 to 63 characters: a-z, 0-9, '-' and '.')`),
+      v.regex(
+        BUCKET_NAME,
+        (issue) => `${name}=${issue.input} is not a bucket name (3 to 63 characters: a-z, 0-9, '-' and '.')`,
+      ),
     ),
   S3_ACCESS_KEY_ID: requiredText(
     "access key id (R2: an API token's Access Key ID, with Object Read & Write on the bucket)",
     "an access key id (R2: create an API token with Object Read & Write)",
   ),
-  S3_SECRET_ACCESS_KEY: requiredText("the secret access key that goes with S3_ACCESS_KEY_ID", "the secret access key of S3_ACCESS_KEY_ID"),
+  S3_SECRET_ACCESS_KEY: requiredText(
+    "the secret access key that goes with S3_ACCESS_KEY_ID",
+    "the secret access key of S3_ACCESS_KEY_ID",
+  ),
   S3_REGION: optionalText("signing region; R2 wants `auto`", "auto"),
   S3_MULTIPART_THRESHOLD_BYTES: wholeNumber({
     meaning: "blobs larger than this are uploaded in parts; at most R2's limit for one upload",
@@ -269,8 +319,12 @@ const IMAGE_VARIABLES = {
 };
 
 /** Every variable the builder reads, in the order --help and the README list them. */
-export const CONFIGURATION = environment({ ...SERVICE_VARIABLES, ...NIX_VARIABLES, ...NIXPKGS_SWITCHES, ...IMAGE_VARIABLES });
+export const CONFIGURATION = environment({
+  ...SERVICE_VARIABLES,
+  ...NIX_VARIABLES,
+  ...NIXPKGS_SWITCHES,
+  ...IMAGE_VARIABLES,
+});
 
 /** What the builder reads itself; the NIX_* variables are nix-settings.ts's. */
 export const BUILDER_ENVIRONMENT = environment({ ...SERVICE_VARIABLES, ...NIXPKGS_SWITCHES, ...IMAGE_VARIABLES });
-

@@ -63,7 +63,11 @@ export const ENVIRONMENT_HELP: readonly [name: string, meaning: string][] = help
 
 /** The README's configuration table, as a test compares it. */
 export const configurationTable = (): string =>
-  ["| variable | meaning |", "|---|---|", ...ENVIRONMENT_HELP.map(([name, meaning]) => `| \`${name}\` | ${meaning} |`)].join("\n");
+  [
+    "| variable | meaning |",
+    "|---|---|",
+    ...ENVIRONMENT_HELP.map(([name, meaning]) => `| \`${name}\` | ${meaning} |`),
+  ].join("\n");
 
 /** What variables say together; each alone is its schema's to check. Read from the text, so all are said at once. */
 function relationProblems(env: NodeJS.ProcessEnv): string[] {
@@ -76,10 +80,14 @@ function relationProblems(env: NodeJS.ProcessEnv): string[] {
     "NIXERY_POPULARITY_PATH",
   ].map((name) => (env[name] ?? "").trim());
   const problems: string[] = [];
-  if (path && repo) problems.push("NIXERY_PKGS_PATH and NIXERY_PKGS_REPO are both set; a builder serves one package source: unset one");
-  if (branch && !repo) problems.push("NIXERY_PKGS_BRANCH is set but NIXERY_PKGS_REPO is not; it names a branch of that repository");
+  if (path && repo)
+    problems.push("NIXERY_PKGS_PATH and NIXERY_PKGS_REPO are both set; a builder serves one package source: unset one");
+  if (branch && !repo)
+    problems.push("NIXERY_PKGS_BRANCH is set but NIXERY_PKGS_REPO is not; it names a branch of that repository");
   if (!path && !repo && !CHANNEL_NAME.test(channel || DEFAULT_CHANNEL)) {
-    problems.push(`NIXERY_CHANNEL=${channel} is not a channel name (nixos-unstable, nixos-24.05, nixpkgs-unstable, ...)`);
+    problems.push(
+      `NIXERY_CHANNEL=${channel} is not a channel name (nixos-unstable, nixos-24.05, nixpkgs-unstable, ...)`,
+    );
   }
   if (popularity && olderPopularity && popularity !== olderPopularity) {
     problems.push(
@@ -93,14 +101,21 @@ type BuilderVariables = v.InferOutput<typeof BUILDER_ENVIRONMENT>;
 
 function sourceOf(values: BuilderVariables): BuilderConfig["source"] {
   if (values.NIXERY_PKGS_PATH) return { kind: "path", path: resolve(values.NIXERY_PKGS_PATH) };
-  if (values.NIXERY_PKGS_REPO) return { kind: "git", url: values.NIXERY_PKGS_REPO, branch: values.NIXERY_PKGS_BRANCH || null };
-  return { kind: "channel", channel: values.NIXERY_CHANNEL, channelsUrl: values.NIXERY_CHANNELS_URL, archiveUrl: values.NIXERY_ARCHIVE_URL };
+  if (values.NIXERY_PKGS_REPO)
+    return { kind: "git", url: values.NIXERY_PKGS_REPO, branch: values.NIXERY_PKGS_BRANCH || null };
+  return {
+    kind: "channel",
+    channel: values.NIXERY_CHANNEL,
+    channelsUrl: values.NIXERY_CHANNELS_URL,
+    archiveUrl: values.NIXERY_ARCHIVE_URL,
+  };
 }
 
 /** NIX_POPULARITY_URL is Nixery's name; NIXERY_POPULARITY_PATH this builder's older one. Else the package set's file. */
 function popularityOf(values: BuilderVariables): BuilderConfig["popularity"] {
   if (values.NIX_POPULARITY_URL) return { source: values.NIX_POPULARITY_URL, setting: "NIX_POPULARITY_URL" };
-  if (values.NIXERY_POPULARITY_PATH) return { source: values.NIXERY_POPULARITY_PATH, setting: "NIXERY_POPULARITY_PATH" };
+  if (values.NIXERY_POPULARITY_PATH)
+    return { source: values.NIXERY_POPULARITY_PATH, setting: "NIXERY_POPULARITY_PATH" };
   const beside = values.NIXERY_PKGS_PATH ? resolve(values.NIXERY_PKGS_PATH, "popularity.json") : null;
   return beside && existsSync(beside) ? { source: beside, setting: "NIXERY_PKGS_PATH" } : null;
 }

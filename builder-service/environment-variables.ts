@@ -15,7 +15,8 @@ export type Variable<T> = (name: string) => VariableSchema<T>;
  * What --help says about a variable: what it does, and its default (a value, or words such as "half the cores")
  * with the values it takes; "required" for a variable without a default. The last of a schema's counts.
  */
-export const help = <T>(meaning: string, shownDefault: string | "required" | null) =>
+/** shownDefault: the default as --help shows it ("required" for a setting without one), or null for none. */
+export const help = <T>(meaning: string, shownDefault: string | null) =>
   v.metadata<T, { meaning: string; shownDefault: string | null }>({ meaning, shownDefault });
 
 /** Not listed by --help: an older name of another variable, or a retired one whose use is refused with a message. */
@@ -31,7 +32,7 @@ export function requiredText(meaning: string, whenMissing: string): Variable<str
 
 /** Plain text, `fallback` when unset. */
 export function optionalText(meaning: string, fallback: string): Variable<string> {
-  return (name) =>
+  return () =>
     v.pipe(
       text(),
       v.transform((value) => value || fallback),
@@ -64,7 +65,8 @@ interface WholeNumber {
 /** Unset, one of `words`, or a whole number from min to max; the message names the variable and the range. */
 export function wholeNumberCheck(name: string, min: number, max: number, words: readonly string[] = []) {
   return v.check(
-    (raw: string) => raw === "" || words.includes(raw) || (Number.isInteger(Number(raw)) && Number(raw) >= min && Number(raw) <= max),
+    (raw: string) =>
+      raw === "" || words.includes(raw) || (Number.isInteger(Number(raw)) && Number(raw) >= min && Number(raw) <= max),
     (issue) => `${name}=${String(issue.input)} is not a whole number from ${min} to ${max}`,
   );
 }
@@ -73,7 +75,8 @@ export function wholeNumberCheck(name: string, min: number, max: number, words: 
 export function wholeNumber({ meaning, fallback, min, max, bytes = false }: WholeNumber): Variable<number> {
   const value = typeof fallback === "number" ? fallback : fallback.value;
   const shownFallback = typeof fallback === "number" ? shownNumber(fallback, bytes) : fallback.shown;
-  const range = max === Number.MAX_SAFE_INTEGER ? `${min} or more` : `${shownNumber(min, bytes)} to ${shownNumber(max, bytes)}`;
+  const range =
+    max === Number.MAX_SAFE_INTEGER ? `${min} or more` : `${shownNumber(min, bytes)} to ${shownNumber(max, bytes)}`;
   return (name) =>
     v.pipe(
       text(),
@@ -103,9 +106,13 @@ export function environment<const TVariables extends Record<string, Variable<unk
 export function readEnvironment<const TEntries extends v.ObjectEntries>(
   schema: v.ObjectSchema<TEntries, undefined>,
   env: NodeJS.ProcessEnv,
-): { values: v.InferOutput<v.ObjectSchema<TEntries, undefined>>; problems: string[] } | { values: null; problems: string[] } {
+):
+  | { values: v.InferOutput<v.ObjectSchema<TEntries, undefined>>; problems: string[] }
+  | { values: null; problems: string[] } {
   const result = v.safeParse(schema, env, { abortEarly: false, abortPipeEarly: true });
-  return result.success ? { values: result.output, problems: [] } : { values: null, problems: result.issues.map((issue) => issue.message) };
+  return result.success
+    ? { values: result.output, problems: [] }
+    : { values: null, problems: result.issues.map((issue) => issue.message) };
 }
 
 /** [name, what it does and its default] for each listed variable, in the schema's order. */

@@ -25,7 +25,7 @@ function toRequest(message: IncomingMessage, origin: string): Request {
     body: hasBody ? (Readable.toWeb(message) as ReadableStream<Uint8Array>) : undefined,
     // Required by Node's fetch for streamed request bodies.
     ...(hasBody ? { duplex: "half" } : {}),
-  } as RequestInit);
+  });
 }
 
 async function send(response: Response, res: ServerResponse, isHead: boolean): Promise<void> {
@@ -59,13 +59,19 @@ async function send(response: Response, res: ServerResponse, isHead: boolean): P
 function refuseUnparsed(server: Server, error: NodeJS.ErrnoException, socket: Duplex): void {
   const refusal =
     error.code === "HPE_HEADER_OVERFLOW"
-      ? { status: "431 Request Header Fields Too Large", message: `request headers too large: the builder takes at most ${MAX_HEADER_BYTES} bytes of headers` }
+      ? {
+          status: "431 Request Header Fields Too Large",
+          message: `request headers too large: the builder takes at most ${MAX_HEADER_BYTES} bytes of headers`,
+        }
       : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
         ? {
             status: "408 Request Timeout",
             message: `the request did not arrive in time: the builder waits at most ${server.headersTimeout / 1000} s for the headers and ${server.requestTimeout / 1000} s for the whole request`,
           }
-        : { status: "400 Bad Request", message: `the request is not HTTP the builder can read (${error.code ?? error.message})` };
+        : {
+            status: "400 Bad Request",
+            message: `the request is not HTTP the builder can read (${error.code ?? error.message})`,
+          };
   // As Node does by default: no answer into a closed socket, nor into one where a response has begun.
   const answering = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent;
   if (!socket.writable || error.code === "ECONNRESET" || answering) {
@@ -74,7 +80,8 @@ function refuseUnparsed(server: Server, error: NodeJS.ErrnoException, socket: Du
   }
   // An answer to HEAD has no body: bytes after its head would be read as garbage. The bytes Node was parsing start
   // with the request's method when the request arrived in one piece, as it does from any client but a very slow one.
-  const head = (error as NodeJS.ErrnoException & { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString("latin1") === "HEAD ";
+  const head =
+    (error as NodeJS.ErrnoException & { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString("latin1") === "HEAD ";
   socket.end(rawRefusal(refusal.status, refusal.message, head));
 }
 
@@ -94,8 +101,14 @@ export function serveFetch(handler: FetchHandler, onError: (error: unknown) => v
     } catch (error) {
       // What Node's parser lets through but fetch's Request refuses (the methods TRACE and TRACK, a Host header
       // that makes no URL) would otherwise throw out of this callback and stop the builder.
-      const body = JSON.stringify(errorBody("UNSUPPORTED", `the request is not one the builder can read (${(error as Error).message})`));
-      res.writeHead(400, { "content-type": "application/json", "content-length": String(Buffer.byteLength(body)), connection: "close" });
+      const body = JSON.stringify(
+        errorBody("UNSUPPORTED", `the request is not one the builder can read (${(error as Error).message})`),
+      );
+      res.writeHead(400, {
+        "content-type": "application/json",
+        "content-length": String(Buffer.byteLength(body)),
+        connection: "close",
+      });
       res.end(body);
       return;
     }

@@ -3,7 +3,13 @@
 // both manifest flavours. The image record that makes it visible is the job's to write (jobs.ts), last.
 import os from "node:os";
 import type { BuildRequest } from "../common/builder-api.ts";
-import { builderCacheKey, isLayerRecord, type JobPhase, type JobProgress, type LayerRecord } from "../common/bucket-layout.ts";
+import {
+  builderCacheKey,
+  isLayerRecord,
+  type JobPhase,
+  type JobProgress,
+  type LayerRecord,
+} from "../common/bucket-layout.ts";
 import { sha256Hex, type Digest } from "../common/digest.ts";
 import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
@@ -65,7 +71,13 @@ export interface BuilderCounters {
 }
 
 export class ImageBuilder {
-  readonly counters: BuilderCounters = { builds: 0, layersWritten: 0, layersReused: 0, tarBytesWritten: 0, bytesStored: 0 };
+  readonly counters: BuilderCounters = {
+    builds: 0,
+    layersWritten: 0,
+    layersReused: 0,
+    tarBytesWritten: 0,
+    bytesStored: 0,
+  };
   private readonly parallelism: number;
   /** Layers being written now, by record key: two jobs that need the same new layer at once write it once. */
   private readonly layersInProgress = new Map<string, Promise<{ record: LayerRecord; uploaded: Promise<void> }>>();
@@ -111,7 +123,8 @@ export class ImageBuilder {
 
     report.phase("layering");
     const rootfs = await rootFilesystem(closure);
-    if (rootfs.leftOut.length > 0) log.warn("rootfs-left-out", { imageKey: key, reason: "a newline in the name", paths: rootfs.leftOut });
+    if (rootfs.leftOut.length > 0)
+      log.warn("rootfs-left-out", { imageKey: key, reason: "a newline in the name", paths: rootfs.leftOut });
     const groups = planLayers(closure.graph, this.options.layerBudget, this.options.popularity);
     const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string }[] = groups.map((group) => ({
       id: group.paths.join("\n"),
@@ -153,7 +166,7 @@ export class ImageBuilder {
     });
     report.phase("uploading");
     const failed = (await Promise.all(uploads)).find((outcome) => outcome !== null);
-    if (failed) throw failed;
+    if (failed) throw failed instanceof Error ? failed : new Error("a layer upload failed", { cause: failed });
     const layered = performance.now();
 
     const image = await serialiseImage({
@@ -228,7 +241,10 @@ export class ImageBuilder {
   }
 
   /** Tars, compresses and spools a layer; its upload, then its record, go on in the background. */
-  private async writeNewLayer(recordKey: string, entries: () => Promise<TarEntry[]>): Promise<{ record: LayerRecord; uploaded: Promise<void> }> {
+  private async writeNewLayer(
+    recordKey: string,
+    entries: () => Promise<TarEntry[]>,
+  ): Promise<{ record: LayerRecord; uploaded: Promise<void> }> {
     const { store } = this.options;
     let upload: Promise<void> | null = null;
     const written = await writeLayer(await entries(), {

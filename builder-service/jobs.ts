@@ -21,7 +21,6 @@ import {
   type ImageRecord,
   type JobError,
   type JobPhase,
-  type JobProgress,
   type JobRecord,
 } from "../common/bucket-layout.ts";
 import { imageKey } from "../common/image-key.ts";
@@ -111,7 +110,8 @@ export class BuildJobs {
     const current = this.jobs.get(key);
     if (current && (!isFinished(current.record.phase) || current.record.jobId === request.jobId)) return current.record;
     // Done here, its image record perhaps still on its way into the bucket: built all the same.
-    if (current?.record.phase === "done" && current.record.image) return this.alreadyBuilt(key, request, current.record.image);
+    if (current?.record.phase === "done" && current.record.image)
+      return this.alreadyBuilt(key, request, current.record.image);
     const existing = await getJson(this.options.store, imageRecordKey(key));
     if (isImageRecord(existing)) return this.alreadyBuilt(key, request, existing);
     return this.start(key, request, 0);
@@ -243,9 +243,9 @@ export class BuildJobs {
     }
     await Promise.all([
       this.write(job),
-      store.putObject(recentJobKey(key, Date.parse(job.record.startedAt)), new Uint8Array(), "application/octet-stream").catch((error: unknown) =>
-        log.warn("recent-job-marker-failed", { imageKey: key, error: String(error) }),
-      ),
+      store
+        .putObject(recentJobKey(key, Date.parse(job.record.startedAt)), new Uint8Array(), "application/octet-stream")
+        .catch((error: unknown) => log.warn("recent-job-marker-failed", { imageKey: key, error: String(error) })),
     ]);
     job.timer = setInterval(() => void this.write(job), this.options.heartbeatSeconds * 1000);
     job.timer.unref();
@@ -306,7 +306,11 @@ export class BuildJobs {
     job.flush.unref();
   }
 
-  private async finish(job: Job, phase: "done" | "failed", extra: { image?: ImageRecord; error?: JobError }): Promise<void> {
+  private async finish(
+    job: Job,
+    phase: "done" | "failed",
+    extra: { image?: ImageRecord; error?: JobError },
+  ): Promise<void> {
     if (job.timer) clearInterval(job.timer);
     if (job.flush) clearTimeout(job.flush);
     job.timer = job.flush = null;
@@ -340,25 +344,44 @@ export class BuildJobs {
       const detail = { unknown: error.unknown, removed: error.removed, refused: error.refused };
       // Packages that exist but that the package set refuses (broken, unfree, insecure) are denied, not unknown.
       if (error.onlyRefused) return { status: 403, code: "DENIED", message, detail };
-      return { status: 404, code: "MANIFEST_UNKNOWN", message: `${message} (package set ${this.options.sourceDescription})`, detail };
+      return {
+        status: 404,
+        code: "MANIFEST_UNKNOWN",
+        message: `${message} (package set ${this.options.sourceDescription})`,
+        detail,
+      };
     }
     if (error instanceof NixTooOldError) {
       return { status: 500, code: "NIX_TOO_OLD", message, detail: { needed: error.needed, have: error.have } };
     }
     if (error instanceof NixBuildError) {
-      return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${message}`, detail: { failed: error.failed, log: error.logTail } };
+      return {
+        status: 500,
+        code: "BUILD_FAILED",
+        message: `image build failed: ${message}`,
+        detail: { failed: error.failed, log: error.logTail },
+      };
     }
     // The package set moved since the tag was resolved: the worker resolves again.
     if (error instanceof RevisionUnavailableError) return { status: 409, code: "MANIFEST_UNKNOWN", message };
     // A command past its time limit: the message names the command, the limit and its setting, nothing else.
-    if (error instanceof CommandTimeoutError) return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${message}` };
+    if (error instanceof CommandTimeoutError)
+      return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${message}` };
     // Anything else (the bucket refusing a write, a bug) is for the operator: the record is public (the worker's
     // /api/builds), and such messages name endpoints and buckets.
     // The id, in the log line and in the record, lets an operator find the one from the other.
     const id = randomUUID();
     this.options.log.error("job-crashed", { id, imageKey: key, error: String((error as Error)?.stack ?? error) });
-    const what = error instanceof S3Error ? "the builder could not write the image into the bucket" : "the builder failed unexpectedly";
-    return { status: 500, code: "BUILD_FAILED", message: `image build failed: ${what}; the builder's log has the details under id ${id}`, detail: { id } };
+    const what =
+      error instanceof S3Error
+        ? "the builder could not write the image into the bucket"
+        : "the builder failed unexpectedly";
+    return {
+      status: 500,
+      code: "BUILD_FAILED",
+      message: `image build failed: ${what}; the builder's log has the details under id ${id}`,
+      detail: { id },
+    };
   }
 
   private journalPath(key: string): string {

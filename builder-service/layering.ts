@@ -81,15 +81,17 @@ export function planLayers(
   budget: number = DEFAULT_LAYER_BUDGET,
   popularity?: Popularity,
 ): LayerGroup[] {
-  if (budget < 2) throw new Error(`a layer budget of ${budget} leaves no room for store paths beside the root filesystem`);
+  if (budget < 2)
+    throw new Error(`a layer budget of ${budget} leaves no room for store paths beside the root filesystem`);
   const ordered = topologicalOrder(graph);
   const storeLayers = budget - 1;
   if (ordered.length <= storeLayers) {
     return ordered.map((node) => ({ paths: [node.path], size: node.narSize }));
   }
-  const groups = coOccurrenceClasses(ordered, popularity).map(
-    (nodes): LayerGroup => ({ paths: nodes.map((node) => node.path).sort(compare), size: nodes.reduce((sum, node) => sum + node.narSize, 0) }),
-  );
+  const groups = coOccurrenceClasses(ordered, popularity).map((nodes): LayerGroup => ({
+    paths: nodes.map((node) => node.path).sort(compare),
+    size: nodes.reduce((sum, node) => sum + node.narSize, 0),
+  }));
   if (groups.length <= storeLayers) return groups;
   const bySize = [...groups].sort((a, b) => b.size - a.size || compare(a.paths[0], b.paths[0]));
   const kept = new Set(bySize.slice(0, storeLayers - 1));
@@ -97,7 +99,10 @@ export function planLayers(
   // The smallest groups go last, together: the shared base layers come first, as in a Dockerfile-built image.
   return [
     ...groups.filter((group) => kept.has(group)),
-    { paths: rest.flatMap((group) => group.paths).sort(compare), size: rest.reduce((sum, group) => sum + group.size, 0) },
+    {
+      paths: rest.flatMap((group) => group.paths).sort(compare),
+      size: rest.reduce((sum, group) => sum + group.size, 0),
+    },
   ];
 }
 
@@ -117,7 +122,10 @@ export function planLayers(
  *   layer (few bytes, and a layer fewer for the groups that matter).
  * Without popularity data, each path is a group of its own.
  */
-export function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popularity | undefined): StorePathNode[][] {
+export function coOccurrenceClasses(
+  ordered: readonly StorePathNode[],
+  popularity: Popularity | undefined,
+): StorePathNode[][] {
   if (!popularity) return ordered.map((node) => [node]);
   const weights = popularityOf(ordered, popularity);
   const weight = (node: StorePathNode) => Math.max(1, weights.get(node.path)!);

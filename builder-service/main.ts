@@ -40,8 +40,12 @@ function parseOptions(args: string[]): Options {
   try {
     return parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false }).values;
   } catch (error) {
-    const valid = Object.entries(OPTIONS).map(([name, option]) => ("short" in option ? `--${name} (-${option.short})` : `--${name}`));
-    console.error(`builder-service: ${(error as Error).message}\nValid options: ${valid.join(", ")}; builder-service --help says more.`);
+    const valid = Object.entries(OPTIONS).map(([name, option]) =>
+      "short" in option ? `--${name} (-${option.short})` : `--${name}`,
+    );
+    console.error(
+      `builder-service: ${(error as Error).message}\nValid options: ${valid.join(", ")}; builder-service --help says more.`,
+    );
     process.exit(2);
   }
 }
@@ -114,7 +118,9 @@ async function createStore(config: BuilderConfig, log: Logger): Promise<S3BlobSt
     store.close();
     if (error instanceof S3Error) {
       const what = error.isConfiguration ? "the S3 store refused the builder" : "the S3 store cannot be reached";
-      console.error(`builder-service: cannot start: ${what}:\n${error.message}\n\nRun builder-service --help for every setting.`);
+      console.error(
+        `builder-service: cannot start: ${what}:\n${error.message}\n\nRun builder-service --help for every setting.`,
+      );
       process.exit(error.isConfiguration ? 2 : 1);
     }
     throw error;
@@ -130,7 +136,12 @@ async function configuredPopularity(config: BuilderConfig, log: Logger): Promise
   if (!config.popularity) return undefined;
   const { source, setting } = config.popularity;
   if (setting === "NIXERY_POPULARITY_PATH") {
-    log.warn("setting-deprecated", { setting, use: "NIX_POPULARITY_URL", detail: "NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL, which also takes an http(s) URL: rename it" });
+    log.warn("setting-deprecated", {
+      setting,
+      use: "NIX_POPULARITY_URL",
+      detail:
+        "NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL, which also takes an http(s) URL: rename it",
+    });
   }
   try {
     const popularity = await loadPopularity(source);
@@ -143,8 +154,12 @@ async function configuredPopularity(config: BuilderConfig, log: Logger): Promise
         ? `Fix or remove ${source}, which the package set at NIXERY_PKGS_PATH provides.`
         : `Fix ${setting} (Nixery's format, {"name-version": count}), or unset it to build without popularity data ` +
           "(images with more store paths than NIXERY_LAYER_BUDGET are then laid out differently).";
-    const later = error.permanent ? "" : "\nThe download may work later (under systemd the builder is started again); or point it at a copy on disk.";
-    console.error(`builder-service: cannot start: ${error.message}\n${fix}${later}\n\nRun builder-service --help for every setting.`);
+    const later = error.permanent
+      ? ""
+      : "\nThe download may work later (under systemd the builder is started again); or point it at a copy on disk.";
+    console.error(
+      `builder-service: cannot start: ${error.message}\n${fix}${later}\n\nRun builder-service --help for every setting.`,
+    );
     process.exit(error.permanent ? 2 : 1);
   }
 }
@@ -160,7 +175,9 @@ async function main(): Promise<void> {
     config = loadConfig();
   } catch (error) {
     if (error instanceof ConfigError) {
-      console.error(`builder-service: cannot start:\n${error.message}\n\nRun builder-service --help for every setting.`);
+      console.error(
+        `builder-service: cannot start:\n${error.message}\n\nRun builder-service --help for every setting.`,
+      );
       process.exit(2);
     }
     throw error;
@@ -176,7 +193,9 @@ async function main(): Promise<void> {
     nixVersion = (await probeNix(nixEnv)).version;
   } catch (error) {
     if (error instanceof NixSettingsError) {
-      console.error(`builder-service: cannot start: Nix refuses the builder's settings:\n${error.message}\n\nRun builder-service --help for every setting.`);
+      console.error(
+        `builder-service: cannot start: Nix refuses the builder's settings:\n${error.message}\n\nRun builder-service --help for every setting.`,
+      );
       process.exit(2);
     }
     throw error;
@@ -200,7 +219,9 @@ async function main(): Promise<void> {
     try {
       const problem = await compatibility.check();
       if (problem) {
-        console.error(`builder-service: Nix ${nixVersion} cannot evaluate the package set \`latest\` serves: ${problem}`);
+        console.error(
+          `builder-service: Nix ${nixVersion} cannot evaluate the package set \`latest\` serves: ${problem}`,
+        );
         process.exit(1);
       }
       requirement = "new enough for the package set `latest` serves";
@@ -268,7 +289,12 @@ async function main(): Promise<void> {
   server.listen(config.port, config.host, () => {
     const address = server.address();
     const port = typeof address === "object" && address ? address.port : config.port;
-    log.info("listening", { url: `http://${config.host}:${port}`, store: store.description, source: source.description, nix: nixVersion });
+    log.info("listening", {
+      url: `http://${config.host}:${port}`,
+      store: store.description,
+      source: source.description,
+      nix: nixVersion,
+    });
   });
   const stop = () => server.close(() => process.exit(0));
   process.on("SIGTERM", stop);

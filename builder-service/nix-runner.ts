@@ -10,19 +10,20 @@ import { NixBuildPlanReader, type BuildPlan } from "./nix-progress.ts";
 import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
 
 /** How a package set is given to nix/build-image.nix (its `source` argument). */
-export type NixSource =
-  | { kind: "path"; path: string }
-  | { kind: "tarball"; url: string; sha256?: string };
+export type NixSource = { kind: "path"; path: string } | { kind: "tarball"; url: string; sha256?: string };
 
 /** Why the package set refuses to evaluate a package (nixpkgs' check-meta), as nix/build-image.nix reports it. */
 export type Refusal = "broken" | "insecure" | "unfree" | "unsupported-system" | "refused";
 
 /** What the builder's operator can set to let the package set evaluate such packages. */
 const REFUSALS: Record<Refusal, string> = {
-  broken: "is marked as broken in the package set; the builder's operator can allow broken packages with NIXPKGS_ALLOW_BROKEN=1",
-  insecure: "is marked as insecure (it has known vulnerabilities); the builder's operator can allow insecure packages with NIXPKGS_ALLOW_INSECURE=1",
+  broken:
+    "is marked as broken in the package set; the builder's operator can allow broken packages with NIXPKGS_ALLOW_BROKEN=1",
+  insecure:
+    "is marked as insecure (it has known vulnerabilities); the builder's operator can allow insecure packages with NIXPKGS_ALLOW_INSECURE=1",
   unfree: "has an unfree license; the builder's operator can allow unfree packages with NIXPKGS_ALLOW_UNFREE=1",
-  "unsupported-system": "is not available for this image's system (its meta.platforms); the builder's operator can allow it with NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM=1",
+  "unsupported-system":
+    "is not available for this image's system (its meta.platforms); the builder's operator can allow it with NIXPKGS_ALLOW_UNSUPPORTED_SYSTEM=1",
   refused: "is refused by the package set when evaluated",
 };
 
@@ -181,7 +182,8 @@ function run(
 // a remote builder for that system, or emulation (qemu-user through binfmt) announced with `extra-platforms`.
 // Most nixpkgs packages need neither (cache.nixos.org has them built); when a derivation must be built here
 // and nothing can, Nix's "a 'aarch64-linux' with features {} is required" becomes a message saying what to do.
-const REQUIRED_SYSTEM = /a '([A-Za-z0-9_-]+)' with features \{[^}]*\} is required to build '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv', but I am a '([A-Za-z0-9_-]+)'/;
+const REQUIRED_SYSTEM =
+  /a '([A-Za-z0-9_-]+)' with features \{[^}]*\} is required to build '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv', but I am a '([A-Za-z0-9_-]+)'/;
 
 /** The message for Nix's "a 'SYSTEM' ... is required to build" failure, or null for any other failure. */
 export function unsupportedSystemMessage(logTail: string): string | null {
@@ -279,17 +281,28 @@ export class NixRunner {
    * that is unknown, removed (with the package set's message) or refused (with the setting that would allow it).
    * Returns the attribute path each name was found at (a case-insensitive match, `2048` as `_2048`).
    */
-  async checkPackages(packages: readonly string[], source: NixSource, system: NixSystem): Promise<Record<string, string>> {
+  async checkPackages(
+    packages: readonly string[],
+    source: NixSource,
+    system: NixSystem,
+  ): Promise<Record<string, string>> {
     const result = await run(
       "nix-instantiate",
       ["--eval", "--strict", "--json", ...this.args(packages, source, system, "resolve")],
       this.options,
     );
     this.throwOnFailure(result, "checking package names");
-    const parsed = JSON.parse(result.stdout) as { resolved?: unknown; unknown?: unknown; throws?: unknown; refused?: unknown };
-    const strings = (value: unknown) => (Array.isArray(value) ? value.filter((x): x is string => typeof x === "string") : []);
+    const parsed = JSON.parse(result.stdout) as {
+      resolved?: unknown;
+      unknown?: unknown;
+      throws?: unknown;
+      refused?: unknown;
+    };
+    const strings = (value: unknown) =>
+      Array.isArray(value) ? value.filter((x): x is string => typeof x === "string") : [];
     const unknown = strings(parsed.unknown);
-    const refusedMap = typeof parsed.refused === "object" && parsed.refused !== null ? (parsed.refused as Record<string, unknown>) : {};
+    const refusedMap =
+      typeof parsed.refused === "object" && parsed.refused !== null ? (parsed.refused as Record<string, unknown>) : {};
     const refused = Object.entries(refusedMap).map(([name, reason]) => ({
       name,
       reason: (typeof reason === "string" && REFUSAL_NAMES.has(reason) ? reason : "refused") as Refusal,
@@ -297,9 +310,15 @@ export class NixRunner {
     const removed = await Promise.all(
       strings(parsed.throws).map(async (name) => ({ name, message: await this.explain(name, source, system) })),
     );
-    if (unknown.length > 0 || removed.length > 0 || refused.length > 0) throw new UnknownPackagesError(unknown, removed, refused);
-    const resolved = typeof parsed.resolved === "object" && parsed.resolved !== null ? (parsed.resolved as Record<string, unknown>) : {};
-    return Object.fromEntries(Object.entries(resolved).filter((entry): entry is [string, string] => typeof entry[1] === "string"));
+    if (unknown.length > 0 || removed.length > 0 || refused.length > 0)
+      throw new UnknownPackagesError(unknown, removed, refused);
+    const resolved =
+      typeof parsed.resolved === "object" && parsed.resolved !== null
+        ? (parsed.resolved as Record<string, unknown>)
+        : {};
+    return Object.fromEntries(
+      Object.entries(resolved).filter((entry): entry is [string, string] => typeof entry[1] === "string"),
+    );
   }
 
   /** The message the package set throws for a name (an alias of a removed package says what replaced it). */
@@ -321,7 +340,11 @@ export class NixRunner {
     const release = () => rm(rootDir, { recursive: true, force: true });
     try {
       const root = join(rootDir, "image.drv");
-      const result = await run("nix-instantiate", ["--add-root", root, "--indirect", ...this.args(packages, source, system, "image")], this.options);
+      const result = await run(
+        "nix-instantiate",
+        ["--add-root", root, "--indirect", ...this.args(packages, source, system, "image")],
+        this.options,
+      );
       this.throwOnFailure(result, "evaluating the image");
       return { drvPath: await readlink(root), release };
     } catch (error) {
@@ -333,7 +356,9 @@ export class NixRunner {
   /** What building the derivation takes, as Nix plans it (a dry run: nothing is fetched or built). */
   async planBuild(drvPath: string): Promise<BuildPlan> {
     const reader = new NixBuildPlanReader();
-    const result = await run("nix-store", ["--realise", "--dry-run", drvPath], this.options, (line) => reader.line(line));
+    const result = await run("nix-store", ["--realise", "--dry-run", drvPath], this.options, (line) =>
+      reader.line(line),
+    );
     this.throwOnFailure(result, "planning the build");
     return reader.plan;
   }
@@ -364,7 +389,8 @@ export class NixRunner {
       },
       stop.signal,
     );
-    if (refused !== null) throw refused;
+    if (refused !== null)
+      throw refused instanceof Error ? refused : new Error("the build was refused", { cause: refused });
     this.throwOnFailure(result, "building the image");
     const outPath = result.stdout.trim().split("\n").pop() ?? "";
     if (!outPath.startsWith("/nix/store/")) {
@@ -383,7 +409,9 @@ export class NixRunner {
       );
     }
     if (result.code === 0) return;
-    const tooOld = /build-image\.nix: nix-too-old: the package set needs Nix >= (\S+), and this is Nix (\S+)/.exec(result.stderrTail);
+    const tooOld = /build-image\.nix: nix-too-old: the package set needs Nix >= (\S+), and this is Nix (\S+)/.exec(
+      result.stderrTail,
+    );
     if (tooOld) throw new NixTooOldError(tooOld[1], tooOld[2]);
     const group = MISSING_BUILD_USERS_GROUP.exec(result.stderrTail);
     // Only when it is what stopped Nix: the warning alone comes with every command, failing or not.

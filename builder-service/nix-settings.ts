@@ -2,7 +2,17 @@
 // handed to every Nix command as NIX_CONFIG lines. At startup Nix itself reads them once (`probeNix`), so a value
 // Nix rejects stops the builder with the variable's name instead of failing every build later.
 import * as v from "valibot";
-import { environment, help, readEnvironment, text, unlisted, wholeNumber, wholeNumberCheck, words, type Variable } from "./environment-variables.ts";
+import {
+  environment,
+  help,
+  readEnvironment,
+  text,
+  unlisted,
+  wholeNumber,
+  wholeNumberCheck,
+  words,
+  type Variable,
+} from "./environment-variables.ts";
 import { CommandNotFoundError, CommandTimeoutError, runCommand, type CommandResult } from "./time-limited-command.ts";
 
 export interface NixSettings {
@@ -49,7 +59,12 @@ const eachWord = <T extends string[] | null>(name: string, pattern: RegExp, what
   });
 
 /** A list that replaces Nix's own when set: null when unset; `none` is the empty list. */
-function replacingList(pattern: RegExp, what: string, meaning: string, shownDefault: string): Variable<string[] | null> {
+function replacingList(
+  pattern: RegExp,
+  what: string,
+  meaning: string,
+  shownDefault: string,
+): Variable<string[] | null> {
   return (name) =>
     v.pipe(
       text(),
@@ -90,7 +105,12 @@ export const NIX_VARIABLES = {
     "binary caches Nix downloads from, space-separated; `none` for none, so everything is built here",
     "Nix's own, https://cache.nixos.org",
   ),
-  NIX_TRUSTED_PUBLIC_KEYS: replacingList(PUBLIC_KEY, KEY, "keys the binary caches sign with, space-separated", "Nix's own, cache.nixos.org-1:..."),
+  NIX_TRUSTED_PUBLIC_KEYS: replacingList(
+    PUBLIC_KEY,
+    KEY,
+    "keys the binary caches sign with, space-separated",
+    "Nix's own, cache.nixos.org-1:...",
+  ),
   NIX_EXTRA_SUBSTITUTERS: addedList(
     STORE_URL,
     CACHE_URL,
@@ -127,11 +147,15 @@ export function readNixSettings(env: NodeJS.ProcessEnv, problems: string[]): Nix
   const { NIX_TIMEOUT: timeout, NIX_TIMEOUT_SECONDS: older } = values;
   const clashes: string[] = [];
   if (values.NIX_EXTRA_SUBSTITUTERS.length > 0 && values.NIX_EXTRA_TRUSTED_PUBLIC_KEYS.length === 0) {
-    clashes.push("NIX_EXTRA_SUBSTITUTERS is set but NIX_EXTRA_TRUSTED_PUBLIC_KEYS is not: Nix accepts nothing from a cache whose key it does not trust");
+    clashes.push(
+      "NIX_EXTRA_SUBSTITUTERS is set but NIX_EXTRA_TRUSTED_PUBLIC_KEYS is not: Nix accepts nothing from a cache whose key it does not trust",
+    );
   }
   // NIX_TIMEOUT is Nixery's name; NIX_TIMEOUT_SECONDS this builder's older one. Both may be set only if they agree.
   if (older !== null && (env.NIX_TIMEOUT ?? "").trim() !== "" && timeout !== older) {
-    clashes.push(`NIX_TIMEOUT=${env.NIX_TIMEOUT} and NIX_TIMEOUT_SECONDS=${env.NIX_TIMEOUT_SECONDS} disagree; they are one setting: keep NIX_TIMEOUT`);
+    clashes.push(
+      `NIX_TIMEOUT=${env.NIX_TIMEOUT} and NIX_TIMEOUT_SECONDS=${env.NIX_TIMEOUT_SECONDS} disagree; they are one setting: keep NIX_TIMEOUT`,
+    );
   }
   problems.push(...clashes);
   if (clashes.length > 0) return null;
@@ -155,13 +179,15 @@ export function nixConfig(settings: NixSettings, inherited: string | undefined):
   if (settings.substituters) lines.push(`substituters = ${settings.substituters.join(" ")}`);
   if (settings.trustedPublicKeys) lines.push(`trusted-public-keys = ${settings.trustedPublicKeys.join(" ")}`);
   if (settings.extraSubstituters.length > 0) lines.push(`extra-substituters = ${settings.extraSubstituters.join(" ")}`);
-  if (settings.extraTrustedPublicKeys.length > 0) lines.push(`extra-trusted-public-keys = ${settings.extraTrustedPublicKeys.join(" ")}`);
+  if (settings.extraTrustedPublicKeys.length > 0)
+    lines.push(`extra-trusted-public-keys = ${settings.extraTrustedPublicKeys.join(" ")}`);
   if (inherited?.trim()) lines.push(inherited.trim());
   return lines.join("\n");
 }
 
 /** Nix's word for a build-users-group that does not exist: a warning at startup, the error of every build. */
-export const MISSING_BUILD_USERS_GROUP = /(warning|error): the group '([^']+)' specified in 'build-users-group' does not exist/;
+export const MISSING_BUILD_USERS_GROUP =
+  /(warning|error): the group '([^']+)' specified in 'build-users-group' does not exist/;
 
 /** What to do about a build-users-group that does not exist (every build fails on it). */
 export function missingBuildUsersGroupMessage(group: string): string {
@@ -195,7 +221,9 @@ export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Prom
   } catch (error) {
     if (error instanceof CommandTimeoutError) throw new NixSettingsError(`Nix does not start: ${error.message}`);
     if (error instanceof CommandNotFoundError) {
-      throw new NixSettingsError("nix-instantiate is not installed or not on PATH: install Nix (see the VM requirements in deploy/README.md)");
+      throw new NixSettingsError(
+        "nix-instantiate is not installed or not on PATH: install Nix (see the VM requirements in deploy/README.md)",
+      );
     }
     throw error;
   }
@@ -203,13 +231,20 @@ export async function probeNix(env: NodeJS.ProcessEnv, timeoutMs = 30_000): Prom
   const problems: string[] = [];
   for (const match of stderr.matchAll(/setting '([a-z-]+)'/g)) {
     const variable = VARIABLE_OF_SETTING[match[1]] ?? "NIX_CONFIG";
-    const line = stderr.split("\n").find((l) => l.includes(match[0]))?.trim() ?? match[0];
-    if (/unknown setting/.test(line)) problems.push(`${variable}: Nix does not know the setting '${match[1]}' (${line})`);
-    else if (/^error:/.test(line)) problems.push(`${variable}: Nix refused its value: ${line.replace(/^error:\s*/, "")}`);
+    const line =
+      stderr
+        .split("\n")
+        .find((l) => l.includes(match[0]))
+        ?.trim() ?? match[0];
+    if (/unknown setting/.test(line))
+      problems.push(`${variable}: Nix does not know the setting '${match[1]}' (${line})`);
+    else if (/^error:/.test(line))
+      problems.push(`${variable}: Nix refused its value: ${line.replace(/^error:\s*/, "")}`);
   }
   const group = MISSING_BUILD_USERS_GROUP.exec(stderr);
   if (group) problems.push(missingBuildUsersGroupMessage(group[2]));
-  if (code !== 0 && problems.length === 0) problems.push(`Nix does not start: ${stderr.trim().split("\n").slice(-3).join(" ")}`);
+  if (code !== 0 && problems.length === 0)
+    problems.push(`Nix does not start: ${stderr.trim().split("\n").slice(-3).join(" ")}`);
   if (problems.length > 0) throw new NixSettingsError([...new Set(problems)].join("\n"));
   const version = JSON.parse(stdout) as unknown;
   if (typeof version !== "string") throw new NixSettingsError(`Nix printed no version: ${stdout.slice(0, 100)}`);
@@ -246,7 +281,10 @@ export function sandboxReport(setting: SandboxSetting | null): { ok: boolean; te
     case "true":
       return { ok: true, text: "sandbox on" };
     case "relaxed":
-      return { ok: false, text: "sandbox relaxed: derivations marked __noChroot build outside it; set sandbox = true in /etc/nix/nix.conf and restart nix-daemon" };
+      return {
+        ok: false,
+        text: "sandbox relaxed: derivations marked __noChroot build outside it; set sandbox = true in /etc/nix/nix.conf and restart nix-daemon",
+      };
     case "false":
       return {
         ok: false,
@@ -255,6 +293,9 @@ export function sandboxReport(setting: SandboxSetting | null): { ok: boolean; te
           "set sandbox = true in /etc/nix/nix.conf and restart nix-daemon (deploy/install-builder.sh does this where the sandbox works)",
       };
     default:
-      return { ok: false, text: "sandbox unknown: `nix show-config` did not say; check that nix.conf has sandbox = true" };
+      return {
+        ok: false,
+        text: "sandbox unknown: `nix show-config` did not say; check that nix.conf has sandbox = true",
+      };
   }
 }

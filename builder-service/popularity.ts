@@ -34,13 +34,19 @@ async function download(url: string, fetchImpl: typeof fetch): Promise<string> {
   try {
     response = await fetchImpl(url, { signal: AbortSignal.timeout(POPULARITY_DOWNLOAD_MS), redirect: "follow" });
   } catch (error) {
-    const cause = (error as Error).name === "TimeoutError" ? `no answer within ${POPULARITY_DOWNLOAD_MS / 1000} s` : (error as Error).message;
+    const cause =
+      (error as Error).name === "TimeoutError"
+        ? `no answer within ${POPULARITY_DOWNLOAD_MS / 1000} s`
+        : (error as Error).message;
     throw new PopularityError(`cannot download popularity data from ${url}: ${cause}`, false);
   }
   if (!response.ok) {
     await response.body?.cancel();
     // A 4xx will not go away by itself; a 5xx may.
-    throw new PopularityError(`cannot download popularity data from ${url}: HTTP ${response.status}`, response.status < 500);
+    throw new PopularityError(
+      `cannot download popularity data from ${url}: HTTP ${response.status}`,
+      response.status < 500,
+    );
   }
   try {
     return await response.text();

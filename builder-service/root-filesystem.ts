@@ -19,8 +19,7 @@ import { compareBytes } from "./tarball.ts";
 
 /** One entry of the root-filesystem layer; `mode` (octal) only where it is not the default 0755. */
 export type RootfsEntry =
-  | { path: string; type: "directory"; mode?: string }
-  | { path: string; type: "symlink"; target: string };
+  { path: string; type: "directory"; mode?: string } | { path: string; type: "symlink"; target: string };
 
 export interface RootFilesystem {
   /** Sorted bytewise by path; every parent of an entry is a directory entry. */
@@ -50,7 +49,10 @@ function parentOf(path: string): string {
 }
 
 /** Everything under a store path (paths relative to it, starting with "/"): directories parent first, then the rest. */
-async function listStorePath(storePath: string, leftOut: string[]): Promise<{ directories: string[]; others: string[] }> {
+async function listStorePath(
+  storePath: string,
+  leftOut: string[],
+): Promise<{ directories: string[]; others: string[] }> {
   const directories: string[] = [];
   const others: string[] = [];
   const walk = async (relative: string): Promise<void> => {
@@ -71,7 +73,9 @@ async function listStorePath(storePath: string, leftOut: string[]): Promise<{ di
   return { directories, others };
 }
 
-export async function rootFilesystem(closure: Pick<ImageClosure, "topLevel" | "packages" | "resolved">): Promise<RootFilesystem> {
+export async function rootFilesystem(
+  closure: Pick<ImageClosure, "topLevel" | "packages" | "resolved">,
+): Promise<RootFilesystem> {
   const kinds = new Map<string, RootfsEntry["type"]>([["/", "directory"]]);
   const entries: RootfsEntry[] = [];
   const leftOut: string[] = [];

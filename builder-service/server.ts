@@ -57,7 +57,11 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
     const read = request.method === "POST" ? await readBounded(request, MAX_REQUEST_BYTES) : { text: "" };
     if (read === "too-large") {
       // Connection: close, so that the rest of an oversized body is not read at all.
-      const response = fail(413, "UNSUPPORTED", `request body too large: the builder takes at most ${MAX_REQUEST_BYTES} bytes`);
+      const response = fail(
+        413,
+        "UNSUPPORTED",
+        `request body too large: the builder takes at most ${MAX_REQUEST_BYTES} bytes`,
+      );
       response.headers.set("connection", "close");
       return response;
     }
@@ -107,9 +111,14 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       }
       const resolved = await deps.source.resolve(body.tag);
       if (!resolved) {
-        return fail(404, "MANIFEST_UNKNOWN", `tag "${body.tag}" is not served by this registry's package source (${deps.source.description})`, {
-          tag: body.tag,
-        });
+        return fail(
+          404,
+          "MANIFEST_UNKNOWN",
+          `tag "${body.tag}" is not served by this registry's package source (${deps.source.description})`,
+          {
+            tag: body.tag,
+          },
+        );
       }
       return json(200, resolved);
     })
@@ -123,7 +132,8 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
         if (!(error instanceof AdmissionError)) throw error;
         const { status, code, message, detail } = error.refusal;
         log.warn("job-refused", { code, packages: checked.request.packages, message });
-        const retryAfter: Record<string, string> = error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
+        const retryAfter: Record<string, string> =
+          error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) };
         return json(status, errorBody(code, message, detail), retryAfter);
       }
     })
@@ -133,20 +143,35 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
     const started = performance.now();
     let response: Response;
     try {
-      response = await router.fetch(request);
+      response = (await router.fetch(request)) as Response;
     } catch (error) {
       // The error may name the bucket, its endpoint or a key id (an S3 error): the log gets it, the caller an id.
       const id = randomUUID();
-      log.error("request-failed", { id, method: request.method, url: request.url, error: String((error as Error).stack ?? error) });
-      response = fail(500, "UNKNOWN", `the builder failed unexpectedly; its log has the details under id ${id}`, { id });
+      log.error("request-failed", {
+        id,
+        method: request.method,
+        url: request.url,
+        error: String((error as Error).stack ?? error),
+      });
+      response = fail(500, "UNKNOWN", `the builder failed unexpectedly; its log has the details under id ${id}`, {
+        id,
+      });
     }
     const url = new URL(request.url);
     // The worker asks after running jobs every second or so: those answers are not worth a line each.
     const poll = url.pathname === "/jobs" && response.status === 200;
     // Nor are the probes, which monitors ask as often as they like (/status answers only to the secret's holders).
-    const probe = url.pathname === "/health" || url.pathname === "/ready" || (url.pathname === "/status" && response.status === 200);
+    const probe =
+      url.pathname === "/health" ||
+      url.pathname === "/ready" ||
+      (url.pathname === "/status" && response.status === 200);
     if (!probe && !poll) {
-      log.info("request", { method: request.method, path: url.pathname, status: response.status, ms: Math.round(performance.now() - started) });
+      log.info("request", {
+        method: request.method,
+        path: url.pathname,
+        status: response.status,
+        ms: Math.round(performance.now() - started),
+      });
     }
     return response;
   };
@@ -164,7 +189,7 @@ async function readBounded(request: Request, limit: number): Promise<{ text: str
     return "too-large";
   }
   if (!request.body) return { text: "" };
-  const reader = request.body.getReader();
+  const reader = (request.body as ReadableStream<Uint8Array>).getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {

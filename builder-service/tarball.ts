@@ -96,7 +96,9 @@ export function tarStream(entries: readonly TarEntry[]): Readable {
           await pipeline(createReadStream(entry.source), sink);
         } else if (entry.type === "symlink") {
           await new Promise<void>((resolve, reject) =>
-            pack.entry({ ...header, type: "symlink", linkname: entry.target }, (err) => (err ? reject(err) : resolve())),
+            pack.entry({ ...header, type: "symlink", linkname: entry.target }, (err) =>
+              err ? reject(err) : resolve(),
+            ),
           );
         } else {
           await new Promise<void>((resolve, reject) =>
@@ -110,5 +112,5 @@ export function tarStream(entries: readonly TarEntry[]): Readable {
     }
   })();
   // tar-stream packs are streamx streams; wrap so Node's stream utilities see a Node Readable.
-  return Readable.from(pack as unknown as AsyncIterable<Buffer>);
+  return Readable.from(pack);
 }

@@ -15,7 +15,9 @@ export class CommandTimeoutError extends Error {
     /** The setting the limit comes from, if any. */
     setting?: string,
   ) {
-    super(`${command} took longer than its time limit of ${formatSeconds(limitMs)}${setting ? ` (${setting})` : ""} and was stopped`);
+    super(
+      `${command} took longer than its time limit of ${formatSeconds(limitMs)}${setting ? ` (${setting})` : ""} and was stopped`,
+    );
   }
 }
 
@@ -74,7 +76,11 @@ export function runCommand(command: string, args: readonly string[], options: Co
   const { label } = options;
   const maxStdout = options.maxStdoutBytes ?? 16 * 1024 * 1024;
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn(command, args, {
+      env: options.env ?? process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
     const stdout: Buffer[] = [];
     let stdoutBytes = 0;
     let stderr = "";
@@ -99,9 +105,13 @@ export function runCommand(command: string, args: readonly string[], options: Co
       }
       stdout.push(chunk);
     });
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-STDERR_TAIL_BYTES)));
+    child.stderr
+      .setEncoding("utf8")
+      .on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-STDERR_TAIL_BYTES)));
     child.on("error", (error) => finish(() => reject(notInstalled(command, error))));
-    child.on("close", (code) => finish(() => resolve({ code, stdout: Buffer.concat(stdout).toString("utf8"), stderr })));
+    child.on("close", (code) =>
+      finish(() => resolve({ code, stdout: Buffer.concat(stdout).toString("utf8"), stderr })),
+    );
   });
 }
 

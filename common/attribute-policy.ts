@@ -52,7 +52,9 @@ function components(path: string): string[] {
 
 /** Whether `part` occurs in `whole` as consecutive components starting at `at`. */
 function occursAt(whole: readonly string[], part: readonly string[], at: number): boolean {
-  return part.length > 0 && at + part.length <= whole.length && part.every((component, i) => whole[at + i] === component);
+  return (
+    part.length > 0 && at + part.length <= whole.length && part.every((component, i) => whole[at + i] === component)
+  );
 }
 
 /** The refusal of one attribute path (as requested, or as Nix resolved it), or null when the policy builds it. */
@@ -62,11 +64,14 @@ export function attributeRefusal(policy: AttributePolicy, path: string): Attribu
     const denied = components(entry);
     if (requested.some((_, at) => occursAt(requested, denied, at))) return { path, list: "deny", entry };
   }
-  if (policy.allow && !policy.allow.some((entry) => occursAt(requested, components(entry), 0))) return { path, list: "allow" };
+  if (policy.allow && !policy.allow.some((entry) => occursAt(requested, components(entry), 0)))
+    return { path, list: "allow" };
   return null;
 }
 
 /** The refusals of the paths the policy does not build, in the order given. */
 export function attributeRefusals(policy: AttributePolicy, paths: readonly string[]): AttributeRefusal[] {
-  return paths.map((path) => attributeRefusal(policy, path)).filter((refusal): refusal is AttributeRefusal => refusal !== null);
+  return paths
+    .map((path) => attributeRefusal(policy, path))
+    .filter((refusal): refusal is AttributeRefusal => refusal !== null);
 }

@@ -53,7 +53,13 @@ const buildRequestEntries = {
     v.array(v.unknown(), packageCount),
     v.minLength(1, packageCount),
     v.maxLength(MAX_PACKAGES, packageCount),
-    v.array(v.pipe(v.string(notAnAttributePath), v.maxLength(255, notAnAttributePath), v.regex(ATTRIBUTE_PATH, notAnAttributePath))),
+    v.array(
+      v.pipe(
+        v.string(notAnAttributePath),
+        v.maxLength(255, notAnAttributePath),
+        v.regex(ATTRIBUTE_PATH, notAnAttributePath),
+      ),
+    ),
   ),
   system: v.picklist(NIX_SYSTEMS, `system must be one of ${NIX_SYSTEMS.join(", ")}`),
   tag: v.string(TAG_AND_REVISION),
@@ -80,7 +86,9 @@ export const JobRequestSchema = fieldsObject(
      * With a running job: hold the answer until the job finishes or this many seconds pass (at most
      * MAX_JOB_WAIT_SECONDS), so that the caller hears of the end at once without asking every moment.
      */
-    waitSeconds: v.optional(v.pipe(v.number(WAIT_SECONDS), v.minValue(0, WAIT_SECONDS), v.maxValue(MAX_JOB_WAIT_SECONDS, WAIT_SECONDS))),
+    waitSeconds: v.optional(
+      v.pipe(v.number(WAIT_SECONDS), v.minValue(0, WAIT_SECONDS), v.maxValue(MAX_JOB_WAIT_SECONDS, WAIT_SECONDS)),
+    ),
   },
   "the build request is not a JSON object",
 );
@@ -105,7 +113,13 @@ export const BuilderStatusSchema = v.object({
 });
 export type BuilderStatus = v.InferOutput<typeof BuilderStatusSchema>;
 
-function signedMessage(method: string, pathAndQuery: string, timestamp: string, nonce: string, bodyHash: string): string {
+function signedMessage(
+  method: string,
+  pathAndQuery: string,
+  timestamp: string,
+  nonce: string,
+  bodyHash: string,
+): string {
   return `${method.toUpperCase()}\n${pathAndQuery}\n${timestamp}\n${nonce}\n${bodyHash}`;
 }
 
@@ -125,7 +139,10 @@ export async function signRequest(
 ): Promise<Record<string, string>> {
   const timestamp = String(Math.floor(now / 1000));
   const nonce = newNonce();
-  const signature = await hmacSha256Hex(secret, signedMessage(method, pathAndQuery, timestamp, nonce, await sha256Hex(body)));
+  const signature = await hmacSha256Hex(
+    secret,
+    signedMessage(method, pathAndQuery, timestamp, nonce, await sha256Hex(body)),
+  );
   return { [SIGNATURE_HEADER]: signature, [TIMESTAMP_HEADER]: timestamp, [NONCE_HEADER]: nonce };
 }
 
@@ -189,13 +206,20 @@ export async function verifyRequest(
 ): Promise<SignatureCheck> {
   if (!headers.signature || !headers.timestamp) return { ok: false, reason: "the request is not signed" };
   if (!headers.nonce) {
-    return { ok: false, reason: `the request carries no nonce (${NONCE_HEADER}); the worker must be as new as the builder` };
+    return {
+      ok: false,
+      reason: `the request carries no nonce (${NONCE_HEADER}); the worker must be as new as the builder`,
+    };
   }
-  if (!NONCE.test(headers.nonce)) return { ok: false, reason: "the request's nonce is not 32 lower-case hex characters" };
+  if (!NONCE.test(headers.nonce))
+    return { ok: false, reason: "the request's nonce is not 32 lower-case hex characters" };
   if (!/^\d{1,12}$/.test(headers.timestamp)) return { ok: false, reason: "the signature timestamp is malformed" };
   const age = Math.abs(now / 1000 - Number(headers.timestamp));
   if (age > SIGNATURE_MAX_AGE_SECONDS) {
-    return { ok: false, reason: `the signature is ${Math.round(age)} s old; requests are accepted for ${SIGNATURE_MAX_AGE_SECONDS} s (check both clocks)` };
+    return {
+      ok: false,
+      reason: `the signature is ${Math.round(age)} s old; requests are accepted for ${SIGNATURE_MAX_AGE_SECONDS} s (check both clocks)`,
+    };
   }
   const expected = await hmacSha256Hex(
     secret,
@@ -205,7 +229,10 @@ export async function verifyRequest(
   // Only now: a request that is not correctly signed must not take a place in the memory.
   const admitted = seen.admit(headers.nonce, Number(headers.timestamp), now);
   if (admitted === "replayed") {
-    return { ok: false, reason: `the request was replayed: its nonce was used already (nonces are remembered for ${SIGNATURE_MAX_AGE_SECONDS} s)` };
+    return {
+      ok: false,
+      reason: `the request was replayed: its nonce was used already (nonces are remembered for ${SIGNATURE_MAX_AGE_SECONDS} s)`,
+    };
   }
   if (admitted === "full") {
     const retryAfterSeconds = seen.secondsUntilRoom(now);

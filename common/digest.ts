@@ -6,9 +6,7 @@ export type Digest = `sha256:${string}`;
 const ALGORITHM_AND_ENCODED = /^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$/;
 const SHA256_HEX = /^[a-f0-9]{64}$/;
 
-export type DigestCheck =
-  | { ok: true; digest: Digest; hex: string }
-  | { ok: false; reason: string };
+export type DigestCheck = { ok: true; digest: Digest; hex: string } | { ok: false; reason: string };
 
 /** Checks a digest string from a request; only sha256 is served, other well-formed algorithms are refused by name. */
 export function parseDigest(input: string): DigestCheck {
@@ -16,7 +14,10 @@ export function parseDigest(input: string): DigestCheck {
   if (!match) return { ok: false, reason: `"${input}" is not a digest of the form algorithm:hex` };
   const [, algorithm, encoded] = match;
   if (algorithm !== "sha256") {
-    return { ok: false, reason: `digest algorithm "${algorithm}" is not supported; this registry addresses content by sha256` };
+    return {
+      ok: false,
+      reason: `digest algorithm "${algorithm}" is not supported; this registry addresses content by sha256`,
+    };
   }
   if (!SHA256_HEX.test(encoded)) {
     return { ok: false, reason: `a sha256 digest has 64 lower-case hex characters, "${encoded}" does not` };

@@ -23,7 +23,10 @@ export function parseRange(header: string | null): RangeSpec {
   if (!match) return { kind: "invalid" };
   const [, unit, set] = match;
   if (unit.toLowerCase() !== "bytes") return { kind: "none" };
-  const specs = set.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const specs = set
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
   if (specs.length === 0) return { kind: "invalid" };
   if (specs.length > 1) return { kind: "multiple" };
   const spec = specs[0];
@@ -44,7 +47,10 @@ export function parseRange(header: string | null): RangeSpec {
 }
 
 /** The inclusive byte range to serve for a single-range spec, or null when it can't be satisfied. */
-export function satisfyRange(spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number }, size: number): SatisfiedRange {
+export function satisfyRange(
+  spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number },
+  size: number,
+): SatisfiedRange {
   if (spec.kind === "from") {
     if (spec.first >= size) return null;
     const end = spec.last === null ? size - 1 : Math.min(spec.last, size - 1);
@@ -55,7 +61,9 @@ export function satisfyRange(spec: { kind: "from"; first: number; last: number |
 }
 
 /** The spec back as a header value, to forward to the builder. */
-export function formatRange(spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number }): string {
+export function formatRange(
+  spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number },
+): string {
   return spec.kind === "from" ? `bytes=${spec.first}-${spec.last ?? ""}` : `bytes=-${spec.length}`;
 }
 

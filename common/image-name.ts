@@ -29,7 +29,10 @@ export type NameCheck = { ok: true; image: ImageRequest } | { ok: false; reason:
 
 export function parseImageName(name: string): NameCheck {
   if (name.length > MAX_NAME_LENGTH) {
-    return { ok: false, reason: `repository names are at most ${MAX_NAME_LENGTH} characters; this one has ${name.length}` };
+    return {
+      ok: false,
+      reason: `repository names are at most ${MAX_NAME_LENGTH} characters; this one has ${name.length}`,
+    };
   }
   if (!NAME_GRAMMAR.test(name)) {
     return {
@@ -55,7 +58,10 @@ export function parseImageName(name: string): NameCheck {
     return { ok: false, reason: `"${name}" names no package, only a meta-package that changes the system` };
   }
   if (packages.size > MAX_PACKAGES) {
-    return { ok: false, reason: `an image holds at most ${MAX_PACKAGES} packages; this name asks for ${packages.size}` };
+    return {
+      ok: false,
+      reason: `an image holds at most ${MAX_PACKAGES} packages; this name asks for ${packages.size}`,
+    };
   }
   return { ok: true, image: { packages: [...packages.values()].sort(), system } };
 }

@@ -41,7 +41,11 @@ export function isRegistryErrorBody(value: unknown): value is RegistryErrorBody 
     Array.isArray(errors) &&
     errors.length > 0 &&
     errors.every(
-      (e) => typeof e === "object" && e !== null && typeof e.code === "string" && typeof e.message === "string",
+      (e: unknown) =>
+        typeof e === "object" &&
+        e !== null &&
+        typeof (e as { code?: unknown }).code === "string" &&
+        typeof (e as { message?: unknown }).message === "string",
     )
   );
 }

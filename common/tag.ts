@@ -5,10 +5,7 @@ export const MAX_TAG_LENGTH = 128;
 const TAG_GRAMMAR = /^[a-zA-Z0-9_][a-zA-Z0-9._-]*$/;
 const COMMIT = /^[0-9a-f]{40}$/;
 
-export type TagKind =
-  | { kind: "latest" }
-  | { kind: "commit"; commit: string }
-  | { kind: "ref"; ref: string };
+export type TagKind = { kind: "latest" } | { kind: "commit"; commit: string } | { kind: "ref"; ref: string };
 
 /** Why a tag is not one at all (too long, or outside the OCI tag grammar), or null for a well-formed tag. */
 export function tagProblem(tag: string): string | null {

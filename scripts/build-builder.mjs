@@ -19,5 +19,7 @@ await build({
   packages: "external",
   sourcemap: "linked",
   logLevel: "warning",
-  banner: { js: "// Built by scripts/build-builder.mjs from builder-service/ and common/: edit those, then npm run build:builder." },
+  banner: {
+    js: "// Built by scripts/build-builder.mjs from builder-service/ and common/: edit those, then npm run build:builder.",
+  },
 });

@@ -1,11 +1,23 @@
 // Signed calls to a builder, as the worker makes them, for tests and the benchmark that talk to it directly.
 import { randomUUID } from "node:crypto";
 import * as v from "valibot";
-import { BuilderStatusSchema, ResolveResultSchema, signRequest, type BuilderStatus, type ResolveResult } from "../common/builder-api.ts";
+import {
+  BuilderStatusSchema,
+  ResolveResultSchema,
+  signRequest,
+  type BuilderStatus,
+  type ResolveResult,
+} from "../common/builder-api.ts";
 import { JobRecordSchema, type JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 
-export async function signedFetch(builderUrl: string, secret: string, method: string, path: string, body = ""): Promise<Response> {
+export async function signedFetch(
+  builderUrl: string,
+  secret: string,
+  method: string,
+  path: string,
+  body = "",
+): Promise<Response> {
   const headers = await signRequest(secret, method, path, body);
   return fetch(`${builderUrl}${path}`, {
     method,

@@ -33,7 +33,8 @@ function instrumented(bucket, delayMs) {
       if (property !== "get" && property !== "head" && property !== "list") return value.bind(target);
       return async (/** @type {unknown[]} */ ...args) => {
         const first = args[0];
-        const key = typeof first === "string" ? first : `${/** @type {{ prefix?: string }} */ (first ?? {}).prefix ?? ""}*`;
+        const key =
+          typeof first === "string" ? first : `${/** @type {{ prefix?: string }} */ (first ?? {}).prefix ?? ""}*`;
         reads.push({ operation: String(property), key });
         if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
         return value.apply(target, args);

@@ -125,11 +125,15 @@ export async function freePort(): Promise<number> {
  * builds as root, as a single-user install does.
  */
 const SINGLE_USER_ROOT =
-  process.getuid?.() === 0 && !process.env.NIX_REMOTE && !/^nixbld:/m.test(existsSync("/etc/group") ? readFileSync("/etc/group", "utf8") : "");
+  process.getuid?.() === 0 &&
+  !process.env.NIX_REMOTE &&
+  !/^nixbld:/m.test(existsSync("/etc/group") ? readFileSync("/etc/group", "utf8") : "");
 export const LOCAL_NIX_CONFIG = SINGLE_USER_ROOT ? "build-users-group =" : "";
 
 /** Nix without substituters: offline, every build would otherwise wait on DNS for the binary cache. */
-export const OFFLINE_NIX_CONFIG = ["substituters =", "experimental-features = nix-command", LOCAL_NIX_CONFIG].filter(Boolean).join("\n");
+export const OFFLINE_NIX_CONFIG = ["substituters =", "experimental-features = nix-command", LOCAL_NIX_CONFIG]
+  .filter(Boolean)
+  .join("\n");
 
 export interface BuilderOptions {
   pkgsPath?: string;
@@ -147,7 +151,12 @@ export async function startBuilder(options: BuilderOptions): Promise<Builder> {
   const tsx = fileURLToPath(new URL("../node_modules/.bin/tsx", import.meta.url));
   // --exit-with-stdin: the builder stops when this process's end of its stdin closes, which happens however this
   // process ends, SIGKILL included.
-  const [command, ...args] = [...(options.builderCommandPrefix ?? []), tsx, "builder-service/main.ts", "--exit-with-stdin"];
+  const [command, ...args] = [
+    ...(options.builderCommandPrefix ?? []),
+    tsx,
+    "builder-service/main.ts",
+    "--exit-with-stdin",
+  ];
   const child = spawn(command, args, {
     cwd: PROJECT_ROOT,
     env: {
@@ -189,8 +198,8 @@ export async function startBuilder(options: BuilderOptions): Promise<Builder> {
       buffered = lines.pop() ?? "";
       lines.forEach(onLine);
     };
-    child.stdout!.on("data", onData);
-    child.stderr!.on("data", onData);
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
     child.on("exit", (code) => reject(new Error(`the builder exited with code ${code}:\n${logLines.join("\n")}`)));
   });
   return {
@@ -229,7 +238,13 @@ async function startWorker(options: {
   coldBuildsPerMinute?: number;
   onLog?: (line: string) => void;
   instrument?: StackOptions["instrument"];
-}): Promise<{ url: URL; secondUrl?: string; locationUrls: Record<string, string>; s3Env: Record<string, string>; dispose(): Promise<void> }> {
+}): Promise<{
+  url: URL;
+  secondUrl?: string;
+  locationUrls: Record<string, string>;
+  s3Env: Record<string, string>;
+  dispose(): Promise<void>;
+}> {
   const bundleDir = await mkdtemp(join(tmpdir(), "worker-bundle-"));
   try {
     await execFileAsync(
@@ -321,11 +336,17 @@ async function startWorker(options: {
  * Only the local bucket and its S3 endpoint, for running builders without a worker (the builder's own tests, the
  * benchmark's build figures). stateDir is a worker state folder: a stack started on it later serves what was built.
  */
-export async function startLocalBucket(stateDir: string): Promise<{ s3Env: Record<string, string>; dispose(): Promise<void> }> {
+export async function startLocalBucket(
+  stateDir: string,
+): Promise<{ s3Env: Record<string, string>; dispose(): Promise<void> }> {
   await startWorkerdDyingWithParent(join(PROJECT_ROOT, "node_modules/.cache/nix-edge-registry"));
   const credentials = randomS3Credentials();
   const s3 = await localS3EndpointWorker({ port: 0, bucket: BUCKET_NAME, credentials });
-  const miniflare = new Miniflare({ workers: [s3.options], ...persistence(stateDir), handleRuntimeStdio: forwardWorkerdOutput } as MiniflareOptions);
+  const miniflare = new Miniflare({
+    workers: [s3.options],
+    ...persistence(stateDir),
+    handleRuntimeStdio: forwardWorkerdOutput,
+  } as MiniflareOptions);
   await miniflare.ready;
   const endpoint = await s3EndpointUrl(miniflare);
   return {
@@ -340,7 +361,9 @@ export async function startLocalBucket(stateDir: string): Promise<{ s3Env: Recor
 /** A clearer error for a port someone else holds, or undefined when that isn't what went wrong. */
 function portTaken(error: unknown, port: number): Error | undefined {
   const text = String((error as Error)?.message ?? error);
-  return /EADDRINUSE|Address already in use/i.test(text) ? new Error(`port ${port} is already in use; set PORT to a free port`) : undefined;
+  return /EADDRINUSE|Address already in use/i.test(text)
+    ? new Error(`port ${port} is already in use; set PORT to a free port`)
+    : undefined;
 }
 
 export async function startStack(options: StackOptions): Promise<Stack> {
@@ -352,7 +375,8 @@ export async function startStack(options: StackOptions): Promise<Stack> {
   const count = options.builders ?? 1;
   // The worker is told where the builders will listen before they start: they need its bucket to start.
   const ports: number[] = [];
-  for (let i = 0; i < count; i++) ports.push(i === 0 && options.builderPort !== 0 ? options.builderPort : await freePort());
+  for (let i = 0; i < count; i++)
+    ports.push(i === 0 && options.builderPort !== 0 ? options.builderPort : await freePort());
   const builderUrls = ports.map((port) => `http://127.0.0.1:${port}`);
   const workerUrls = options.builderFront ? await Promise.all(builderUrls.map(options.builderFront)) : builderUrls;
   const tls = options.tls ?? false;

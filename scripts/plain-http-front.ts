@@ -101,7 +101,8 @@ export function startPlainHttpFront(target: Endpoint, listen: Endpoint): Promise
       if (listening) console.error(`the plain-http front failed: ${error.stack ?? error.message}`);
       else reject(error);
     });
-    const onExit = (code: number) => reject(new Error(`the plain-http front's thread exited with code ${code} before listening`));
+    const onExit = (code: number) =>
+      reject(new Error(`the plain-http front's thread exited with code ${code} before listening`));
     thread.once("exit", onExit);
     thread.once("message", (message: ThreadMessage) => {
       thread.off("exit", onExit);

@@ -48,14 +48,15 @@ async function checkApi(registry: string): Promise<void> {
     throw new CheckFailed(
       `GET ${url} answered ${response.status} with Docker-Distribution-API-Version ${JSON.stringify(version)}, not 200 with "registry/2.0": ` +
         "the URL is not this registry (a typo, or DNS pointing elsewhere), or the worker is not deployed on it " +
-          "(npx wrangler deploy; a custom domain under the worker's Settings → Domains & Routes)",
+        "(npx wrangler deploy; a custom domain under the worker's Settings → Domains & Routes)",
     );
   }
 }
 
 /** What to fix for a registry error on the manifest pull. */
 function explain(status: number, error: RegistryError, image: string, bodyText: string): string {
-  const detail = typeof error.detail === "object" && error.detail !== null ? (error.detail as Record<string, unknown>) : {};
+  const detail =
+    typeof error.detail === "object" && error.detail !== null ? (error.detail as Record<string, unknown>) : {};
   const underId = typeof detail.id === "string" ? ` under id ${detail.id}` : "";
   if (status === 503 && error.code === "BUILDER_UNAVAILABLE") {
     return (
@@ -65,7 +66,11 @@ function explain(status: number, error: RegistryError, image: string, bodyText: 
   }
   // The worker hides why a builder's answer was unusable; its usual cause is a refused signature, which the client
   // sees as these two messages (worker/resolutions.ts, worker/build-coordinator.ts).
-  if (status === 500 && error.code === "UNKNOWN" && /^(resolving tag "[^"]*"|building image \S+) failed/.test(error.message)) {
+  if (
+    status === 500 &&
+    error.code === "UNKNOWN" &&
+    /^(resolving tag "[^"]*"|building image \S+) failed/.test(error.message)
+  ) {
     return (
       `the worker's call to the builder failed (${error.message}). Most often the builder refused the worker's requests: ` +
       "BUILDER_SECRET must be the same on both sides (wrangler secret put BUILDER_SECRET; /etc/nix-edge-registry/builder.env), " +
@@ -98,13 +103,22 @@ async function pullManifest(registry: string, image: string): Promise<ImageManif
     throw new CheckFailed(`GET ${url} answered ${response.status} with a body that is not JSON: ${text.slice(0, 500)}`);
   }
   if (response.status !== 200) {
-    if (!isRegistryErrorBody(body)) throw new CheckFailed(`GET ${url} answered ${response.status}: ${text.slice(0, 500)}`);
+    if (!isRegistryErrorBody(body))
+      throw new CheckFailed(`GET ${url} answered ${response.status}: ${text.slice(0, 500)}`);
     throw new CheckFailed(explain(response.status, body.errors[0], image, text));
   }
   const manifest = body as Partial<ImageManifest>;
-  const isDescriptor = (d: Partial<Descriptor> | undefined) => typeof d?.digest === "string" && isDigest(d.digest) && Number.isSafeInteger(d.size);
-  if (manifest.mediaType !== OCI_MANIFEST || !isDescriptor(manifest.config) || !Array.isArray(manifest.layers) || !manifest.layers.every(isDescriptor)) {
-    throw new CheckFailed(`GET ${url} answered 200 with something that is not an OCI image manifest: ${text.slice(0, 500)}`);
+  const isDescriptor = (d: Partial<Descriptor> | undefined) =>
+    typeof d?.digest === "string" && isDigest(d.digest) && Number.isSafeInteger(d.size);
+  if (
+    manifest.mediaType !== OCI_MANIFEST ||
+    !isDescriptor(manifest.config) ||
+    !Array.isArray(manifest.layers) ||
+    !manifest.layers.every(isDescriptor)
+  ) {
+    throw new CheckFailed(
+      `GET ${url} answered 200 with something that is not an OCI image manifest: ${text.slice(0, 500)}`,
+    );
   }
   return manifest as ImageManifest;
 }
@@ -118,7 +132,7 @@ async function checkBlob(registry: string, image: string, descriptor: Descriptor
   }
   const hash = createHash("sha256");
   let size = 0;
-  for await (const chunk of response.body) {
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
     hash.update(chunk);
     size += chunk.byteLength;
   }
@@ -154,14 +168,21 @@ async function main(): Promise<void> {
 
   const started = performance.now();
   await check(`${registry}/v2/ answers as a registry`, () => checkApi(registry));
-  const manifest = await check(`the worker reaches a builder, which builds ${image}:latest`, () => pullManifest(registry, image));
+  const manifest = await check(`the worker reaches a builder, which builds ${image}:latest`, () =>
+    pullManifest(registry, image),
+  );
   const blobs = [manifest.config, ...manifest.layers];
-  await check(`${blobs.length} blobs (config and ${manifest.layers.length} layers) match their digests and sizes`, async () => {
-    for (const blob of blobs) await checkBlob(registry, image, blob);
-  });
+  await check(
+    `${blobs.length} blobs (config and ${manifest.layers.length} layers) match their digests and sizes`,
+    async () => {
+      for (const blob of blobs) await checkBlob(registry, image, blob);
+    },
+  );
   const bytes = blobs.reduce((sum, blob) => sum + blob.size, 0);
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
-  console.log(`registry OK: ${registry} built and served ${image} (${manifest.layers.length} layers, ${formatBytes(bytes)}) in ${seconds} s`);
+  console.log(
+    `registry OK: ${registry} built and served ${image} (${manifest.layers.length} layers, ${formatBytes(bytes)}) in ${seconds} s`,
+  );
 }
 
 main().catch((error: unknown) => {

@@ -43,7 +43,9 @@ if (!have("nix-build")) {
 if (process.env.NIXERY_PKGS_PATH && !existsSync("/usr/bin/busybox")) missing.push("busybox-static");
 if (missing.length > 0) {
   if (!have("apt-get")) {
-    console.error(`Nix is needed to build images and is not installed: install it with the upstream installer (${UPSTREAM_INSTALLER}), then run npm start again.`);
+    console.error(
+      `Nix is needed to build images and is not installed: install it with the upstream installer (${UPSTREAM_INSTALLER}), then run npm start again.`,
+    );
     process.exit(1);
   }
   installDebianPackages(missing, "to build images (Nix, and the busybox the offline package sets are built from)");

@@ -13,7 +13,12 @@ export function have(command) {
 
 /** npm ci when the packages are missing (a fresh clone). */
 export function ensureNpmPackages() {
-  if (existsSync(`${root}node_modules/.bin/tsx`) && existsSync(`${root}node_modules/wrangler`) && existsSync(`${root}node_modules/vitest`)) return;
+  if (
+    existsSync(`${root}node_modules/.bin/tsx`) &&
+    existsSync(`${root}node_modules/wrangler`) &&
+    existsSync(`${root}node_modules/vitest`)
+  )
+    return;
   console.log("Installing npm packages (npm ci)...");
   execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: root, stdio: "inherit" });
 }
@@ -35,7 +40,9 @@ export function installDebianPackages(names, purpose) {
   const command = `apt-get install -y --no-install-recommends ${names.join(" ")}`;
   if (process.getuid?.() === 0 && have("apt-get")) {
     console.log(`Installing ${names.length} system package${names.length === 1 ? "" : "s"} ${purpose} (${command})...`);
-    execFileSync("sh", ["-c", `apt-get update -q && DEBIAN_FRONTEND=noninteractive ${command} -q`], { stdio: "inherit" });
+    execFileSync("sh", ["-c", `apt-get update -q && DEBIAN_FRONTEND=noninteractive ${command} -q`], {
+      stdio: "inherit",
+    });
     return;
   }
   console.error(
@@ -48,5 +55,8 @@ export function installDebianPackages(names, purpose) {
 
 /** The packages the Debian-derived offline package set (package-sets/debian-pkgs) is made of. */
 export function debianSetPackages() {
-  return readFileSync(`${root}package-sets/debian-pkgs/apt-packages.txt`, "utf8").split("\n").map((line) => line.trim()).filter(Boolean);
+  return readFileSync(`${root}package-sets/debian-pkgs/apt-packages.txt`, "utf8")
+    .split("\n")
+    .map((line) => line.trim())
+    .filter(Boolean);
 }

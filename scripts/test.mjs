@@ -3,7 +3,13 @@
 // it. The suite uses real parts: Nix builds the offline package sets, and real clients pull and run the images.
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { debianSetPackages, ensureNpmPackages, installDebianPackages, missingDebianPackages, root } from "./system-setup.mjs";
+import {
+  debianSetPackages,
+  ensureNpmPackages,
+  installDebianPackages,
+  missingDebianPackages,
+  root,
+} from "./system-setup.mjs";
 
 /** What each test needs, and why. */
 const TEST_PACKAGES = [
@@ -36,11 +42,16 @@ if (!existsSync("/usr/local/lib/nix-test-pkgs/aarch64-linux/busybox")) {
   if (process.getuid?.() === 0) {
     execFileSync(`${root}package-sets/test-pkgs/fetch-foreign-busybox.sh`, ["aarch64-linux"], { stdio: "inherit" });
   } else {
-    console.error(`The arm64 tests need Debian's arm64 static busybox. Run:\n  sudo ${root}package-sets/test-pkgs/fetch-foreign-busybox.sh aarch64-linux\nthen run npm test again.`);
+    console.error(
+      `The arm64 tests need Debian's arm64 static busybox. Run:\n  sudo ${root}package-sets/test-pkgs/fetch-foreign-busybox.sh aarch64-linux\nthen run npm test again.`,
+    );
     process.exit(1);
   }
 }
 
-const child = spawn(`${root}node_modules/.bin/vitest`, ["run", ...process.argv.slice(2)], { cwd: root, stdio: "inherit" });
+const child = spawn(`${root}node_modules/.bin/vitest`, ["run", ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: "inherit",
+});
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => child.kill(signal));
 child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

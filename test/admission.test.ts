@@ -72,9 +72,11 @@ describe("build admission", () => {
     if (!parsed.ok) throw new Error(parsed.reason);
     return imageKey(revision, parsed.image.system, parsed.image.packages);
   };
-  const pull = (name: string) => fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+  const pull = (name: string) =>
+    fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
   const errorOf = async (response: Response) => ((await response.json()) as RegistryErrorBody).errors[0];
-  const record = async (name: string) => (await (await fetch(`${stack.registryUrl}/api/builds/${await keyOf(name)}`)).json()) as JobRecord;
+  const record = async (name: string) =>
+    (await (await fetch(`${stack.registryUrl}/api/builds/${await keyOf(name)}`)).json()) as JobRecord;
   const events = (builder: Builder, event: string) =>
     builder.logLines.flatMap((line) => {
       try {
@@ -92,7 +94,14 @@ describe("build admission", () => {
 
   /** Signed POST /jobs to one builder, as the worker sends it. */
   const postJob = async (url: string, packages: string[], jobId: string, waitSeconds = 0) => {
-    const body = JSON.stringify({ packages, system: "x86_64-linux", tag: "latest", revision, jobId, ...(waitSeconds ? { waitSeconds } : {}) });
+    const body = JSON.stringify({
+      packages,
+      system: "x86_64-linux",
+      tag: "latest",
+      revision,
+      jobId,
+      ...(waitSeconds ? { waitSeconds } : {}),
+    });
     return fetch(`${url}/jobs`, {
       method: "POST",
       headers: { "content-type": "application/json", ...(await signRequest(stack.secret, "POST", "/jobs", body)) },
@@ -152,7 +161,10 @@ describe("build admission", () => {
     const firstOf = async (name: string) => urls.indexOf((await rankBuilders(urls, await keyOf(name)))[0]);
     const ranked = await Promise.all(SLOW.map(async (name) => ({ name, first: await firstOf(name) })));
     const a = ranked.filter(({ first }) => first === 0).length >= 6 ? 0 : 1;
-    const chosen = [...ranked.filter(({ first }) => first === a).slice(0, 4), ...ranked.filter(({ first }) => first !== a).slice(0, 1)];
+    const chosen = [
+      ...ranked.filter(({ first }) => first === a).slice(0, 4),
+      ...ranked.filter(({ first }) => first !== a).slice(0, 1),
+    ];
     expect(chosen).toHaveLength(5);
     const names = chosen.map(({ name }) => name);
 
@@ -194,8 +206,20 @@ describe("build admission", () => {
     // They do reach those sets: Nix resolves each of them (case-insensitively) to a package.
     const { stdout } = await execFileAsync(
       "nix-instantiate",
-      ["--eval", "--strict", "--json", join(PROJECT_ROOT, "nix/build-image.nix"), "-A", "resolve",
-        "--argstr", "packages", JSON.stringify(names), "--argstr", "source", JSON.stringify({ kind: "path", path: pkgsPath })],
+      [
+        "--eval",
+        "--strict",
+        "--json",
+        join(PROJECT_ROOT, "nix/build-image.nix"),
+        "-A",
+        "resolve",
+        "--argstr",
+        "packages",
+        JSON.stringify(names),
+        "--argstr",
+        "source",
+        JSON.stringify({ kind: "path", path: pkgsPath }),
+      ],
       { env: nixEnv },
     );
     expect((JSON.parse(stdout) as { resolved: Record<string, string> }).resolved).toEqual({
@@ -205,7 +229,11 @@ describe("build admission", () => {
     });
 
     const jobsBefore = stack.jobsStarted();
-    for (const [name, denied] of [["pkgscross.riscv64.hello", "pkgsCross"], ["pkgsstatic.hello", "pkgsStatic"], ["buildpackages.pkgscross.riscv64.hello", "pkgsCross"]]) {
+    for (const [name, denied] of [
+      ["pkgscross.riscv64.hello", "pkgsCross"],
+      ["pkgsstatic.hello", "pkgsStatic"],
+      ["buildpackages.pkgscross.riscv64.hello", "pkgsCross"],
+    ]) {
       const response = await pull(name);
       expect(response.status).toBe(403);
       const error = await errorOf(response);
@@ -219,7 +247,9 @@ describe("build admission", () => {
     for (const packages of [["PKGSSTATIC.hello"], ["hello", "PkgsCross.riscv64.hello"]]) {
       const response = await postJob(stack.builders[0].url, packages, randomUUID());
       expect(response.status).toBe(403);
-      expect((await errorOf(response)).message).toMatch(/reaches (pkgsStatic|pkgsCross), which the builder's attribute policy denies \(NIXERY_DENY_ATTRIBUTES\)/);
+      expect((await errorOf(response)).message).toMatch(
+        /reaches (pkgsStatic|pkgsCross), which the builder's attribute policy denies \(NIXERY_DENY_ATTRIBUTES\)/,
+      );
     }
     expect(stack.jobsStarted()).toBe(jobsBefore);
   }, 60_000);
@@ -229,7 +259,9 @@ describe("build admission", () => {
     expect(built.status).toBe(403);
     const error = await errorOf(built);
     expect(error.code).toBe("DENIED");
-    expect(error.message).toMatch(/closure is 4\.\d MiB \(\d+ bytes\) in \d+ store paths, larger than this builder's limit of 3\.0 MiB \(3145728 bytes\) \(BUILDER_MAX_CLOSURE_BYTES\)/);
+    expect(error.message).toMatch(
+      /closure is 4\.\d MiB \(\d+ bytes\) in \d+ store paths, larger than this builder's limit of 3\.0 MiB \(3145728 bytes\) \(BUILDER_MAX_CLOSURE_BYTES\)/,
+    );
     const phases = (await record("bigdata")).phases.map((p) => p.phase);
     expect(phases).toEqual(["queued", "evaluating", "building", "failed"]);
 
@@ -237,7 +269,9 @@ describe("build admission", () => {
     expect(fetched.status).toBe(403);
     const before = await errorOf(fetched);
     expect(before.code).toBe("DENIED");
-    expect(before.message).toMatch(/larger than this builder's limit of 3\.0 MiB \(3145728 bytes\) \(BUILDER_MAX_CLOSURE_BYTES\): what Nix would download for it \(1 store path\) unpacks to 4\.0 MiB \(\d+ bytes\) on its own; nothing was downloaded/);
+    expect(before.message).toMatch(
+      /larger than this builder's limit of 3\.0 MiB \(3145728 bytes\) \(BUILDER_MAX_CLOSURE_BYTES\): what Nix would download for it \(1 store path\) unpacks to 4\.0 MiB \(\d+ bytes\) on its own; nothing was downloaded/,
+    );
     expect((await record("bigfetch")).phases.map((p) => p.phase)).toEqual(["queued", "evaluating", "failed"]);
     expect(await isValidPath(cached.bigfetch)).toBe(false);
   }, 60_000);
@@ -270,7 +304,9 @@ describe("build admission", () => {
         expect(response.status).toBe(403);
         const error = await errorOf(response);
         expect(error.code).toBe("DENIED");
-        expect(error.message).toContain("outside the builder's attribute policy, which builds only hello, coreutils, tools, freshtool, cachedtool, pkgsStatic (NIXERY_ALLOW_ATTRIBUTES)");
+        expect(error.message).toContain(
+          "outside the builder's attribute policy, which builds only hello, coreutils, tools, freshtool, cachedtool, pkgsStatic (NIXERY_ALLOW_ATTRIBUTES)",
+        );
       }
       const denied = await postJob(builder.url, ["pkgsStatic.hello"], randomUUID());
       expect(denied.status).toBe(403);
@@ -293,7 +329,9 @@ describe("build admission", () => {
       expect(fresh.phase).toBe("failed");
       expect(fresh.error?.status).toBe(403);
       expect(fresh.error?.code).toBe("DENIED");
-      expect(fresh.error?.message).toMatch(/needs 1 derivation built that no binary cache has \(freshtool-1\.0\), and this builder only downloads from binary caches: it builds nothing itself \(NIX_MAX_JOBS=0\)/);
+      expect(fresh.error?.message).toMatch(
+        /needs 1 derivation built that no binary cache has \(freshtool-1\.0\), and this builder only downloads from binary caches: it builds nothing itself \(NIX_MAX_JOBS=0\)/,
+      );
       expect(fresh.phases.map((p) => p.phase)).toEqual(["queued", "evaluating", "failed"]);
       // Nothing of it was built.
       const { stdout } = await execFileAsync("nix-instantiate", [pkgsPath, "-A", "freshtool"], { env: nixEnv });

@@ -27,9 +27,18 @@ import { blobKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 import { OCI_MANIFEST } from "../common/media-types.ts";
 import { freePort, PROJECT_ROOT } from "../scripts/local-stack.ts";
-import { localS3EndpointWorker, randomS3Credentials, type LocalS3Credentials } from "../scripts/local-s3-endpoint/options.ts";
+import {
+  localS3EndpointWorker,
+  randomS3Credentials,
+  type LocalS3Credentials,
+} from "../scripts/local-s3-endpoint/options.ts";
 import { forwardWorkerdOutput } from "../scripts/workerd-process.ts";
-import { parseBlobRedirect, redirectLocation, type BlobRedirect, type BlobRedirectEnv } from "../worker/blob-redirect.ts";
+import {
+  parseBlobRedirect,
+  redirectLocation,
+  type BlobRedirect,
+  type BlobRedirectEnv,
+} from "../worker/blob-redirect.ts";
 import { startHttpFront, type Forward, type HttpFront } from "./support/http-front.ts";
 import { startTestS3, S3RVER_KEY, S3RVER_SECRET } from "./support/s3-server.ts";
 import { podmanRun, run, runAllowingFailure, startTestStack, type TestStack } from "./support/stack.ts";
@@ -63,7 +72,13 @@ let stack: TestStack;
 let registryFront: HttpFront;
 let s3Front: HttpFront;
 let credentials: LocalS3Credentials;
-let side: { miniflare: Miniflare; defaultUrl: string; halfConfiguredUrl: string; logLines: string[]; bundleDir: string };
+let side: {
+  miniflare: Miniflare;
+  defaultUrl: string;
+  halfConfiguredUrl: string;
+  logLines: string[];
+  bundleDir: string;
+};
 let scratch: string;
 /** The image's blobs (config and layers) with their sizes. */
 let blobs: { digest: Digest; size: number }[];
@@ -98,7 +113,14 @@ function presigned(overrides: BlobRedirectEnv = {}): Exclude<BlobRedirect, { kin
  */
 async function startSideWorkers(s3Port: number): Promise<typeof side> {
   const bundleDir = await mkdtemp(join(tmpdir(), "redirect-bundle-"));
-  await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), ["deploy", "--dry-run", "--outdir", bundleDir, "--config", join(PROJECT_ROOT, "wrangler.toml")]);
+  await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), [
+    "deploy",
+    "--dry-run",
+    "--outdir",
+    bundleDir,
+    "--config",
+    join(PROJECT_ROOT, "wrangler.toml"),
+  ]);
   const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
   const registry = (name: string, vars: Record<string, string>) => ({
     ...(workerOptions as Record<string, unknown>),
@@ -120,7 +142,8 @@ async function startSideWorkers(s3Port: number): Promise<typeof side> {
     r2Persist: join(stack.workerStateDir, "v3", "r2"),
     host: "127.0.0.1",
     port: 0,
-    handleRuntimeStdio: (stdout: Readable, stderr: Readable) => forwardWorkerdOutput(stdout, stderr, (line) => logLines.push(line)),
+    handleRuntimeStdio: (stdout: Readable, stderr: Readable) =>
+      forwardWorkerdOutput(stdout, stderr, (line) => logLines.push(line)),
   } as MiniflareOptions);
   await miniflare.ready;
   return {
@@ -141,9 +164,14 @@ beforeAll(async () => {
   side = await startSideWorkers(s3Port);
   registryFront = await startHttpFront(stack.registryUrl, recordInto(registryLog));
   // Build the image once; every client then pulls what is in the bucket.
-  const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+  const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, {
+    headers: { Accept: OCI_MANIFEST },
+  });
   expect(response.status).toBe(200);
-  const manifest = (await response.json()) as { config: { digest: Digest; size: number }; layers: { digest: Digest; size: number }[] };
+  const manifest = (await response.json()) as {
+    config: { digest: Digest; size: number };
+    layers: { digest: Digest; size: number }[];
+  };
   blobs = [manifest.config, ...manifest.layers].map(({ digest, size }) => ({ digest, size }));
   large = blobs.filter((b) => b.size >= MIN_BYTES).map((b) => b.digest);
   small = blobs.filter((b) => b.size < MIN_BYTES).map((b) => b.digest);
@@ -184,7 +212,10 @@ function expectLargeBlobsRedirected(): void {
   for (const digest of large) {
     const gets = registry.filter((e) => e.hex === hexOf(digest) && e.method === "GET");
     expect(gets.length, `GETs of large blob ${digest}`).toBeGreaterThan(0);
-    expect(gets.map((e) => e.status), `large blob ${digest}`).toEqual(gets.map(() => 307));
+    expect(
+      gets.map((e) => e.status),
+      `large blob ${digest}`,
+    ).toEqual(gets.map(() => 307));
     const fetched = s3.filter((e) => e.hex === hexOf(digest) && e.method === "GET");
     expect(fetched.length, `presigned GETs of ${digest}`).toBeGreaterThan(0);
     for (const e of fetched) {
@@ -195,7 +226,10 @@ function expectLargeBlobsRedirected(): void {
   for (const digest of small) {
     const gets = registry.filter((e) => e.hex === hexOf(digest) && e.method === "GET");
     expect(gets.length, `GETs of small blob ${digest}`).toBeGreaterThan(0);
-    expect(gets.map((e) => e.status), `small blob ${digest}`).toEqual(gets.map(() => 200));
+    expect(
+      gets.map((e) => e.status),
+      `small blob ${digest}`,
+    ).toEqual(gets.map(() => 200));
     expect(s3.filter((e) => e.hex === hexOf(digest))).toEqual([]);
   }
   // HEADs stay with the worker.
@@ -261,7 +295,9 @@ describe("blob GETs with the redirect on", () => {
     const location = new URL(response.headers.get("location")!);
     expect(`${location.origin}${location.pathname}`).toBe(`${s3Front.url}/${BUCKET}/${blobKey(digest)}`);
     expect(location.searchParams.get("X-Amz-Expires")).toBe("300");
-    expect(location.searchParams.get("X-Amz-Credential")).toMatch(new RegExp(`^${credentials.accessKeyId}/\\d{8}/auto/s3/aws4_request$`));
+    expect(location.searchParams.get("X-Amz-Credential")).toMatch(
+      new RegExp(`^${credentials.accessKeyId}/\\d{8}/auto/s3/aws4_request$`),
+    );
     expect(location.searchParams.get("X-Amz-SignedHeaders")).toBe("host");
 
     const object = await fetch(location);
@@ -284,7 +320,10 @@ describe("blob GETs with the redirect on", () => {
   it("redirects a Range GET too, and the S3 endpoint answers the range that is sent again", async () => {
     const digest = large[1];
     const size = blobs.find((b) => b.digest === digest)!.size;
-    const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/blobs/${digest}`, { redirect: "manual", headers: { Range: "bytes=1000-1999" } });
+    const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/blobs/${digest}`, {
+      redirect: "manual",
+      headers: { Range: "bytes=1000-1999" },
+    });
     expect(response.status).toBe(307);
     const location = response.headers.get("location")!;
     const whole = new Uint8Array(await (await fetch(location)).arrayBuffer());
@@ -294,7 +333,9 @@ describe("blob GETs with the redirect on", () => {
     expect(part.headers.get("content-range")).toBe(`bytes 1000-1999/${size}`);
     expect(Buffer.from(await part.arrayBuffer()).equals(Buffer.from(whole.subarray(1000, 2000)))).toBe(true);
     // A client following the redirect itself (fetch does, resending Range) gets the same.
-    const followed = await fetch(`${stack.registryUrl}/v2/${IMAGE}/blobs/${digest}`, { headers: { Range: "bytes=1000-1999" } });
+    const followed = await fetch(`${stack.registryUrl}/v2/${IMAGE}/blobs/${digest}`, {
+      headers: { Range: "bytes=1000-1999" },
+    });
     expect(followed.status).toBe(206);
     expect(Buffer.from(await followed.arrayBuffer()).equals(Buffer.from(whole.subarray(1000, 2000)))).toBe(true);
   });
@@ -306,14 +347,20 @@ describe("presigned URLs at the local S3 endpoint", () => {
   const errorMessage = (xml: string) => /<Message>([^<]*)<\/Message>/.exec(xml)?.[1];
 
   it("refuses an expired URL with 403 AccessDenied, Request has expired", async () => {
-    const location = await redirectLocation(presigned({ BLOB_REDIRECT_TTL_SECONDS: "60" }), large[0], new Date(Date.now() - 120_000));
+    const location = await redirectLocation(
+      presigned({ BLOB_REDIRECT_TTL_SECONDS: "60" }),
+      large[0],
+      new Date(Date.now() - 120_000),
+    );
     const response = await fetch(location);
     expect(response.status).toBe(403);
     const body = await response.text();
     expect(errorCode(body)).toBe("AccessDenied");
     expect(errorMessage(body)).toBe("Request has expired");
     // Still within its time, the same kind of URL works.
-    const fresh = await fetch(await redirectLocation(presigned({ BLOB_REDIRECT_TTL_SECONDS: "60" }), large[0], new Date(Date.now() - 30_000)));
+    const fresh = await fetch(
+      await redirectLocation(presigned({ BLOB_REDIRECT_TTL_SECONDS: "60" }), large[0], new Date(Date.now() - 30_000)),
+    );
     expect(fresh.status).toBe(200);
     await fresh.arrayBuffer();
   });
@@ -335,7 +382,11 @@ describe("presigned URLs at the local S3 endpoint", () => {
     flipped.searchParams.set("X-Amz-Signature", signature.slice(0, -1) + (signature.endsWith("0") ? "1" : "0"));
     tampered.push(flipped);
     // Signed with another secret.
-    tampered.push(new URL(await redirectLocation(presigned({ R2_S3_SECRET_ACCESS_KEY: "not-the-secret-of-the-endpoint" }), large[0])));
+    tampered.push(
+      new URL(
+        await redirectLocation(presigned({ R2_S3_SECRET_ACCESS_KEY: "not-the-secret-of-the-endpoint" }), large[0]),
+      ),
+    );
     for (const url of tampered) {
       const response = await fetch(url);
       const body = await response.text();
@@ -359,17 +410,25 @@ describe("presigned URLs at the local S3 endpoint", () => {
 
   it("takes a presigned HEAD, and refuses validity over a week and an incomplete URL", async () => {
     const client = new AwsClient({ ...credentials, service: "s3", region: "auto" });
-    const head = await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=60`, { method: "HEAD", aws: { signQuery: true } });
+    const head = await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=60`, {
+      method: "HEAD",
+      aws: { signQuery: true },
+    });
     const headResponse = await fetch(head.url, { method: "HEAD" });
     expect(headResponse.status).toBe(200);
     expect(headResponse.headers.get("content-length")).toBe(String(blobs.find((b) => b.digest === large[0])!.size));
 
-    const tooLong = await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=604801`, { method: "GET", aws: { signQuery: true } });
+    const tooLong = await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=604801`, {
+      method: "GET",
+      aws: { signQuery: true },
+    });
     const tooLongResponse = await fetch(tooLong.url);
     expect(tooLongResponse.status).toBe(400);
     expect(errorCode(await tooLongResponse.text())).toBe("AuthorizationQueryParametersError");
 
-    const incomplete = new URL((await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=60`, { method: "GET", aws: { signQuery: true } })).url);
+    const incomplete = new URL(
+      (await client.sign(`${objectUrl(large[0])}?X-Amz-Expires=60`, { method: "GET", aws: { signQuery: true } })).url,
+    );
     incomplete.searchParams.delete("X-Amz-Date");
     const incompleteResponse = await fetch(incomplete);
     expect(incompleteResponse.status).toBe(400);
@@ -381,7 +440,12 @@ describe("presigned URLs at the local S3 endpoint", () => {
     try {
       const bytes = new TextEncoder().encode("a blob checked by s3rver\n");
       const digest = sha256(bytes) as Digest;
-      const writer = new AwsClient({ accessKeyId: S3RVER_KEY, secretAccessKey: S3RVER_SECRET, service: "s3", region: "auto" });
+      const writer = new AwsClient({
+        accessKeyId: S3RVER_KEY,
+        secretAccessKey: S3RVER_SECRET,
+        service: "s3",
+        region: "auto",
+      });
       const put = await writer.fetch(`${s3.endpoint}/other-bucket/${blobKey(digest)}`, { method: "PUT", body: bytes });
       expect(put.status).toBe(200);
       const redirect = parseBlobRedirect({
@@ -408,7 +472,10 @@ describe("presigned URLs at the local S3 endpoint", () => {
 describe("the redirect's settings", () => {
   it("is off by default: wrangler.toml's worker answers a large blob's GET with 200 and its bytes", async () => {
     expect(parseBlobRedirect({})).toEqual({ redirect: { kind: "off" }, problems: [] });
-    expect(parseBlobRedirect({ BLOB_REDIRECT_MIN_BYTES: "0", R2_S3_ENDPOINT: "https://example.com" })).toEqual({ redirect: { kind: "off" }, problems: [] });
+    expect(parseBlobRedirect({ BLOB_REDIRECT_MIN_BYTES: "0", R2_S3_ENDPOINT: "https://example.com" })).toEqual({
+      redirect: { kind: "off" },
+      problems: [],
+    });
     for (const digest of large) {
       const response = await fetch(`${side.defaultUrl}/v2/${IMAGE}/blobs/${digest}`, { redirect: "manual" });
       expect(response.status).toBe(200);
@@ -441,17 +508,28 @@ describe("the redirect's settings", () => {
       return parsed.problems.join("; ");
     };
     expect(problems({ BLOB_REDIRECT_MIN_BYTES: "1MB" })).toMatch(/BLOB_REDIRECT_MIN_BYTES must be a number of bytes/);
-    expect(problems({ BLOB_REDIRECT_MIN_BYTES: "1" })).toMatch(/R2_S3_ENDPOINT, R2_S3_BUCKET, R2_S3_ACCESS_KEY_ID, R2_S3_SECRET_ACCESS_KEY/);
-    expect(problems({ ...redirectEnv(), R2_S3_ENDPOINT: "ftp://example.com" })).toMatch(/R2_S3_ENDPOINT must be an http or https URL/);
+    expect(problems({ BLOB_REDIRECT_MIN_BYTES: "1" })).toMatch(
+      /R2_S3_ENDPOINT, R2_S3_BUCKET, R2_S3_ACCESS_KEY_ID, R2_S3_SECRET_ACCESS_KEY/,
+    );
+    expect(problems({ ...redirectEnv(), R2_S3_ENDPOINT: "ftp://example.com" })).toMatch(
+      /R2_S3_ENDPOINT must be an http or https URL/,
+    );
     expect(problems({ ...redirectEnv(), BLOB_REDIRECT_TTL_SECONDS: "604801" })).toMatch(/BLOB_REDIRECT_TTL_SECONDS/);
     expect(problems({ ...redirectEnv(), BLOB_REDIRECT_TTL_SECONDS: "0" })).toMatch(/BLOB_REDIRECT_TTL_SECONDS/);
     expect(problems({ ...redirectEnv(), R2_S3_BUCKET: "Not A Bucket" })).toMatch(/R2_S3_BUCKET/);
-    expect(problems({ BLOB_REDIRECT_MIN_BYTES: "1", BLOB_REDIRECT_URL: "https://blobs.example.com/x?y=1" })).toMatch(/BLOB_REDIRECT_URL/);
-    expect(problems({ ...redirectEnv(), R2_S3_SECRET_ACCESS_KEY: "s3cr3t-value", R2_S3_ENDPOINT: "nonsense" })).not.toContain("s3cr3t-value");
+    expect(problems({ BLOB_REDIRECT_MIN_BYTES: "1", BLOB_REDIRECT_URL: "https://blobs.example.com/x?y=1" })).toMatch(
+      /BLOB_REDIRECT_URL/,
+    );
+    expect(
+      problems({ ...redirectEnv(), R2_S3_SECRET_ACCESS_KEY: "s3cr3t-value", R2_S3_ENDPOINT: "nonsense" }),
+    ).not.toContain("s3cr3t-value");
   });
 
   it("redirects to a public domain of the bucket when BLOB_REDIRECT_URL is set, whatever the R2_S3_ settings", async () => {
-    const { redirect } = parseBlobRedirect({ ...redirectEnv(), BLOB_REDIRECT_URL: "https://blobs.example.com/registry/" });
+    const { redirect } = parseBlobRedirect({
+      ...redirectEnv(),
+      BLOB_REDIRECT_URL: "https://blobs.example.com/registry/",
+    });
     expect(redirect.kind).toBe("public");
     if (redirect.kind === "off") return;
     expect(await redirectLocation(redirect, large[0])).toBe(`https://blobs.example.com/registry/${blobKey(large[0])}`);
@@ -460,7 +538,8 @@ describe("the redirect's settings", () => {
 
 describe("real clients pull through the redirect", () => {
   it("the Docker daemon (docker.io 20.10): docker pull and run", async (context) => {
-    if (!(await has("dockerd"))) context.skip("dockerd is not installed: apt-get install docker.io (.ci/run installs it)");
+    if (!(await has("dockerd")))
+      context.skip("dockerd is not installed: apt-get install docker.io (.ci/run installs it)");
     const dir = await mkdtemp(join(scratch, "docker-"));
     const socket = `unix://${dir}/sock`;
     // The 20.10 client that comes with the daemon, where it is installed; any docker CLI speaks to it.
@@ -468,10 +547,14 @@ describe("real clients pull through the redirect", () => {
     const daemon = spawn(
       "dockerd",
       [
-        "--host", socket,
-        "--data-root", join(dir, "root"),
-        "--exec-root", join(dir, "exec"),
-        "--pidfile", join(dir, "pid"),
+        "--host",
+        socket,
+        "--data-root",
+        join(dir, "root"),
+        "--exec-root",
+        join(dir, "exec"),
+        "--pidfile",
+        join(dir, "pid"),
         "--iptables=false",
         "--ip-forward=false",
         "--bridge=none",
@@ -481,16 +564,24 @@ describe("real clients pull through the redirect", () => {
     );
     const output = captureOutput(daemon);
     try {
-      await waitFor("dockerd", async () => {
-        if (daemon.exitCode !== null) throw new Error(`dockerd exited with ${daemon.exitCode}:\n${output()}`);
-        return (await runAllowingFailure(docker, ["-H", socket, "version"], 10_000)).code === 0;
-      }, 60_000).catch((error: Error) => {
+      await waitFor(
+        "dockerd",
+        async () => {
+          if (daemon.exitCode !== null) throw new Error(`dockerd exited with ${daemon.exitCode}:\n${output()}`);
+          return (await runAllowingFailure(docker, ["-H", socket, "version"], 10_000)).code === 0;
+        },
+        60_000,
+      ).catch((error: Error) => {
         throw new Error(`${error.message}\n${output()}`);
       });
       clearLogs();
       await run(docker, ["-H", socket, "pull", imageRef()], 180_000);
       expectLargeBlobsRedirected();
-      const { stdout } = await run(docker, ["-H", socket, "run", "--rm", "--network", "none", imageRef(), "hello"], 120_000);
+      const { stdout } = await run(
+        docker,
+        ["-H", socket, "run", "--rm", "--network", "none", imageRef(), "hello"],
+        120_000,
+      );
       expect(stdout.trim()).toBe("Hello, world!");
     } finally {
       await runAllowingFailure(docker, ["-H", socket, "rmi", "-f", imageRef()], 60_000);
@@ -539,12 +630,20 @@ describe("real clients pull through the redirect", () => {
     const daemon = spawn("containerd", ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
     const output = captureOutput(daemon);
     try {
-      await waitFor("containerd", async () => {
-        if (daemon.exitCode !== null) throw new Error(`containerd exited with ${daemon.exitCode}:\n${output()}`);
-        return (await runAllowingFailure("ctr", ["--address", address, "version"], 10_000)).code === 0;
-      }, 60_000);
+      await waitFor(
+        "containerd",
+        async () => {
+          if (daemon.exitCode !== null) throw new Error(`containerd exited with ${daemon.exitCode}:\n${output()}`);
+          return (await runAllowingFailure("ctr", ["--address", address, "version"], 10_000)).code === 0;
+        },
+        60_000,
+      );
       clearLogs();
-      await run("ctr", ["--address", address, "images", "pull", "--plain-http", "--snapshotter", "native", imageRef()], 180_000);
+      await run(
+        "ctr",
+        ["--address", address, "images", "pull", "--plain-http", "--snapshotter", "native", imageRef()],
+        180_000,
+      );
       expectLargeBlobsRedirected();
       const { stdout } = await run("ctr", ["--address", address, "images", "check"]);
       expect(stdout).toMatch(/complete/);

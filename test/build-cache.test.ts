@@ -88,7 +88,10 @@ describe("the same inputs give the same image", () => {
       started.push(second);
       const { revision } = await resolveLatest(first.url, secret);
       expect((await resolveLatest(second.url, secret)).revision).toBe(revision);
-      const [a, b] = await Promise.all([build(first.url, secret, packages, revision), build(second.url, secret, packages, revision)]);
+      const [a, b] = await Promise.all([
+        build(first.url, secret, packages, revision),
+        build(second.url, secret, packages, revision),
+      ]);
       // Each built it: neither bucket had anything.
       expect(events(first, "build")).toBe(1);
       expect(events(second, "build")).toBe(1);
@@ -97,7 +100,9 @@ describe("the same inputs give the same image", () => {
       expect(b.image!.docker).toBe(a.image!.docker);
       // The very bytes in each bucket: both manifests, the config and every layer.
       for (const digest of [a.image!.oci, a.image!.docker]) {
-        expect((await object(storeB, manifestKey(digest))).equals(await object(storeA, manifestKey(digest)))).toBe(true);
+        expect((await object(storeB, manifestKey(digest))).equals(await object(storeA, manifestKey(digest)))).toBe(
+          true,
+        );
       }
       const manifest = await manifestOf(storeA, a);
       expect(await manifestOf(storeB, b)).toEqual(manifest);
@@ -109,7 +114,10 @@ describe("the same inputs give the same image", () => {
         expect(inB.equals(inA)).toBe(true);
       }
       // The image record is in each bucket: what makes the image exist for the worker.
-      expect(JSON.parse((await object(storeA, `images/${a.imageKey}.json`)).toString())).toMatchObject({ oci: a.image!.oci, revision });
+      expect(JSON.parse((await object(storeA, `images/${a.imageKey}.json`)).toString())).toMatchObject({
+        oci: a.image!.oci,
+        revision,
+      });
 
       // Another builder on bucket A, with an empty folder of its own, finds the image there.
       const third = await builderOn(bucketA.s3Env, "third");
@@ -158,7 +166,9 @@ describe("one build per image", () => {
     // The digest served is the manifest the builder stored.
     const [digest] = digests;
     const stored = await object(bucket(stack.s3Env), manifestKey(digest as Digest));
-    const body = Buffer.from(await (await fetch(`${stack.registryUrl}/v2/greeting/hello/manifests/${digest}`)).arrayBuffer());
+    const body = Buffer.from(
+      await (await fetch(`${stack.registryUrl}/v2/greeting/hello/manifests/${digest}`)).arrayBuffer(),
+    );
     expect(body.equals(stored)).toBe(true);
   });
 
@@ -169,7 +179,9 @@ describe("one build per image", () => {
     const { revision } = await resolveLatest(builder.url, secret);
     const before = await health(builder);
     const buildsBefore = events(builder, "build");
-    const results = await Promise.all(Array.from({ length: 20 }, () => build(builder.url, secret, ["dataset", "tools.greet"], revision)));
+    const results = await Promise.all(
+      Array.from({ length: 20 }, () => build(builder.url, secret, ["dataset", "tools.greet"], revision)),
+    );
     expect(new Set(results.map((r) => r.image!.oci)).size).toBe(1);
     const after = await health(builder);
     expect(after.builds).toBe(before.builds + 1);

@@ -61,9 +61,14 @@ describe("build jobs", () => {
   const nonce = randomUUID().slice(0, 8);
 
   const jobsStarted = (key: string) =>
-    stack.builders.map((builder) => entries(builder).filter((e) => e.event === "job-started" && e.imageKey === key).length);
+    stack.builders.map(
+      (builder) => entries(builder).filter((e) => e.event === "job-started" && e.imageKey === key).length,
+    );
   const builds = (key: string) =>
-    stack.builders.reduce((n, builder) => n + entries(builder).filter((e) => e.event === "build" && e.imageKey === key).length, 0);
+    stack.builders.reduce(
+      (n, builder) => n + entries(builder).filter((e) => e.event === "build" && e.imageKey === key).length,
+      0,
+    );
   const keyOf = async (name: string) => {
     const parsed = parseImageName(name);
     if (!parsed.ok) throw new Error(parsed.reason);
@@ -111,9 +116,14 @@ describe("build jobs", () => {
   });
 
   it("the stand-in proxy cuts an origin that takes longer than its limit to answer, with a 524", async () => {
-    const slow = http.createServer((_request, response) => setTimeout(() => response.end("late"), PROXY_LIMIT_MS + 1000));
+    const slow = http.createServer((_request, response) =>
+      setTimeout(() => response.end("late"), PROXY_LIMIT_MS + 1000),
+    );
     await new Promise<void>((resolve) => slow.listen(0, "127.0.0.1", resolve));
-    const proxy = await startOriginTimeoutProxy(`http://127.0.0.1:${(slow.address() as AddressInfo).port}`, PROXY_LIMIT_MS);
+    const proxy = await startOriginTimeoutProxy(
+      `http://127.0.0.1:${(slow.address() as AddressInfo).port}`,
+      PROXY_LIMIT_MS,
+    );
     try {
       const started = Date.now();
       const response = await fetch(proxy.url);
@@ -145,7 +155,9 @@ describe("build jobs", () => {
     const podmanDir = await mkdtemp(join(scratch, "pod-"));
     try {
       const [copied, ran] = await Promise.all([
-        execFileAsync("skopeo", ["copy", "--src-tls-verify=false", `docker://${image}`, `oci:${layout}:latest`], { timeout: 120_000 }),
+        execFileAsync("skopeo", ["copy", "--src-tls-verify=false", `docker://${image}`, `oci:${layout}:latest`], {
+          timeout: 120_000,
+        }),
         podmanRun(podmanDir, image, ["slowtool"]),
       ]);
       expect(copied.stdout).toMatch(/Writing manifest/);
@@ -166,7 +178,14 @@ describe("build jobs", () => {
       image?: { oci: string };
     };
     expect(record.phase).toBe("done");
-    expect(record.phases.map((p) => p.phase)).toEqual(["queued", "evaluating", "building", "layering", "uploading", "done"]);
+    expect(record.phases.map((p) => p.phase)).toEqual([
+      "queued",
+      "evaluating",
+      "building",
+      "layering",
+      "uploading",
+      "done",
+    ]);
     const at = (phase: JobPhase) => Date.parse(record.phases.find((p) => p.phase === phase)!.at);
     expect(at("layering") - at("building")).toBeGreaterThan(PROXY_LIMIT_MS);
     expect(record.progress.derivations?.total).toBeGreaterThanOrEqual(1);
@@ -177,7 +196,12 @@ describe("build jobs", () => {
     expect(seen.at(-1)).toBe("done");
     // The public view names no builder and no bucket.
     const text = await (await fetch(`${stack.registryUrl}/api/builds`)).text();
-    for (const secret of [...stack.builders.map((b) => new URL(b.url).host), ...proxies.map((p) => new URL(p.url).host), stack.s3Env.S3_ENDPOINT, stack.secret]) {
+    for (const secret of [
+      ...stack.builders.map((b) => new URL(b.url).host),
+      ...proxies.map((p) => new URL(p.url).host),
+      stack.s3Env.S3_ENDPOINT,
+      stack.secret,
+    ]) {
       expect(text).not.toContain(secret);
     }
   }, 180_000);
@@ -187,10 +211,12 @@ describe("build jobs", () => {
     const bases = [stack.registryUrl, stack.secondRegistryUrl!];
     const responses = await Promise.all(
       Array.from({ length: 50 }, (_, i) =>
-        fetch(`${bases[i % 2]}/v2/slowtool2/manifests/latest`, { headers: { Accept: OCI_MANIFEST } }).then(async (r) => ({
-          status: r.status,
-          digest: r.headers.get("docker-content-digest"),
-        })),
+        fetch(`${bases[i % 2]}/v2/slowtool2/manifests/latest`, { headers: { Accept: OCI_MANIFEST } }).then(
+          async (r) => ({
+            status: r.status,
+            digest: r.headers.get("docker-content-digest"),
+          }),
+        ),
       ),
     );
     expect(responses.every((r) => r.status === 200)).toBe(true);
@@ -202,11 +228,16 @@ describe("build jobs", () => {
   it("a client that gives up and comes back joins the build it started", async () => {
     const key = await keyOf("slowtool4");
     const gaveUp = new AbortController();
-    const first = fetch(`${stack.registryUrl}/v2/slowtool4/manifests/latest`, { headers: { Accept: OCI_MANIFEST }, signal: gaveUp.signal });
+    const first = fetch(`${stack.registryUrl}/v2/slowtool4/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+      signal: gaveUp.signal,
+    });
     await until("the job to start", () => jobsStarted(key).some((n) => n > 0));
     gaveUp.abort();
     await expect(first).rejects.toThrow();
-    const again = await fetch(`${stack.registryUrl}/v2/slowtool4/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+    const again = await fetch(`${stack.registryUrl}/v2/slowtool4/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+    });
     expect(again.status).toBe(200);
     expect(jobsStarted(key).reduce((a, b) => a + b, 0)).toBe(1);
     expect(builds(key)).toBe(1);
@@ -227,16 +258,29 @@ describe("build jobs", () => {
     const digest = response.headers.get("docker-content-digest");
 
     // Every blob of the image is in the bucket: skopeo gets it all from the worker.
-    await execFileAsync("skopeo", ["copy", "--src-tls-verify=false", `docker://${stack.registryHost}/slowtool3:latest`, `oci:${join(scratch, "slowtool3-oci")}:latest`], {
-      timeout: 120_000,
-    });
+    await execFileAsync(
+      "skopeo",
+      [
+        "copy",
+        "--src-tls-verify=false",
+        `docker://${stack.registryHost}/slowtool3:latest`,
+        `oci:${join(scratch, "slowtool3-oci")}:latest`,
+      ],
+      {
+        timeout: 120_000,
+      },
+    );
 
     // The stopped builder comes back: its journal names the unfinished job, which another builder has finished.
     const restarted = await stack.restartBuilder(first);
-    await until("the restarted builder to listen", () => restarted.logLines.some((line) => line.includes('"event":"listening"')));
+    await until("the restarted builder to listen", () =>
+      restarted.logLines.some((line) => line.includes('"event":"listening"')),
+    );
     expect(entries(restarted).filter((e) => e.event === "job-resumed" || e.event === "job-started")).toEqual([]);
     expect(await readdir(join(scratch, "builders", String(first + 1), "jobs"))).toEqual([]);
-    const again = await fetch(`${stack.registryUrl}/v2/slowtool3/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+    const again = await fetch(`${stack.registryUrl}/v2/slowtool3/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+    });
     expect(again.headers.get("docker-content-digest")).toBe(digest);
 
     // An image sharing slowtool3's store paths, ranked to the restarted builder: it reuses the layers the other
@@ -257,14 +301,20 @@ describe("build jobs", () => {
     }
     expect(name).not.toBeNull();
     const before = await builderStatus(restarted.url, stack.secret);
-    const shared = await fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+    const shared = await fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+    });
     expect(shared.status).toBe(200);
     expect(jobsStarted(await keyOf(name!))[first]).toBe(1);
     const after = await builderStatus(restarted.url, stack.secret);
     expect(after.layersReused - before.layersReused).toBeGreaterThanOrEqual(2); // busybox and slowtool3 at least
 
     // No blob was uploaded twice, by either builder, in this whole file.
-    const uploads = [killed, ...stack.builders].flatMap((builder) => entries(builder).filter((e) => e.event === "s3-upload").map((e) => e.digest));
+    const uploads = [killed, ...stack.builders].flatMap((builder) =>
+      entries(builder)
+        .filter((e) => e.event === "s3-upload")
+        .map((e) => e.digest),
+    );
     expect(uploads.length).toBeGreaterThan(0);
     expect(new Set(uploads).size).toBe(uploads.length);
   }, 240_000);

@@ -21,7 +21,13 @@ let bucket: Awaited<ReturnType<typeof startLocalBucket>>;
 let scratch: string;
 
 const JOB_ID = randomUUID();
-const JOB_BODY = JSON.stringify({ packages: ["hello"], system: "x86_64-linux", tag: "latest", revision: "0".repeat(40), jobId: JOB_ID });
+const JOB_BODY = JSON.stringify({
+  packages: ["hello"],
+  system: "x86_64-linux",
+  tag: "latest",
+  revision: "0".repeat(40),
+  jobId: JOB_ID,
+});
 
 const endpoints: { method: "POST"; path: string; body: string }[] = [
   { method: "POST", path: "/jobs", body: JOB_BODY },
@@ -46,7 +52,13 @@ async function expectUnauthorized(response: Response, reason: RegExp): Promise<v
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "builder-auth-"));
   bucket = await startLocalBucket(join(scratch, "bucket"));
-  builder = await startBuilder({ builderPort: 0, builderDataDir: join(scratch, "builder"), pkgsPath: TEST_PKGS, secret, s3Env: bucket.s3Env });
+  builder = await startBuilder({
+    builderPort: 0,
+    builderDataDir: join(scratch, "builder"),
+    pkgsPath: TEST_PKGS,
+    secret,
+    s3Env: bucket.s3Env,
+  });
 });
 
 afterAll(async () => {
@@ -69,12 +81,18 @@ describe("requests to the builder", () => {
       });
 
       it("signed with another secret: 401", async () => {
-        await expectUnauthorized(await call(method, path, body, await signRequest(`${secret}-other`, method, path, body)), /does not match/);
+        await expectUnauthorized(
+          await call(method, path, body, await signRequest(`${secret}-other`, method, path, body)),
+          /does not match/,
+        );
       });
 
       it("correctly signed 5 minutes ago (a replay): 401", async () => {
         const old = await signRequest(secret, method, path, body, Date.now() - 5 * 60_000);
-        await expectUnauthorized(await call(method, path, body, old), /(299|300|301) s old; requests are accepted for 60 s/);
+        await expectUnauthorized(
+          await call(method, path, body, old),
+          /(299|300|301) s old; requests are accepted for 60 s/,
+        );
       });
 
       it("signed for a moment in the future beyond the window: 401", async () => {
@@ -97,9 +115,15 @@ describe("requests to the builder", () => {
     await expectUnauthorized(await call("POST", "/resolve", JOB_BODY, headers), /does not match/);
     await expectUnauthorized(await call("POST", "/jobs", JOB_BODY.replace("hello", "curl"), headers), /does not match/);
     // Another job id in the same request: a captured submission can't be turned into another job.
-    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY.replace(JOB_ID, randomUUID()), headers), /does not match/);
+    await expectUnauthorized(
+      await call("POST", "/jobs", JOB_BODY.replace(JOB_ID, randomUUID()), headers),
+      /does not match/,
+    );
     const resolveBody = JSON.stringify({ tag: "latest" });
-    await expectUnauthorized(await call("POST", "/resolve", resolveBody, await signRequest(secret, "GET", "/resolve", resolveBody)), /does not match/);
+    await expectUnauthorized(
+      await call("POST", "/resolve", resolveBody, await signRequest(secret, "GET", "/resolve", resolveBody)),
+      /does not match/,
+    );
   });
 
   it("a malformed timestamp: 401", async () => {
@@ -114,8 +138,14 @@ describe("requests to the builder", () => {
     const before = { health: await jobs(), logged: started() };
     const body = JOB_BODY.replace(JOB_ID, randomUUID()).replace('"hello"', '"coreutils"');
     await expectUnauthorized(await call("POST", "/jobs", body, {}), /not signed/);
-    await expectUnauthorized(await call("POST", "/jobs", body, await signRequest(`${secret}-other`, "POST", "/jobs", body)), /does not match/);
-    await expectUnauthorized(await call("POST", "/jobs", body, await signRequest(secret, "POST", "/jobs", body, Date.now() - 5 * 60_000)), /s old/);
+    await expectUnauthorized(
+      await call("POST", "/jobs", body, await signRequest(`${secret}-other`, "POST", "/jobs", body)),
+      /does not match/,
+    );
+    await expectUnauthorized(
+      await call("POST", "/jobs", body, await signRequest(secret, "POST", "/jobs", body, Date.now() - 5 * 60_000)),
+      /s old/,
+    );
     expect(await jobs()).toBe(before.health);
     expect(started()).toBe(before.logged);
     const signed = await call("POST", "/jobs", body, await signRequest(secret, "POST", "/jobs", body));
@@ -140,9 +170,16 @@ describe("requests to the builder", () => {
     expect(ready.status).toBe(200);
     expect(await ready.json()).toEqual({ ready: true });
     await expectUnauthorized(await call("GET", "/status", "", {}), /not signed/);
-    await expectUnauthorized(await call("GET", "/status", "", await signRequest(`${secret}-other`, "GET", "/status", "")), /does not match/);
+    await expectUnauthorized(
+      await call("GET", "/status", "", await signRequest(`${secret}-other`, "GET", "/status", "")),
+      /does not match/,
+    );
     const status = await builderStatus(builder.url, secret);
-    expect(status).toMatchObject({ ready: true, problem: null, store: `S3 bucket ${bucket.s3Env.S3_BUCKET} at ${bucket.s3Env.S3_ENDPOINT}` });
+    expect(status).toMatchObject({
+      ready: true,
+      problem: null,
+      store: `S3 bucket ${bucket.s3Env.S3_BUCKET} at ${bucket.s3Env.S3_ENDPOINT}`,
+    });
     expect(status.jobs.started).toBeGreaterThanOrEqual(0);
   });
 });
@@ -159,7 +196,11 @@ describe("request bodies, before any signature check", () => {
     return total;
   }
   function childPids(pid: number): number[] {
-    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
     return children.flatMap((child) => [child, ...childPids(child)]);
   }
 
@@ -174,7 +215,9 @@ describe("request bodies, before any signature check", () => {
     socket.on("error", () => undefined); // the builder may reset while we still write
     socket.on("close", () => (closed = true));
     // Chunked, so no Content-Length tells the builder the size up front: it has to count.
-    socket.write("POST /jobs HTTP/1.1\r\nHost: builder\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    socket.write(
+      "POST /jobs HTTP/1.1\r\nHost: builder\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     const chunk = Buffer.alloc(1024 * 1024, 0x20);
     const frame = Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from("\r\n")]);
     let sent = 0;
@@ -183,7 +226,10 @@ describe("request bodies, before any signature check", () => {
     // and a reset can take the unread answer with it.
     while (sent < 1024 * 1024 * 1024 && !closed && answer === "" && Date.now() < deadline) {
       if (!socket.write(frame)) {
-        await Promise.race([new Promise((resolve) => socket.once("drain", resolve)), new Promise((resolve) => setTimeout(resolve, 200))]);
+        await Promise.race([
+          new Promise((resolve) => socket.once("drain", resolve)),
+          new Promise((resolve) => setTimeout(resolve, 200)),
+        ]);
       }
       sent += chunk.length;
     }
@@ -233,19 +279,28 @@ describe("replayed requests (a nonce in every signature, remembered for the sign
 
   it("the worker's way of asking after a job, signing each request anew, is answered every time", async () => {
     for (let i = 0; i < 5; i++) {
-      expect((await call("POST", "/jobs", JOB_BODY, await signRequest(secret, "POST", "/jobs", JOB_BODY))).status).toBe(200);
+      expect((await call("POST", "/jobs", JOB_BODY, await signRequest(secret, "POST", "/jobs", JOB_BODY))).status).toBe(
+        200,
+      );
     }
   });
 });
 
 describe("request headers", () => {
   it("headers over the builder's 16 KiB limit get 431 with a registry error naming the limit", async () => {
-    const response = await fetch(`${builder.url}/jobs`, { method: "POST", headers: { "x-padding": "p".repeat(20 * 1024) }, body: "{}" });
+    const response = await fetch(`${builder.url}/jobs`, {
+      method: "POST",
+      headers: { "x-padding": "p".repeat(20 * 1024) },
+      body: "{}",
+    });
     expect(response.status).toBe(431);
     expect(response.headers.get("content-type")).toBe("application/json");
     const body = (await response.json()) as { errors: { code: string; message: string }[] };
     expect(body.errors[0].message).toBe("request headers too large: the builder takes at most 16384 bytes of headers");
     // Just under the limit is read, and refused only for what it lacks.
-    await expectUnauthorized(await call("POST", "/jobs", JOB_BODY, { "x-padding": "p".repeat(15 * 1024) }), /not signed/);
+    await expectUnauthorized(
+      await call("POST", "/jobs", JOB_BODY, { "x-padding": "p".repeat(15 * 1024) }),
+      /not signed/,
+    );
   });
 });

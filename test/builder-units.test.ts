@@ -8,7 +8,14 @@ import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { NONCE_HEADER, SeenNonces, signRequest, verifyRequest, SIGNATURE_HEADER, TIMESTAMP_HEADER } from "../common/builder-api.ts";
+import {
+  NONCE_HEADER,
+  SeenNonces,
+  signRequest,
+  verifyRequest,
+  SIGNATURE_HEADER,
+  TIMESTAMP_HEADER,
+} from "../common/builder-api.ts";
 import { parseDigest, type Digest } from "../common/digest.ts";
 import { parseRange, satisfyRange } from "../common/http-range.ts";
 import { parseImageName } from "../common/image-name.ts";
@@ -66,7 +73,12 @@ function folderStore(dir: string): { stage(): Promise<StagedBlob>; commits: { di
 
 function node(name: string, references: string[] = [], narSize = 1000): StorePathNode {
   const path = `/nix/store/${name.padEnd(32, "a").slice(0, 32)}-${name}`;
-  return { path, references: references.map((r) => `/nix/store/${r.padEnd(32, "a").slice(0, 32)}-${r}`), narSize, closureSize: narSize };
+  return {
+    path,
+    references: references.map((r) => `/nix/store/${r.padEnd(32, "a").slice(0, 32)}-${r}`),
+    narSize,
+    closureSize: narSize,
+  };
 }
 
 describe("layering", () => {
@@ -122,7 +134,9 @@ describe("tarballs", () => {
     const tarBytes = execFileSync("gzip", ["-dc", join(scratch, "blobs", layerA.digest.slice(7))]);
     expect(tarBytes.length).toBe(layerA.tarSize);
     expect(`sha256:${createHash("sha256").update(tarBytes).digest("hex")}`).toBe(layerA.diffId);
-    const listing = execFileSync("tar", ["-tvzf", join(scratch, "blobs", layerA.digest.slice(7))], { encoding: "utf8" });
+    const listing = execFileSync("tar", ["-tvzf", join(scratch, "blobs", layerA.digest.slice(7))], {
+      encoding: "utf8",
+    });
     const lines = listing.trim().split("\n");
     expect(lines[0]).toMatch(/^dr-xr-xr-x 0\/0 +0 1970-01-01 00:00 nix\/?$/);
     expect(lines.some((l) => /^-r-xr-xr-x 0\/0 .* nix\/store\/0{32}-demo\/bin\/tool$/.test(l))).toBe(true);
@@ -134,7 +148,10 @@ describe("tarballs", () => {
     const dir = join(scratch, "aborted");
     const store = folderStore(dir);
     // A file that vanished between listing and tarring (a store path garbage-collected meanwhile).
-    const missing: TarEntry[] = [{ name: "nix", type: "directory", mode: 0o555 }, { name: "nix/gone", type: "file", mode: 0o444, size: 10, source: join(scratch, "no-such-file") }];
+    const missing: TarEntry[] = [
+      { name: "nix", type: "directory", mode: 0o555 },
+      { name: "nix/gone", type: "file", mode: 0o444, size: 10, source: join(scratch, "no-such-file") },
+    ];
     await expect(writeLayer(missing, store)).rejects.toThrow();
     expect(store.commits).toEqual([]);
     expect(execFileSync("ls", ["-A", dir], { encoding: "utf8" })).toBe("");
@@ -169,9 +186,15 @@ describe("request signing", () => {
   it("accepts a fresh signature and refuses a wrong secret, another path, another body, or an old one", async () => {
     const now = Date.now();
     const headers = await signRequest(secret, "POST", "/jobs", '{"a":1}', now);
-    const given = { signature: headers[SIGNATURE_HEADER], timestamp: headers[TIMESTAMP_HEADER], nonce: headers[NONCE_HEADER] };
+    const given = {
+      signature: headers[SIGNATURE_HEADER],
+      timestamp: headers[TIMESTAMP_HEADER],
+      nonce: headers[NONCE_HEADER],
+    };
     const seen = new SeenNonces();
-    expect((await verifyRequest("another-secret-0123456789", "POST", "/jobs", '{"a":1}', given, seen, now)).ok).toBe(false);
+    expect((await verifyRequest("another-secret-0123456789", "POST", "/jobs", '{"a":1}', given, seen, now)).ok).toBe(
+      false,
+    );
     expect((await verifyRequest(secret, "POST", "/resolve", '{"a":1}', given, seen, now)).ok).toBe(false);
     expect((await verifyRequest(secret, "POST", "/jobs", '{"a":2}', given, seen, now)).ok).toBe(false);
     const old = await verifyRequest(secret, "POST", "/jobs", '{"a":1}', given, seen, now + 5 * 60_000);
@@ -189,18 +212,29 @@ describe("request signing", () => {
 
   it("signs a fresh nonce into every request, and refuses a request without one or with another", async () => {
     const now = Date.now();
-    const [first, second] = [await signRequest(secret, "GET", "/x", "", now), await signRequest(secret, "GET", "/x", "", now)];
+    const [first, second] = [
+      await signRequest(secret, "GET", "/x", "", now),
+      await signRequest(secret, "GET", "/x", "", now),
+    ];
     expect(first[NONCE_HEADER]).toMatch(/^[0-9a-f]{32}$/);
     expect(second[NONCE_HEADER]).not.toBe(first[NONCE_HEADER]);
     expect(second[SIGNATURE_HEADER]).not.toBe(first[SIGNATURE_HEADER]);
     const seen = new SeenNonces();
-    const given = (h: Record<string, string>) => ({ signature: h[SIGNATURE_HEADER], timestamp: h[TIMESTAMP_HEADER], nonce: h[NONCE_HEADER] });
-    expect(await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: undefined }, seen, now)).toMatchObject({
+    const given = (h: Record<string, string>) => ({
+      signature: h[SIGNATURE_HEADER],
+      timestamp: h[TIMESTAMP_HEADER],
+      nonce: h[NONCE_HEADER],
+    });
+    expect(
+      await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: undefined }, seen, now),
+    ).toMatchObject({
       ok: false,
       reason: expect.stringMatching(/no nonce/),
     });
     // The nonce is part of the signed message: a captured request can't be made new by changing it.
-    expect(await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: second[NONCE_HEADER] }, seen, now)).toMatchObject({
+    expect(
+      await verifyRequest(secret, "GET", "/x", "", { ...given(first), nonce: second[NONCE_HEADER] }, seen, now),
+    ).toMatchObject({
       ok: false,
       reason: expect.stringMatching(/does not match/),
     });
@@ -235,7 +269,10 @@ describe("names, tags, digests and ranges", () => {
     // Components are lower case; the meta-package's bashInteractive is the same package, in either order.
     expect(parseImageName("shell/bashinteractive")).toEqual(parseImageName("shell"));
     expect(parseImageName("bashinteractive/shell")).toEqual(parseImageName("shell"));
-    expect(parseImageName("arm64/hello")).toEqual({ ok: true, image: { packages: ["hello"], system: "aarch64-linux" } });
+    expect(parseImageName("arm64/hello")).toEqual({
+      ok: true,
+      image: { packages: ["hello"], system: "aarch64-linux" },
+    });
     expect(parseImageName("Hello").ok).toBe(false);
     expect(parseImageName("a//b").ok).toBe(false);
     expect(parseImageName("arm64").ok).toBe(false);
@@ -244,18 +281,30 @@ describe("names, tags, digests and ranges", () => {
   it("refuses names, images and tags over their limits, naming the limit and the size", () => {
     const packages = (n: number) => Array.from({ length: n }, (_, i) => `p${i + 1}`);
     expect(parseImageName(packages(64).join("/")).ok).toBe(true);
-    expect(parseImageName(packages(65).join("/"))).toEqual({ ok: false, reason: "an image holds at most 64 packages; this name asks for 65" });
+    expect(parseImageName(packages(65).join("/"))).toEqual({
+      ok: false,
+      reason: "an image holds at most 64 packages; this name asks for 65",
+    });
     // Counted as the builder will get them: meta-packages expanded, duplicates and the system switch left out.
     expect(parseImageName(["arm64", "shell", ...packages(60), "p1"].join("/")).ok).toBe(true);
-    expect(parseImageName(["shell", ...packages(61)].join("/"))).toMatchObject({ ok: false, reason: expect.stringMatching(/asks for 65/) });
-    expect(parseImageName("a".repeat(256))).toEqual({ ok: false, reason: "repository names are at most 255 characters; this one has 256" });
+    expect(parseImageName(["shell", ...packages(61)].join("/"))).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/asks for 65/),
+    });
+    expect(parseImageName("a".repeat(256))).toEqual({
+      ok: false,
+      reason: "repository names are at most 255 characters; this one has 256",
+    });
     expect(tagProblem("t".repeat(128))).toBeNull();
     expect(tagProblem("t".repeat(129))).toBe("tags are at most 128 characters; this one has 129");
     expect(tagProblem(".x")).toMatch(/not a tag/);
     // The builder holds the same limit, so a request that skipped the worker's check is refused too.
     const build = { system: "x86_64-linux", tag: "latest", revision: "abc" };
     expect(validateBuildRequest({ ...build, packages: packages(64) }).ok).toBe(true);
-    expect(validateBuildRequest({ ...build, packages: packages(65) })).toEqual({ ok: false, reason: "an image holds 1 to 64 packages, not 65" });
+    expect(validateBuildRequest({ ...build, packages: packages(65) })).toEqual({
+      ok: false,
+      reason: "an image holds 1 to 64 packages, not 65",
+    });
   });
 
   it("classifies tags", () => {
@@ -269,7 +318,10 @@ describe("names, tags, digests and ranges", () => {
   it("checks digests", () => {
     expect(parseDigest(`sha256:${"a".repeat(64)}`).ok).toBe(true);
     expect(parseDigest("sha256:totallywrong").ok).toBe(false);
-    expect(parseDigest(`md5:${"a".repeat(32)}`)).toMatchObject({ ok: false, reason: expect.stringMatching(/not supported/) });
+    expect(parseDigest(`md5:${"a".repeat(32)}`)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/not supported/),
+    });
   });
 
   it("parses ranges the way RFC 9110 says", () => {
@@ -291,10 +343,19 @@ describe("names, tags, digests and ranges", () => {
   });
 
   it("the builder re-checks build requests", () => {
-    expect(validateBuildRequest({ packages: ["hello", "a.b"], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(true);
-    expect(validateBuildRequest({ packages: ['x"; builtins.exec'], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
-    expect(validateBuildRequest({ packages: ["hello"], system: "riscv", tag: "latest", revision: "abc" }).ok).toBe(false);
-    expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(false);
+    expect(
+      validateBuildRequest({ packages: ["hello", "a.b"], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok,
+    ).toBe(true);
+    expect(
+      validateBuildRequest({ packages: ['x"; builtins.exec'], system: "x86_64-linux", tag: "latest", revision: "abc" })
+        .ok,
+    ).toBe(false);
+    expect(validateBuildRequest({ packages: ["hello"], system: "riscv", tag: "latest", revision: "abc" }).ok).toBe(
+      false,
+    );
+    expect(validateBuildRequest({ packages: [], system: "x86_64-linux", tag: "latest", revision: "abc" }).ok).toBe(
+      false,
+    );
   });
 
   it("says what is wrong with a request first, in the order the fields are checked, a missing field included", () => {
@@ -309,14 +370,23 @@ describe("names, tags, digests and ranges", () => {
     expect(reason({ ...build, packages: "hello" })).toBe("an image holds 1 to 64 packages, not none");
     // The count before the names: 65 names that are not attribute paths are refused for being 65.
     expect(reason({ ...build, packages: Array(65).fill(7) })).toBe("an image holds 1 to 64 packages, not 65");
-    expect(reason({ ...build, packages: ["hello", { a: 1 }] })).toBe('"[object Object]" is not a package attribute path');
-    expect(reason({ ...build, packages: ["a".repeat(256)] })).toBe(`"${"a".repeat(256)}" is not a package attribute path`);
+    expect(reason({ ...build, packages: ["hello", { a: 1 }] })).toBe(
+      '"[object Object]" is not a package attribute path',
+    );
+    expect(reason({ ...build, packages: ["a".repeat(256)] })).toBe(
+      `"${"a".repeat(256)}" is not a package attribute path`,
+    );
     expect(reason({ ...build, system: undefined })).toBe("system must be one of x86_64-linux, aarch64-linux");
-    expect(reason({ packages: ["hello"], system: "x86_64-linux", revision: "abc" })).toBe("the build request needs a tag and the revision it resolved to");
+    expect(reason({ packages: ["hello"], system: "x86_64-linux", revision: "abc" })).toBe(
+      "the build request needs a tag and the revision it resolved to",
+    );
     expect(reason({ ...build, revision: "ABC" })).toBe("the build request needs a tag and the revision it resolved to");
     expect(reason({ ...build, jobId: "j", waitSeconds: 11 })).toBe("waitSeconds is a number of seconds from 0 to 10");
     expect(reason({ ...build, jobId: "j", waitSeconds: null })).toBe("waitSeconds is a number of seconds from 0 to 10");
-    expect(validateJobRequest({ ...build, jobId: "j", waitSeconds: 10, extra: 1 })).toEqual({ ok: true, request: { ...build, jobId: "j", waitSeconds: 10 } });
+    expect(validateJobRequest({ ...build, jobId: "j", waitSeconds: 10, extra: 1 })).toEqual({
+      ok: true,
+      request: { ...build, jobId: "j", waitSeconds: 10 },
+    });
   });
 
   it("the builder re-checks job requests: a build request plus a job id of letters, digits and dashes", () => {
@@ -365,10 +435,21 @@ describe("the builder's Nix settings", () => {
   it("names each variable whose value is wrong, and keeps NIX_TIMEOUT_SECONDS as NIX_TIMEOUT's old name", () => {
     const problems: string[] = [];
     const settings = readNixSettings(
-      { NIX_SUBSTITUTERS: "cache.nixos.org", NIX_TRUSTED_PUBLIC_KEYS: "garbage", NIX_MAX_JOBS: "many", NIX_CORES: "-1", NIX_TIMEOUT_SECONDS: "30" },
+      {
+        NIX_SUBSTITUTERS: "cache.nixos.org",
+        NIX_TRUSTED_PUBLIC_KEYS: "garbage",
+        NIX_MAX_JOBS: "many",
+        NIX_CORES: "-1",
+        NIX_TIMEOUT_SECONDS: "30",
+      },
       problems,
     );
-    expect(problems.map((p) => p.split(/[:=]/)[0])).toEqual(["NIX_SUBSTITUTERS", "NIX_TRUSTED_PUBLIC_KEYS", "NIX_MAX_JOBS", "NIX_CORES"]);
+    expect(problems.map((p) => p.split(/[:=]/)[0])).toEqual([
+      "NIX_SUBSTITUTERS",
+      "NIX_TRUSTED_PUBLIC_KEYS",
+      "NIX_MAX_JOBS",
+      "NIX_CORES",
+    ]);
     // With a problem there are no settings to start with; the old name alone is read as NIX_TIMEOUT.
     expect(settings).toBeNull();
     expect(readNixSettings({ NIX_TIMEOUT_SECONDS: "30" }, [])?.timeoutSeconds).toBe(30);
@@ -386,9 +467,11 @@ describe("the builder's Nix settings", () => {
   });
 
   it("reads the message a package set throws, from Nix 2.8's one line and from a newer Nix's trace", () => {
-    expect(thrownMessage("error: 'x' has been renamed to/replaced by 'y'\n(use '--show-trace' to show detailed location information)\n")).toBe(
-      "'x' has been renamed to/replaced by 'y'",
-    );
+    expect(
+      thrownMessage(
+        "error: 'x' has been renamed to/replaced by 'y'\n(use '--show-trace' to show detailed location information)\n",
+      ),
+    ).toBe("'x' has been renamed to/replaced by 'y'");
     const trace = [
       "error:",
       "       … while evaluating the attribute 'drvPath'",
@@ -435,10 +518,19 @@ describe("time limits on the builder's child processes and requests", () => {
     await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
     const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/pkgs-${randomUUID()}.git`;
     try {
-      const source = new GitRepoSource({ url, branch: null, dataDir: join(scratch, "git-timeout"), ttlSeconds: 60, log: quiet, fetchTimeoutSeconds: 0.1 });
+      const source = new GitRepoSource({
+        url,
+        branch: null,
+        dataDir: join(scratch, "git-timeout"),
+        ttlSeconds: 60,
+        log: quiet,
+        fetchTimeoutSeconds: 0.1,
+      });
       const started = performance.now();
       // The first clone gets ten fetches' time: 1 s here.
-      await expect(source.init()).rejects.toThrow(`cannot clone NIXERY_PKGS_REPO=${url}: git clone took longer than its time limit of 1 s and was stopped`);
+      await expect(source.init()).rejects.toThrow(
+        `cannot clone NIXERY_PKGS_REPO=${url}: git clone took longer than its time limit of 1 s and was stopped`,
+      );
       expect(performance.now() - started).toBeLessThan(3000);
       expect(sockets.size).toBeGreaterThan(0); // git did reach the host, and waited on it
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -460,7 +552,13 @@ describe("time limits on the builder's child processes and requests", () => {
     await new Promise<void>((resolve) => stalled.listen(0, "127.0.0.1", resolve));
     const base = `http://127.0.0.1:${(stalled.address() as AddressInfo).port}`;
     try {
-      const source = new ChannelSource({ defaultChannel: "nixos-test", channelsUrl: base, archiveUrl: `${base}/archive`, ttlSeconds: 60, requestTimeoutMs: 250 });
+      const source = new ChannelSource({
+        defaultChannel: "nixos-test",
+        channelsUrl: base,
+        archiveUrl: `${base}/archive`,
+        ttlSeconds: 60,
+        requestTimeoutMs: 250,
+      });
       for (const channel of ["nixos-silent", "nixos-headers-only"]) {
         const started = performance.now();
         await expect(source.resolve(channel)).rejects.toThrow(

@@ -28,7 +28,9 @@ describe("cold builds per client", () => {
     const refused = await pull("hello/coreutils", client);
     expect(refused.status).toBe(429);
     expect(refused.headers.get("retry-after")).toBe("60");
-    const body = (await refused.json()) as { errors: { code: string; message: string; detail: { retryAfterSeconds: number } }[] };
+    const body = (await refused.json()) as {
+      errors: { code: string; message: string; detail: { retryAfterSeconds: number } }[];
+    };
     expect(body.errors[0].code).toBe("TOOMANYREQUESTS");
     expect(body.errors[0].message).toMatch(/COLD_BUILDS rate limit.*retry in 60 seconds/);
     expect(stack.jobsStarted()).toBe(jobs);
@@ -61,7 +63,8 @@ describe("cold builds per client", () => {
     const jobs = stack.jobsStarted();
     const started = pull("moreutils/nano", starter);
     const deadline = Date.now() + 30_000;
-    while (stack.jobsStarted() === jobs && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    while (stack.jobsStarted() === jobs && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 20));
     // The build runs (or has just finished): the joiner, out of quota, still gets the image.
     const joined = await pull("moreutils/nano", joiner);
     expect(joined.status).toBe(200);

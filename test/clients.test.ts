@@ -96,7 +96,9 @@ describe("skopeo", () => {
   });
 
   it("reads the raw manifest byte for byte (inspect --raw)", async () => {
-    const raw = (await run("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${stack.registryHost}/hello:latest`])).stdout;
+    const raw = (
+      await run("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://${stack.registryHost}/hello:latest`])
+    ).stdout;
     const manifest = JSON.parse(raw) as ImageManifest;
     expect(manifest.mediaType).toBe(OCI_MANIFEST);
     const served = await registryManifest("hello:latest", await skopeoAccept());
@@ -105,7 +107,12 @@ describe("skopeo", () => {
 
   it("copies hello into an OCI layout, keeping the registry's manifest digest and every blob", async () => {
     const layout = join(await mkdtemp(join(stack.scratch, "skopeo-")), "oci");
-    await run("skopeo", ["copy", "--src-tls-verify=false", `docker://${stack.registryHost}/hello:latest`, `oci:${layout}:hello`]);
+    await run("skopeo", [
+      "copy",
+      "--src-tls-verify=false",
+      `docker://${stack.registryHost}/hello:latest`,
+      `oci:${layout}:hello`,
+    ]);
     const index = JSON.parse(await readFile(join(layout, "index.json"), "utf8")) as {
       manifests: { mediaType: string; digest: string; annotations?: Record<string, string> }[];
     };
@@ -116,7 +123,9 @@ describe("skopeo", () => {
     const served = await registryManifest("hello:latest", await skopeoAccept());
     expect(entry.mediaType).toBe(OCI_MANIFEST);
     expect(entry.digest).toBe(served.digest);
-    const manifest = JSON.parse(await readFile(join(layout, "blobs/sha256", entry.digest.slice(7)), "utf8")) as ImageManifest;
+    const manifest = JSON.parse(
+      await readFile(join(layout, "blobs/sha256", entry.digest.slice(7)), "utf8"),
+    ) as ImageManifest;
     for (const blob of [manifest.config, ...manifest.layers]) {
       const bytes = await readFile(join(layout, "blobs/sha256", blob.digest.slice(7)));
       expect(bytes.byteLength).toBe(blob.size);
@@ -140,7 +149,9 @@ describe("podman", () => {
     const { stdout } = await podmanRun(dir, image, ["hello"]);
     expect(stdout).toBe("Hello, world!\n");
 
-    const [digest, manifestType] = (await run("podman", [...podman, "image", "inspect", image, "--format", "{{.Digest}} {{.ManifestType}}"])).stdout
+    const [digest, manifestType] = (
+      await run("podman", [...podman, "image", "inspect", image, "--format", "{{.Digest}} {{.ManifestType}}"])
+    ).stdout
       .trim()
       .split(" ");
     // podman (containers/image, like skopeo) lists the OCI type first among the ones it accepts: it gets OCI.
@@ -161,8 +172,12 @@ describe("docker CLI", () => {
       const reference = `${recorder.host}/hello:latest`;
       const docker = (args: string[]) => run("env", [`DOCKER_CONFIG=${config}`, "docker", ...args], 60_000);
 
-      const plain = JSON.parse((await docker(["manifest", "inspect", "--insecure", reference])).stdout) as ImageManifest;
-      const verbose = JSON.parse((await docker(["manifest", "inspect", "--insecure", "--verbose", reference])).stdout) as {
+      const plain = JSON.parse(
+        (await docker(["manifest", "inspect", "--insecure", reference])).stdout,
+      ) as ImageManifest;
+      const verbose = JSON.parse(
+        (await docker(["manifest", "inspect", "--insecure", "--verbose", reference])).stdout,
+      ) as {
         Descriptor: { mediaType: string; digest: string; size: number };
       };
 

@@ -33,14 +33,23 @@ describe("images of real software", () => {
   });
 
   it("shell/git runs git --version, and bash and coreutils come from the package set", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "shell/git:latest", await mkdtemp(join(stack.scratch, "git-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "shell/git:latest",
+      await mkdtemp(join(stack.scratch, "git-")),
+    );
     expect((await runInRootfs(rootfs, ["git", "--version"])).stdout).toMatch(/^git version \d+\.\d+/);
-    expect((await runInRootfs(rootfs, ["bash", "-c", "echo $BASH_VERSION; ls /bin/ls"])).stdout).toMatch(/^\d+\.\d+.*\n\/bin\/ls\n$/);
+    expect((await runInRootfs(rootfs, ["bash", "-c", "echo $BASH_VERSION; ls /bin/ls"])).stdout).toMatch(
+      /^\d+\.\d+.*\n\/bin\/ls\n$/,
+    );
   });
 
   it("python3 finds its standard library, and shares its base layers with curl's image", async () => {
     const rootfs = await pullAndUnpack(stack.registryHost, "python3:latest", await mkdtemp(join(stack.scratch, "py-")));
-    expect((await runInRootfs(rootfs, ["python3", "-c", "import json, ssl; print(json.dumps([ssl.OPENSSL_VERSION[:7]]))"])).stdout).toBe('["OpenSSL"]\n');
+    expect(
+      (await runInRootfs(rootfs, ["python3", "-c", "import json, ssl; print(json.dumps([ssl.OPENSSL_VERSION[:7]]))"]))
+        .stdout,
+    ).toBe('["OpenSSL"]\n');
     const layers = async (image: string) => {
       const response = await fetch(`${stack.registryUrl}/v2/${image}/manifests/latest`);
       return ((await response.json()) as { layers: { digest: string }[] }).layers.map((l) => l.digest);

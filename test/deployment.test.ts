@@ -19,9 +19,19 @@ const WRAPPER = join(PROJECT_ROOT, "deploy/builder-service");
 const INSTALLER = join(PROJECT_ROOT, "deploy/install-builder.sh");
 const UNIT = join(PROJECT_ROOT, "deploy/builder-service.service");
 
-async function run(command: string, args: string[], env: Record<string, string | undefined> = process.env, cwd = PROJECT_ROOT) {
+async function run(
+  command: string,
+  args: string[],
+  env: Record<string, string | undefined> = process.env,
+  cwd = PROJECT_ROOT,
+) {
   try {
-    const { stdout, stderr } = await execFileAsync(command, args, { env, cwd, timeout: 60_000, maxBuffer: 16 * 1024 * 1024 });
+    const { stdout, stderr } = await execFileAsync(command, args, {
+      env,
+      cwd,
+      timeout: 60_000,
+      maxBuffer: 16 * 1024 * 1024,
+    });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code?: number; stdout?: string; stderr?: string };
@@ -110,7 +120,9 @@ describe("the builder-service command", () => {
   });
 
   it("is the package's bin", async () => {
-    const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as { bin: Record<string, string> };
+    const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as {
+      bin: Record<string, string>;
+    };
     expect(pkg.bin["builder-service"]).toBe("deploy/builder-service");
   });
 
@@ -133,11 +145,17 @@ describe("the builder-service command", () => {
   });
 
   it("--check reports Nix's sandbox, and warns with what to do when it is off (Debian's nix.conf turns it off)", async () => {
-    const on = await run(WRAPPER, ["--check"], { ...goodEnv("data-sandbox"), NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = true` });
+    const on = await run(WRAPPER, ["--check"], {
+      ...goodEnv("data-sandbox"),
+      NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = true`,
+    });
     expect(on.code).toBe(0);
     expect(on.stdout).toMatch(/\n {2}nix: {4}2\.\d+\S*, new enough .*; sandbox on\n/);
     expect(on.stderr).not.toContain("warning");
-    const off = await run(WRAPPER, ["--check"], { ...goodEnv("data-sandbox"), NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = false` });
+    const off = await run(WRAPPER, ["--check"], {
+      ...goodEnv("data-sandbox"),
+      NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nsandbox = false`,
+    });
     expect(off.code).toBe(0);
     expect(off.stdout).toContain("sandbox OFF");
     expect(off.stderr).toContain("builder-service: warning: Nix's sandbox OFF: package builds see the network");
@@ -149,7 +167,10 @@ describe("the builder-service command", () => {
     const wrong = await run(WRAPPER, ["--check"], { ...env, NIX_EXTRA_SUBSTITUTERS: "cache.example.com" });
     expect(wrong.code).toBe(2);
     expect(wrong.stderr).toContain('NIX_EXTRA_SUBSTITUTERS: "cache.example.com" is not a binary cache URL');
-    const refused = await run(WRAPPER, ["--check"], { ...env, NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nmax-substitution-jobs-typo = 3` });
+    const refused = await run(WRAPPER, ["--check"], {
+      ...env,
+      NIX_CONFIG: `${OFFLINE_NIX_CONFIG}\nmax-substitution-jobs-typo = 3`,
+    });
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain("NIX_CONFIG: Nix does not know the setting 'max-substitution-jobs-typo'");
   });
@@ -163,7 +184,10 @@ describe("the builder-service command", () => {
   });
 
   it("--check refuses BUILDER_STORE=local, which no longer exists, saying what to do instead", async () => {
-    const { code, stderr } = await run(WRAPPER, ["--check"], { ...goodEnv("data-local-store"), BUILDER_STORE: "local" });
+    const { code, stderr } = await run(WRAPPER, ["--check"], {
+      ...goodEnv("data-local-store"),
+      BUILDER_STORE: "local",
+    });
     expect(code).toBe(2);
     expect(stderr).toContain("BUILDER_STORE=local is no longer a choice");
     expect(stderr).toContain("Remove BUILDER_STORE");
@@ -186,10 +210,14 @@ describe("the builder-service command", () => {
     child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
     child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    for (let i = 0; i < 200 && !output.includes('"event":"listening"'); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 200 && !output.includes('"event":"listening"'); i++)
+      await new Promise((r) => setTimeout(r, 50));
     expect(output).toContain('"event":"listening"');
     child.stdin.end();
-    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("still running after 10 s"), 10_000))]);
+    const code = await Promise.race([
+      exited,
+      new Promise<string>((r) => setTimeout(() => r("still running after 10 s"), 10_000)),
+    ]);
     if (code === "still running after 10 s") child.kill("SIGKILL");
     expect(code).toBe(0);
     expect(output).toContain("standard input closed");
@@ -246,7 +274,12 @@ describe("the install script", () => {
   });
 
   it("--dry-run shows every step and changes nothing", async () => {
-    const watched = ["/etc/nix-edge-registry", "/opt/nix-edge-registry", "/etc/systemd/system/builder-service.service", "/usr/local/bin/builder-service"];
+    const watched = [
+      "/etc/nix-edge-registry",
+      "/opt/nix-edge-registry",
+      "/etc/systemd/system/builder-service.service",
+      "/usr/local/bin/builder-service",
+    ];
     const before = watched.map((path) => existsSync(path));
     // As on a machine without Nix (this one may have an old nix-bin, which stops the script: tested below).
     const { code, stdout, stderr } = await dryRun("--nix-build", "none");
@@ -279,7 +312,11 @@ describe("the install script", () => {
     expect(help.stdout).toContain("--nix-build none: as if no Nix were installed");
     expect(help.stdout).not.toContain("set -euo pipefail");
     expect(help.stdout).toContain("--nix-conf FILE     read FILE instead of /etc/nix/nix.conf");
-    for (const option of [["--os-release", "/etc/os-release"], ["--nix-build", "none"], ["--nix-conf", "/etc/nix/nix.conf"]]) {
+    for (const option of [
+      ["--os-release", "/etc/os-release"],
+      ["--nix-build", "none"],
+      ["--nix-conf", "/etc/nix/nix.conf"],
+    ]) {
       const { code, stderr } = await run("bash", [INSTALLER, ...option]);
       expect(code).toBe(2);
       expect(stderr).toContain(`${option[0]} is for testing and works only with --dry-run`);
@@ -377,16 +414,47 @@ const APT_NIX = "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -
 const UPSTREAM_TOOLS = "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl xz-utils";
 const UPSTREAM_DOWNLOAD = /would run: curl -fsSL -o (\S+)\/install https:\/\/nixos\.org\/nix\/install\n/;
 const UPSTREAM_RUN = /would run: sh (\S+)\/install --daemon --yes\n/;
-const VERSION_CHECK = "would check: the installed nix-build (/nix/var/nix/profiles/default/bin first, then PATH) is Nix 2.18 or later";
+const VERSION_CHECK =
+  "would check: the installed nix-build (/nix/var/nix/profiles/default/bin first, then PATH) is Nix 2.18 or later";
 
 describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", () => {
   const cases = [
-    { system: "Debian 13", way: "apt", reason: "==> Debian 13 ships Nix 2.26.3 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd" },
-    { system: "Ubuntu 24.04", way: "apt", reason: "==> Ubuntu 24.04 ships Nix 2.18.1 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd" },
-    { system: "Debian sid", way: "apt", reason: "==> Debian testing/unstable (Debian GNU/Linux forky/sid) ships Nix 2.18 or later, which current nixpkgs needs: using the distribution's Nix" },
-    { system: "Debian 12", way: "upstream", reason: "==> Debian 12 ships Nix 2.8.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)" },
-    { system: "Ubuntu 22.04", way: "upstream", reason: "==> Ubuntu 22.04 ships Nix 2.6.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)" },
-    { system: "Linux Mint 22", way: "upstream", reason: "==> Linux Mint 22 is Debian-like but not Debian or Ubuntu, so which Nix it ships is unknown (current nixpkgs needs 2.18 or later): using the upstream multi-user installer" },
+    {
+      system: "Debian 13",
+      way: "apt",
+      reason:
+        "==> Debian 13 ships Nix 2.26.3 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd",
+    },
+    {
+      system: "Ubuntu 24.04",
+      way: "apt",
+      reason:
+        "==> Ubuntu 24.04 ships Nix 2.18.1 (current nixpkgs needs 2.18 or later): using the distribution's Nix (apt: nix-setup-systemd",
+    },
+    {
+      system: "Debian sid",
+      way: "apt",
+      reason:
+        "==> Debian testing/unstable (Debian GNU/Linux forky/sid) ships Nix 2.18 or later, which current nixpkgs needs: using the distribution's Nix",
+    },
+    {
+      system: "Debian 12",
+      way: "upstream",
+      reason:
+        "==> Debian 12 ships Nix 2.8.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)",
+    },
+    {
+      system: "Ubuntu 22.04",
+      way: "upstream",
+      reason:
+        "==> Ubuntu 22.04 ships Nix 2.6.0, older than the 2.18 current nixpkgs needs: using the upstream multi-user installer (https://nixos.org/nix/install --daemon)",
+    },
+    {
+      system: "Linux Mint 22",
+      way: "upstream",
+      reason:
+        "==> Linux Mint 22 is Debian-like but not Debian or Ubuntu, so which Nix it ships is unknown (current nixpkgs needs 2.18 or later): using the upstream multi-user installer",
+    },
   ] as const;
 
   for (const { system, way, reason } of cases) {
@@ -421,16 +489,23 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
 
   it("keeps an installed Nix 2.18 or later whatever the system ships, and installs none", async () => {
     const nixBuild = await fakeNixBuild("2.24.9");
-    const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild);
+    const { code, stdout, stderr } = await dryRun(
+      "--os-release",
+      await osRelease("Debian 12"),
+      "--nix-build",
+      nixBuild,
+    );
     expect(stderr).toBe("");
     expect(code).toBe(0);
     expect(stdout).toContain(`==> Nix 2.24.9 is installed (${nixBuild}): 2.18 or later, kept\n`);
-    for (const line of [APT_NIX, UPSTREAM_TOOLS, "nixos.org/nix/install", "would check:"]) expect(stdout).not.toContain(line);
+    for (const line of [APT_NIX, UPSTREAM_TOOLS, "nixos.org/nix/install", "would check:"])
+      expect(stdout).not.toContain(line);
     expect(stdout).toContain("==> dry run: nothing was changed\n");
   });
 
   describe("turns Nix's sandbox on where it is off, once a sandboxed build shows it works", () => {
-    const SANDBOX_CHECK = "    would check: a one-step build with --option sandbox true through nix-daemon (Nix's sandbox works here)\n";
+    const SANDBOX_CHECK =
+      "    would check: a one-step build with --option sandbox true through nix-daemon (Nix's sandbox works here)\n";
     const nixConf = async (name: string, text: string) => {
       const file = join(scratch, name);
       await writeFile(file, text);
@@ -439,7 +514,14 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
 
     it("with the distribution's Nix, whose nix.conf says sandbox = false", async () => {
       const conf = join(scratch, "absent-nix.conf");
-      const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 13"), "--nix-build", "none", "--nix-conf", conf);
+      const { code, stdout, stderr } = await dryRun(
+        "--os-release",
+        await osRelease("Debian 13"),
+        "--nix-build",
+        "none",
+        "--nix-conf",
+        conf,
+      );
       expect(stderr).toBe("");
       expect(code).toBe(0);
       const check = stdout.indexOf(SANDBOX_CHECK);
@@ -450,20 +532,46 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
     });
 
     it("with a kept Nix whose nix.conf says sandbox = false", async () => {
-      const conf = await nixConf("off-nix.conf", "# see https://nixos.org/nix/manual/#sec-conf-file\nsandbox = false\n");
-      const { code, stdout } = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", await fakeNixBuild("2.24.9"), "--nix-conf", conf);
+      const conf = await nixConf(
+        "off-nix.conf",
+        "# see https://nixos.org/nix/manual/#sec-conf-file\nsandbox = false\n",
+      );
+      const { code, stdout } = await dryRun(
+        "--os-release",
+        await osRelease("Debian 12"),
+        "--nix-build",
+        await fakeNixBuild("2.24.9"),
+        "--nix-conf",
+        conf,
+      );
       expect(code).toBe(0);
       expect(stdout).toContain(SANDBOX_CHECK);
-      expect(stdout).toContain(`    would set: sandbox = true in ${conf} (it says sandbox = false), then restart nix-daemon\n`);
+      expect(stdout).toContain(
+        `    would set: sandbox = true in ${conf} (it says sandbox = false), then restart nix-daemon\n`,
+      );
     });
 
     it("and leaves it alone where it is on, by nix.conf or by Nix's default", async () => {
       const nixBuild = await fakeNixBuild("2.24.9");
       const on = await nixConf("on-nix.conf", "sandbox = true\n");
-      const onRun = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild, "--nix-conf", on);
+      const onRun = await dryRun(
+        "--os-release",
+        await osRelease("Debian 12"),
+        "--nix-build",
+        nixBuild,
+        "--nix-conf",
+        on,
+      );
       expect(onRun.stdout).toContain(`==> Nix's sandbox is on (sandbox = true in ${on})\n`);
       const unset = await nixConf("unset-nix.conf", "build-users-group = nixbld\n");
-      const unsetRun = await dryRun("--os-release", await osRelease("Debian 12"), "--nix-build", nixBuild, "--nix-conf", unset);
+      const unsetRun = await dryRun(
+        "--os-release",
+        await osRelease("Debian 12"),
+        "--nix-build",
+        nixBuild,
+        "--nix-conf",
+        unset,
+      );
       expect(unsetRun.stdout).toContain(`==> Nix's sandbox is on (the default: ${unset} does not set it)\n`);
       for (const { stdout } of [onRun, unsetRun]) expect(stdout).not.toContain("would set: sandbox");
     });
@@ -471,7 +579,12 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
 
   it("stops at an older Nix from another source, and says how to upgrade it", async () => {
     const nixBuild = await fakeNixBuild("2.11.1");
-    const { code, stdout, stderr } = await dryRun("--os-release", await osRelease("Debian 13"), "--nix-build", nixBuild);
+    const { code, stdout, stderr } = await dryRun(
+      "--os-release",
+      await osRelease("Debian 13"),
+      "--nix-build",
+      nixBuild,
+    );
     expect(code).toBe(1);
     expect(stderr).toContain(`Nix 2.11.1 is installed at ${nixBuild}, not from the distribution's packages`);
     expect(stderr).toContain("current nixpkgs needs Nix 2.18 or later");
@@ -490,7 +603,11 @@ describe("the install script gets Nix 2.18 or later, as current nixpkgs needs", 
     const nixVersion = `${version![1]}.${version![2]}${version![3] ?? ""}`;
     const { code, stdout, stderr } = await dryRun();
     expect(code).toBe(1);
-    expect(stderr).toMatch(new RegExp(`Nix ${nixVersion.replaceAll(".", "\\.")} is installed from the distribution's packages \\(nix-bin: \\S*/nix-build\\)`));
+    expect(stderr).toMatch(
+      new RegExp(
+        `Nix ${nixVersion.replaceAll(".", "\\.")} is installed from the distribution's packages \\(nix-bin: \\S*/nix-build\\)`,
+      ),
+    );
     expect(stderr).toContain("current nixpkgs needs Nix 2.18 or later: every nixpkgs build would fail with it");
     expect(stderr).toContain("This script does not remove it for you. Remove it, then run this script again");
     expect(stderr).toContain("\n    apt-get remove --purge nix-setup-systemd nix-bin\n");
@@ -570,7 +687,11 @@ in { options = builtins.attrNames options; inherit (module) config; }
       config: {
         assertions: { assertion: boolean }[];
         nix: { settings: { sandbox: boolean; "allowed-users": string[] } };
-        systemd: { services: { "builder-service": { environment: Record<string, string>; serviceConfig: Record<string, unknown> } } };
+        systemd: {
+          services: {
+            "builder-service": { environment: Record<string, string>; serviceConfig: Record<string, unknown> };
+          };
+        };
       };
     };
     expect(options).toEqual(["dataDir", "enable", "environmentFile", "group", "nodejs", "settings", "source", "user"]);
@@ -578,13 +699,26 @@ in { options = builtins.attrNames options; inherit (module) config; }
     expect(config.nix.settings.sandbox).toBe(true);
     expect(config.nix.settings["allowed-users"]).toContain("nix-builder");
     const service = config.systemd.services["builder-service"];
-    expect(service.serviceConfig.ExecStart).toBe("/nix/store/nodejs-22/bin/node --enable-source-maps /opt/nix-edge-registry/build/builder-service.mjs");
+    expect(service.serviceConfig.ExecStart).toBe(
+      "/nix/store/nodejs-22/bin/node --enable-source-maps /opt/nix-edge-registry/build/builder-service.mjs",
+    );
     // The file the command names is where npm run build:builder puts it (deploy/builder-service runs the same).
     await buildBuilder();
     expect(existsSync(join(PROJECT_ROOT, "build/builder-service.mjs"))).toBe(true);
-    expect(await readFile(join(PROJECT_ROOT, "deploy/builder-service"), "utf8")).toContain('main="$root/build/builder-service.mjs"');
-    expect(service.serviceConfig).toMatchObject({ User: "nix-builder", Group: "nix-builder", EnvironmentFile: "/etc/nix-edge-registry/builder.env", RestartPreventExitStatus: 2 });
-    expect(service.environment).toMatchObject({ BUILDER_DATA_DIR: "/var/lib/nix-edge-registry", NIX_REMOTE: "daemon", BUILDER_PORT: "8788" });
+    expect(await readFile(join(PROJECT_ROOT, "deploy/builder-service"), "utf8")).toContain(
+      'main="$root/build/builder-service.mjs"',
+    );
+    expect(service.serviceConfig).toMatchObject({
+      User: "nix-builder",
+      Group: "nix-builder",
+      EnvironmentFile: "/etc/nix-edge-registry/builder.env",
+      RestartPreventExitStatus: 2,
+    });
+    expect(service.environment).toMatchObject({
+      BUILDER_DATA_DIR: "/var/lib/nix-edge-registry",
+      NIX_REMOTE: "daemon",
+      BUILDER_PORT: "8788",
+    });
   });
 });
 
@@ -596,7 +730,14 @@ describe("the README", () => {
     // The builder's table is what the code generates, row for row (configurationTable() in builder-service/config.ts).
     const table = deployment.slice(deployment.indexOf("| variable | meaning |"));
     expect(table.slice(0, table.indexOf("\n\n"))).toBe(configurationTable());
-    for (const name of ["REGISTRY_BUCKET", "BUILDER_URL", "BUILDER_SECRET", "TAG_CACHE_SECONDS", "BUILDER_STALE_SECONDS", "BUILD_COORDINATOR"]) {
+    for (const name of [
+      "REGISTRY_BUCKET",
+      "BUILDER_URL",
+      "BUILDER_SECRET",
+      "TAG_CACHE_SECONDS",
+      "BUILDER_STALE_SECONDS",
+      "BUILD_COORDINATOR",
+    ]) {
       expect(deployment).toContain(`| \`${name}\` |`);
     }
     expect(readme.split("\n").slice(0, 20).join("\n")).toContain("[deploy/README.md](deploy/README.md)");
@@ -609,7 +750,14 @@ describe("the deployment guide, deploy/README.md", () => {
 
   it("walks from an empty account to a pull, in order", async () => {
     const guide = await readFile(GUIDE, "utf8");
-    const steps = ["npx wrangler r2 bucket create", "deploy/install-builder.sh", "npx wrangler deploy", "npx wrangler secret put BUILDER_SECRET", "docker pull", "npm run smoke"];
+    const steps = [
+      "npx wrangler r2 bucket create",
+      "deploy/install-builder.sh",
+      "npx wrangler deploy",
+      "npx wrangler secret put BUILDER_SECRET",
+      "docker pull",
+      "npm run smoke",
+    ];
     // Each command is found after the one before it.
     let from = 0;
     for (const command of steps) {
@@ -621,12 +769,20 @@ describe("the deployment guide, deploy/README.md", () => {
 
   it("uses only wrangler commands and flags the pinned wrangler has", async () => {
     // Each command line's words, up to a comment or the end of its code span.
-    const lines = [...(await readFile(GUIDE, "utf8")).matchAll(/npx wrangler(.*?)(?=`|#|$)/gm)].map((m) => m[1].trim().split(/\s+/).filter(Boolean));
+    const lines = [...(await readFile(GUIDE, "utf8")).matchAll(/npx wrangler(.*?)(?=`|#|$)/gm)].map((m) =>
+      m[1].trim().split(/\s+/).filter(Boolean),
+    );
     expect(lines.length).toBeGreaterThanOrEqual(5);
-    for (const words of lines) expect(words.length, "an `npx wrangler` with nothing after it on its line").toBeGreaterThan(0);
+    for (const words of lines)
+      expect(words.length, "an `npx wrangler` with nothing after it on its line").toBeGreaterThan(0);
 
     // `wrangler <path> --help`, once per path, a few at a time (each starts a Node process, about a second).
-    const env = { ...process.env, WRANGLER_SEND_METRICS: "false", WRANGLER_SEND_ERROR_REPORTS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
+    const env = {
+      ...process.env,
+      WRANGLER_SEND_METRICS: "false",
+      WRANGLER_SEND_ERROR_REPORTS: "false",
+      CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    };
     const helps = new Map<string, Promise<{ code: number; stdout: string; stderr: string }>>();
     let running = 0;
     const waiting: (() => void)[] = [];
@@ -689,14 +845,25 @@ describe("the deployment guide, deploy/README.md", () => {
 describe("wrangler deploy --dry-run", () => {
   it("bundles the worker offline with its R2 binding, BUILDER_URL and its build coordinators", async () => {
     const outdir = join(scratch, "dist");
-    const env = { ...process.env, WRANGLER_SEND_METRICS: "false", WRANGLER_SEND_ERROR_REPORTS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" };
-    const { code, stdout, stderr } = await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), ["deploy", "--dry-run", "--outdir", outdir], env);
+    const env = {
+      ...process.env,
+      WRANGLER_SEND_METRICS: "false",
+      WRANGLER_SEND_ERROR_REPORTS: "false",
+      CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    };
+    const { code, stdout, stderr } = await run(
+      join(PROJECT_ROOT, "node_modules/.bin/wrangler"),
+      ["deploy", "--dry-run", "--outdir", outdir],
+      env,
+    );
     expect(code, stderr).toBe(0);
     expect(stdout).toContain("env.REGISTRY_BUCKET (nix-edge-registry)");
     expect(stdout).toContain("env.BUILDER_URL");
     expect(stdout).toContain("env.BUILD_COORDINATOR (BuildCoordinator)");
     expect(existsSync(join(outdir, "index.js"))).toBe(true);
-    const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
+    const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as {
+      scripts: Record<string, string>;
+    };
     expect(pkg.scripts["deploy:check"]).toContain("wrangler deploy --dry-run --outdir dist");
   });
 });

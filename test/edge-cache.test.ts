@@ -63,18 +63,27 @@ function visibleHeaders(response: Response): Record<string, string> {
 beforeAll(async () => {
   stack = await startTestStack({
     instrument: {
-      locations: LOCATIONS.map((name) => ({ name, r2DelayMs: 0, vars: name === "off" ? { EDGE_CACHE: "off" } : ({} as Record<string, string>) })),
+      locations: LOCATIONS.map((name) => {
+        const vars: Record<string, string> = name === "off" ? { EDGE_CACHE: "off" } : {};
+        return { name, r2DelayMs: 0, vars };
+      }),
     },
   });
   // Build it through the main instance; the locations above have never seen it.
-  const answer = await fetch(`${stack.registryUrl}/v2/shell/hello/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+  const answer = await fetch(`${stack.registryUrl}/v2/shell/hello/manifests/latest`, {
+    headers: { Accept: OCI_MANIFEST },
+  });
   expect(answer.status).toBe(200);
   const bytes = new Uint8Array(await answer.arrayBuffer());
   manifestDigest = sha256(bytes);
   manifest = JSON.parse(new TextDecoder().decode(bytes)) as ImageManifest;
   // A large blob, written into the bucket as the builder writes blobs.
   const { kind: _kind, ...s3 } = loadConfig({ ...stack.s3Env, BUILDER_SECRET: stack.secret }).store;
-  const store = new S3BlobStore({ ...s3, spoolDir: join(stack.scratch, "big-spool"), log: { info() {}, warn() {}, error() {} } });
+  const store = new S3BlobStore({
+    ...s3,
+    spoolDir: join(stack.scratch, "big-spool"),
+    log: { info() {}, warn() {}, error() {} },
+  });
   await store.init();
   const bytes24 = Buffer.alloc(24 * 1024 * 1024);
   for (let i = 0; i < bytes24.length; i += 4) bytes24.writeUInt32LE((i * 2654435761) >>> 0, i);
@@ -171,7 +180,9 @@ describe("a location's cache", () => {
         }
       });
       socket.on("error", reject);
-      socket.on("end", () => reject(new Error(`the whole blob arrived (${received} bytes) before the test could hang up`)));
+      socket.on("end", () =>
+        reject(new Error(`the whole blob arrived (${received} bytes) before the test could hang up`)),
+      );
     });
     await settle();
     await resetReads("cut");

@@ -137,9 +137,23 @@ interface Fixtures {
  * Packages the offline set doesn't have (or can't make an image of: `lib` is no derivation, `hello-old` an alias that
  * throws), including names that are properties of every JavaScript object. A job for them ends at evaluation.
  */
-const UNKNOWN_PACKAGES = ["nosuchpkg", "nosuchpkg2", "nosuch.attr.path", "lib", "hello-old", "constructor", "tostring", "hasownproperty"];
+const UNKNOWN_PACKAGES = [
+  "nosuchpkg",
+  "nosuchpkg2",
+  "nosuch.attr.path",
+  "lib",
+  "hello-old",
+  "constructor",
+  "tostring",
+  "hasownproperty",
+];
 /** Names the builder's attribute policy refuses before any job exists. */
-const DENIED_PACKAGES = ["pkgscross.riscv64.hello", "pkgsstatic.hello", "buildpackages.pkgsstatic.hello", "nixostests.foo"];
+const DENIED_PACKAGES = [
+  "pkgscross.riscv64.hello",
+  "pkgsstatic.hello",
+  "buildpackages.pkgsstatic.hello",
+  "nixostests.foo",
+];
 
 /** Names a manifest may be asked for by a served tag: hello is built already; the others build nothing. */
 const SERVED_NAMES = [
@@ -162,7 +176,9 @@ function wouldBuild(packages: readonly string[]): boolean {
 }
 
 function percentEncodeAll(text: string): string {
-  return Array.from(new TextEncoder().encode(text), (b) => `%${b.toString(16).padStart(2, "0").toUpperCase()}`).join("");
+  return Array.from(new TextEncoder().encode(text), (b) => `%${b.toString(16).padStart(2, "0").toUpperCase()}`).join(
+    "",
+  );
 }
 
 /** A repository name as it goes into the path: mostly outside the grammar, sometimes a valid but unknown one. */
@@ -172,14 +188,93 @@ function fuzzName(r: Rng): string {
     () => component(),
     () => `${component()}/${component()}`,
     () => r.pick(["Hello", "HELLO", "hello/World", "hEllo"]),
-    () => r.pick(["héllo", "日本語", "🐳", "ｈｅｌｌｏ", "hello\u200b", "hel\u202elo", "hello\u0301", "привет", "a\u00a0b"]),
-    () => r.pick(["%2F", "hello%2Fnano", "%2e%2e", "%2E%2E/%2E%2E", "%00", "hello%00", "%zz", "%", "hello%", "%E0%A4%A", "%C0%AF", "%ff", "%252e", "hel%6co", percentEncodeAll("hello")]),
-    () => r.pick(["..", ".", "../..", "hello/../nano", "hello/./nano", "./hello", "hello/..", "...", "a/../../../../etc/passwd"]),
+    () =>
+      r.pick([
+        "héllo",
+        "日本語",
+        "🐳",
+        "ｈｅｌｌｏ",
+        "hello\u200b",
+        "hel\u202elo",
+        "hello\u0301",
+        "привет",
+        "a\u00a0b",
+      ]),
+    () =>
+      r.pick([
+        "%2F",
+        "hello%2Fnano",
+        "%2e%2e",
+        "%2E%2E/%2E%2E",
+        "%00",
+        "hello%00",
+        "%zz",
+        "%",
+        "hello%",
+        "%E0%A4%A",
+        "%C0%AF",
+        "%ff",
+        "%252e",
+        "hel%6co",
+        percentEncodeAll("hello"),
+      ]),
+    () =>
+      r.pick([
+        "..",
+        ".",
+        "../..",
+        "hello/../nano",
+        "hello/./nano",
+        "./hello",
+        "hello/..",
+        "...",
+        "a/../../../../etc/passwd",
+      ]),
     () => r.pick(["a//b", "/hello", "hello/", "//", "", " ", "hello//", "a///b"]),
-    () => r.pick(["a__b", "a___b", "a-", "-a", "a.-b", "a..b", "a_.b", "_a", ".a", "a.", "a--b", "a-_-b", "a__", "0", "9a", "2048"]),
+    () =>
+      r.pick([
+        "a__b",
+        "a___b",
+        "a-",
+        "-a",
+        "a.-b",
+        "a..b",
+        "a_.b",
+        "_a",
+        ".a",
+        "a.",
+        "a--b",
+        "a-_-b",
+        "a__",
+        "0",
+        "9a",
+        "2048",
+      ]),
     () => "a".repeat(r.pick([255, 256, 1000, 5000])),
     () => Array.from({ length: r.pick([64, 65, 100, 300]) }, (_, i) => `p${i}`).join("/"),
-    () => r.pick(["a b", "a+b", "a;b", "a'b", 'a"b', "a<b>", "a{b}", "$(id)", "`id`", "a\\b", "a:b", "a@b", "a*b", "a|b", "a,b", "a=b", "a!b", "a~b", "a^b", "a[b]"]),
+    () =>
+      r.pick([
+        "a b",
+        "a+b",
+        "a;b",
+        "a'b",
+        'a"b',
+        "a<b>",
+        "a{b}",
+        "$(id)",
+        "`id`",
+        "a\\b",
+        "a:b",
+        "a@b",
+        "a*b",
+        "a|b",
+        "a,b",
+        "a=b",
+        "a!b",
+        "a~b",
+        "a^b",
+        "a[b]",
+      ]),
     () => r.pick(["arm64", "arm64/arm64", "shell/arm64", "shell"]),
     () => r.pick(["constructor", "__proto__", "prototype", "tostring", "valueof", "hasownproperty"]),
     () => r.pick(SERVED_NAMES),
@@ -191,11 +286,43 @@ function fuzzName(r: Rng): string {
 function fuzzTag(r: Rng): string {
   return r.pick<() => string>([
     () => "latest",
-    () => r.pick(["LATEST", "Latest", "latest ", "latest.", "latest-", "nixos-24.05", "nixpkgs-unstable", "v1.0", "a_b", "0", "_"]),
+    () =>
+      r.pick([
+        "LATEST",
+        "Latest",
+        "latest ",
+        "latest.",
+        "latest-",
+        "nixos-24.05",
+        "nixpkgs-unstable",
+        "v1.0",
+        "a_b",
+        "0",
+        "_",
+      ]),
     () => r.chars(HEX, 40),
     () => r.chars(HEX, r.pick([39, 41, 64])),
     () => r.chars(`${LOWER_DIGITS}._-`, r.between(1, 20)).replace(/^[.-]/, "x"),
-    () => r.pick(["", ".x", "-x", ".", "..", "a b", "a%20b", "%00", "日本", "🐳", "a/b", "a%2Fb", "~", "a!", "a@b", "%zz", "%"]),
+    () =>
+      r.pick([
+        "",
+        ".x",
+        "-x",
+        ".",
+        "..",
+        "a b",
+        "a%20b",
+        "%00",
+        "日本",
+        "🐳",
+        "a/b",
+        "a%2Fb",
+        "~",
+        "a!",
+        "a@b",
+        "%zz",
+        "%",
+      ]),
     () => "t".repeat(r.pick([128, 129, 1000])),
   ])();
 }
@@ -215,7 +342,17 @@ function fuzzDigest(r: Rng, fx: Fixtures): string {
     () => `sha256:${r.chars(HEX, r.pick([0, 1, 63, 65, 128]))}`,
     () => `sha256:${r.chars("ghijklmnopqrstuvwxyz", 64)}`,
     () => `sha256+b64u:${r.chars(`${LOWER}ABC-_`, 43)}`,
-    () => r.pick([":", "sha256", "sha256::", ":abc", "sha256:%00", "sha256:日本", `sha256%3A${r.chars(HEX, 64)}`, `sha256:${r.chars(HEX, 64)}:x`]),
+    () =>
+      r.pick([
+        ":",
+        "sha256",
+        "sha256::",
+        ":abc",
+        "sha256:%00",
+        "sha256:日本",
+        `sha256%3A${r.chars(HEX, 64)}`,
+        `sha256:${r.chars(HEX, 64)}:x`,
+      ]),
     () => `sha256:${"a".repeat(5000)}`,
     () => `${r.pick(known)}${r.pick(["x", "%00", "/", "%2F", " "])}`,
   ])();
@@ -229,9 +366,43 @@ function fuzzRange(r: Rng, size: number): string {
     () => `bytes=${size}-`,
     () => `bytes=${r.int(size)}-${size + r.int(1000)}`,
     () => `bytes=-${r.int(size * 2)}`,
-    () => r.pick(["bytes=0-0", "bytes=-1", "bytes=0-", "bytes=-0", "bytes=5-2", "bytes=abc", "bytes=1-2,3-4", "bytes=,", "bytes=", "bytes"]),
-    () => r.pick(["=0-1", "items=0-1", "BYTES=0-1", "bytes = 0 - 1", "bytes=9007199254740993-", "bytes=0-99999999999999999999999", "bytes=--1"]),
-    () => r.pick(["bytes=0--1", "bytes=1.5-2", "bytes=0x10-0x20", "bytes=\t0-1", "bytes=0-1;x", "bytes=-", "bytes=1-1-1", "bytes=+1-2", "bytes=1e3-2e3", "bytes=0-1,", ",bytes=0-1"]),
+    () =>
+      r.pick([
+        "bytes=0-0",
+        "bytes=-1",
+        "bytes=0-",
+        "bytes=-0",
+        "bytes=5-2",
+        "bytes=abc",
+        "bytes=1-2,3-4",
+        "bytes=,",
+        "bytes=",
+        "bytes",
+      ]),
+    () =>
+      r.pick([
+        "=0-1",
+        "items=0-1",
+        "BYTES=0-1",
+        "bytes = 0 - 1",
+        "bytes=9007199254740993-",
+        "bytes=0-99999999999999999999999",
+        "bytes=--1",
+      ]),
+    () =>
+      r.pick([
+        "bytes=0--1",
+        "bytes=1.5-2",
+        "bytes=0x10-0x20",
+        "bytes=\t0-1",
+        "bytes=0-1;x",
+        "bytes=-",
+        "bytes=1-1-1",
+        "bytes=+1-2",
+        "bytes=1e3-2e3",
+        "bytes=0-1,",
+        ",bytes=0-1",
+      ]),
     () => `bytes=${Array.from({ length: r.between(2, 400) }, () => `${r.int(size)}-`).join(",")}`,
     () => `bytes=${r.chars(VISIBLE, r.between(1, 40))}`,
     () => r.chars(VISIBLE, r.between(0, 60)),
@@ -256,7 +427,17 @@ const ACCEPTS = [
 ];
 
 /** Header names that frame or route the request: the client sets them (and the raw cases break them). */
-const FRAMING_HEADERS = new Set(["connection", "content-length", "expect", "host", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"]);
+const FRAMING_HEADERS = new Set([
+  "connection",
+  "content-length",
+  "expect",
+  "host",
+  "keep-alive",
+  "transfer-encoding",
+  "upgrade",
+  "te",
+  "trailer",
+]);
 
 function junkHeaders(r: Rng): [string, string][] {
   const headers: [string, string][] = [];
@@ -266,9 +447,11 @@ function junkHeaders(r: Rng): [string, string][] {
     const value = r.chance(0.2) ? r.chars(VISIBLE + LATIN1_HIGH, r.between(0, 80)) : r.chars(VISIBLE, r.between(0, 80));
     headers.push([name, value.trim()]);
   }
-  if (r.chance(0.04)) headers.push([`X-Huge-${r.int(1000)}`, r.chars(VISIBLE, r.pick([4_000, 16_000, 40_000, 100_000])).trim()]);
+  if (r.chance(0.04))
+    headers.push([`X-Huge-${r.int(1000)}`, r.chars(VISIBLE, r.pick([4_000, 16_000, 40_000, 100_000])).trim()]);
   if (r.chance(0.05)) headers.push(["CF-Connecting-IP", r.pick(["1.2.3.4", "::1", "garbage", "", "999.999.999.999"])]);
-  if (r.chance(0.05)) headers.push(["Authorization", r.pick(["Bearer x", "Basic Og==", "Bearer", r.chars(VISIBLE, 200).trim()])]);
+  if (r.chance(0.05))
+    headers.push(["Authorization", r.pick(["Bearer x", "Basic Og==", "Bearer", r.chars(VISIBLE, 200).trim()])]);
   return headers;
 }
 
@@ -300,7 +483,23 @@ function isGetOrHead(method: string): boolean {
 function pickMethod(r: Rng): string {
   if (r.chance(0.55)) return "GET";
   if (r.chance(0.35)) return "HEAD";
-  return r.pick(["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "MKCOL", "LOCK", "PURGE", "FOO", "M-SEARCH", "X".repeat(40), "patch", "Get", "BREW"]);
+  return r.pick([
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "PROPFIND",
+    "MKCOL",
+    "LOCK",
+    "PURGE",
+    "FOO",
+    "M-SEARCH",
+    "X".repeat(40),
+    "patch",
+    "Get",
+    "BREW",
+  ]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -349,8 +548,12 @@ type Case = (ClientCase | RawCase) & { n: number };
 
 function describeCase(c: Case): string {
   const cut = (text: string) => (text.length > 300 ? `${text.slice(0, 300)}... (${text.length} chars)` : text);
-  if (c.kind === "raw") return `raw ${c.target} #${c.n}: ${JSON.stringify(cut(c.text))}${c.endAfterWrite ? " then FIN" : ""}`;
-  const body = c.body === undefined ? "" : ` body ${typeof c.body === "string" ? JSON.stringify(cut(c.body)) : `${c.body.byteLength} bytes`}`;
+  if (c.kind === "raw")
+    return `raw ${c.target} #${c.n}: ${JSON.stringify(cut(c.text))}${c.endAfterWrite ? " then FIN" : ""}`;
+  const body =
+    c.body === undefined
+      ? ""
+      : ` body ${typeof c.body === "string" ? JSON.stringify(cut(c.body)) : `${c.body.byteLength} bytes`}`;
   const sign = c.sign ? ` signed over ${JSON.stringify({ ...c.sign, body: cut(c.sign.body) })}` : "";
   return `${c.target} #${c.n}: ${c.method} ${cut(c.path)} headers ${cut(JSON.stringify(c.headers))}${body}${sign}`;
 }
@@ -378,7 +581,13 @@ function manifestTarget(path: string): { name: string; reference: string } | nul
 /** Whether a GET or HEAD of this path could start a build of something other than hello. */
 function mayBuild(path: string): boolean {
   const target = manifestTarget(path);
-  if (!target || target.reference.includes(":") || tagProblem(target.reference) !== null || target.reference !== "latest") return false;
+  if (
+    !target ||
+    target.reference.includes(":") ||
+    tagProblem(target.reference) !== null ||
+    target.reference !== "latest"
+  )
+    return false;
   const parsed = parseImageName(target.name);
   return parsed.ok && wouldBuild(parsed.image.packages);
 }
@@ -393,25 +602,48 @@ function workerClientCase(r: Rng, fx: Fixtures): ClientCase {
     const byDigest = r.chance(0.4);
     path = `/v2/${fuzzName(r)}/manifests/${byDigest ? fuzzDigest(r, fx) : fuzzTag(r)}`;
     if (r.chance(0.6)) headers.push(["Accept", r.pick(ACCEPTS)]);
-    if (r.chance(0.15)) headers.push(["If-None-Match", r.pick([`"${r.pick(Object.keys(fx.manifests))}"`, "*", `W/"${r.pick(Object.keys(fx.manifests))}"`, r.chars(VISIBLE, 30)])]);
+    if (r.chance(0.15))
+      headers.push([
+        "If-None-Match",
+        r.pick([
+          `"${r.pick(Object.keys(fx.manifests))}"`,
+          "*",
+          `W/"${r.pick(Object.keys(fx.manifests))}"`,
+          r.chars(VISIBLE, 30),
+        ]),
+      ]);
   } else if (roll < 0.6) {
     const digest = r.chance(0.5) ? r.pick(blobs) : fuzzDigest(r, fx);
     path = `/v2/${r.chance(0.4) ? "hello" : fuzzName(r)}/blobs/${r.chance(0.03) ? "uploads/" : digest}`;
     const size = fx.blobs[digest]?.byteLength ?? 1000;
     if (r.chance(0.7)) headers.push(["Range", fuzzRange(r, size)]);
-    if (r.chance(0.15)) headers.push(["If-Range", r.pick([`"${digest}"`, `"sha256:${r.chars(HEX, 64)}"`, "Wed, 21 Oct 2015 07:28:00 GMT", r.chars(VISIBLE, 20)])]);
-    if (r.chance(0.1)) headers.push(["If-None-Match", r.pick([`"${digest}"`, "*", `W/"${digest}"`, r.chars(VISIBLE, 30)])]);
+    if (r.chance(0.15))
+      headers.push([
+        "If-Range",
+        r.pick([`"${digest}"`, `"sha256:${r.chars(HEX, 64)}"`, "Wed, 21 Oct 2015 07:28:00 GMT", r.chars(VISIBLE, 20)]),
+      ]);
+    if (r.chance(0.1))
+      headers.push(["If-None-Match", r.pick([`"${digest}"`, "*", `W/"${digest}"`, r.chars(VISIBLE, 30)])]);
   } else if (roll < 0.68) {
-    const query = r.pick(["", "?n=2", `?n=${r.pick(["-1", "0", "abc", "99999999999999999999", "1.5", ""])}`, `?last=${r.pick(["latest", "", "%zz", "日本", "z".repeat(500)])}`, "?n=1&last=a&n=5", "?%zz"]);
+    const query = r.pick([
+      "",
+      "?n=2",
+      `?n=${r.pick(["-1", "0", "abc", "99999999999999999999", "1.5", ""])}`,
+      `?last=${r.pick(["latest", "", "%zz", "日本", "z".repeat(500)])}`,
+      "?n=1&last=a&n=5",
+      "?%zz",
+    ]);
     path = `/v2/${fuzzName(r)}/tags/list${query}`;
   } else if (roll < 0.73) {
     path = `/v2/${fuzzName(r)}/referrers/${fuzzDigest(r, fx)}${r.pick(["", "?artifactType=x", "?artifactType=", "?artifactType=%zz"])}`;
   } else if (roll < 0.86) {
     path = r.pick<() => string>([
       () => "/api/builds",
-      () => `/api/builds?limit=${r.pick(["-1", "0", "1", "50", "51", "1e9", "abc", "", "99999999999999999999", "1&limit=2", "%zz"])}`,
+      () =>
+        `/api/builds?limit=${r.pick(["-1", "0", "1", "50", "51", "1e9", "abc", "", "99999999999999999999", "1&limit=2", "%zz"])}`,
       () => `/api/builds/${r.chars(HEX, 64)}`,
-      () => `/api/builds/${r.pick(["", "x", "%E0%A4%A", "%zz", "%", "..", "%2e%2e", r.chars(HEX, 63), r.chars(HEX, 64).toUpperCase(), "日本", "a/b", `${r.chars(HEX, 64)}/x`])}`,
+      () =>
+        `/api/builds/${r.pick(["", "x", "%E0%A4%A", "%zz", "%", "..", "%2e%2e", r.chars(HEX, 63), r.chars(HEX, 64).toUpperCase(), "日本", "a/b", `${r.chars(HEX, 64)}/x`])}`,
       () => `/api/builds/${r.chars(VISIBLE.replace(/[#?/\\]/g, ""), r.between(1, 80))}`,
     ])();
   } else {
@@ -419,19 +651,41 @@ function workerClientCase(r: Rng, fx: Fixtures): ClientCase {
       () => "/",
       () => "/v2/",
       () => "/v2",
-      () => r.pick(["/v1/", "/api", "/api/", "/favicon.ico", "/.well-known/security.txt", "/v2/_catalog", "/v2/hello", "/v2/hello/manifests/", "/v2/hello/blobs/", "/v2/hello/tags/", "/v2/token", "/robots.txt", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fetc/passwd", "/v2/../api/builds", "/V2/", "/v2//", "/index.html"]),
+      () =>
+        r.pick([
+          "/v1/",
+          "/api",
+          "/api/",
+          "/favicon.ico",
+          "/.well-known/security.txt",
+          "/v2/_catalog",
+          "/v2/hello",
+          "/v2/hello/manifests/",
+          "/v2/hello/blobs/",
+          "/v2/hello/tags/",
+          "/v2/token",
+          "/robots.txt",
+          "/%2e%2e/%2e%2e/etc/passwd",
+          "/..%2f..%2fetc/passwd",
+          "/v2/../api/builds",
+          "/V2/",
+          "/v2//",
+          "/index.html",
+        ]),
       () => `/${r.chars(VISIBLE.replace(/[#?\\]/g, ""), r.between(1, 100))}`,
       () => `/v2/${r.chars(VISIBLE.replace(/[#?\\]/g, ""), r.between(1, 100))}`,
       () => `/${"x/".repeat(r.pick([100, 2000]))}`,
     ])();
   }
-  if (r.chance(0.1)) path += `${path.includes("?") ? "&" : "?"}${r.pick(["ns=docker.io", "%zz", "a=b&a=c", `x=${r.chars(LOWER, 2000)}`, "&&&", "ns="])}`;
+  if (r.chance(0.1))
+    path += `${path.includes("?") ? "&" : "?"}${r.pick(["ns=docker.io", "%zz", "a=b&a=c", `x=${r.chars(LOWER, 2000)}`, "&&&", "ns="])}`;
   if (r.chance(0.1) && !headers.some(([name]) => name === "Accept")) headers.push(["Accept", r.pick(ACCEPTS)]);
   headers.push(...junkHeaders(r));
   const body = isGetOrHead(method) ? undefined : fuzzBody(r, "worker");
   const clientCase: ClientCase = { kind: "client", target: "worker", method, path, headers, body };
   // A served tag for a name that would build something else: ask for a tag that is never served instead.
-  if (isGetOrHead(method) && mayBuild(wirePath(path))) clientCase.path = path.replace(/\/manifests\/[^/?]*/, "/manifests/nosuchtag");
+  if (isGetOrHead(method) && mayBuild(wirePath(path)))
+    clientCase.path = path.replace(/\/manifests\/[^/?]*/, "/manifests/nosuchtag");
   return clientCase;
 }
 
@@ -489,7 +743,15 @@ function rawCase(r: Rng, target: Target, base: ClientCase): RawCase {
         framed = true;
         method = "POST";
         lines.push("Transfer-Encoding: chunked");
-        body = r.pick(["zz\r\n", "5\r\nabc", "3\r\nabc\r\n0\r\n\r\n", "-1\r\n", "ffffffffffffffffff\r\n", "0\r\n", "1;ext=\u0001\r\na\r\n0\r\n\r\n"]);
+        body = r.pick([
+          "zz\r\n",
+          "5\r\nabc",
+          "3\r\nabc\r\n0\r\n\r\n",
+          "-1\r\n",
+          "ffffffffffffffffff\r\n",
+          "0\r\n",
+          "1;ext=\u0001\r\na\r\n0\r\n\r\n",
+        ]);
         // The client sends no more: a server waiting for the rest of a body it was promised is not a hang.
         endAfterWrite = true;
         mayCloseSilently = true;
@@ -510,14 +772,19 @@ function rawCase(r: Rng, target: Target, base: ClientCase): RawCase {
         path += `%00${r.pick(["", "\u0000"])}`;
         break;
       case 14:
-        if (target === "builder") lines[0] = r.pick(["Host: ", "Host: a b", "Host: a:99999", "Host: [", "Host: x\r\nHost: y"]);
+        if (target === "builder")
+          lines[0] = r.pick(["Host: ", "Host: a b", "Host: a:99999", "Host: [", "Host: x\r\nHost: y"]);
         else lines.push("Upgrade: websocket", "Connection: Upgrade");
         break;
       default:
         if (framed) break;
         framed = true;
         // A repeated Content-Length is left to the builder (workerd answers it with a 500 of its own).
-        lines.push(...(target === "builder" ? ["Content-Length: 0", `Content-Length: ${r.int(2)}`] : ["X-Twice: a", "X-Twice: b"]));
+        lines.push(
+          ...(target === "builder"
+            ? ["Content-Length: 0", `Content-Length: ${r.int(2)}`]
+            : ["X-Twice: a", "X-Twice: b"]),
+        );
         break;
     }
   }
@@ -553,21 +820,62 @@ function jobBody(r: Rng, fx: Fixtures, budget: { validJobs: number }): string {
           () => [""],
           () => [["nosuchpkg"]],
           () => ["nosuchpkg", 5],
-          () => [r.pick(["a b", "../x", "héllo", "${builtins.exec}", "x;rm -rf /", "a..b", ".a", "a.", "'a'", "a\u0000b", "a\nb"])],
+          () => [
+            r.pick([
+              "a b",
+              "../x",
+              "héllo",
+              "${builtins.exec}",
+              "x;rm -rf /",
+              "a..b",
+              ".a",
+              "a.",
+              "'a'",
+              "a\u0000b",
+              "a\nb",
+            ]),
+          ],
           () => ["a".repeat(r.pick([255, 256, 10_000]))],
           () => Array.from({ length: r.pick([64, 65, 500, 2_000, 10_000]) }, (_, k) => `nosuchpkg${k}`),
           () => [r.pick(["__proto__", "constructor", "prototype", "toString", "hasOwnProperty", "valueOf"])],
-          () => [r.pick(["PKGSSTATIC.hello", "pkgsCross.riscv64.hello", "buildPackages.pkgsStatic.hello", "nixosTests.foo", "tests.foo"])],
+          () => [
+            r.pick([
+              "PKGSSTATIC.hello",
+              "pkgsCross.riscv64.hello",
+              "buildPackages.pkgsStatic.hello",
+              "nixosTests.foo",
+              "tests.foo",
+            ]),
+          ],
         ])();
         break;
       case 1:
-        value.system = r.pick(["x86_64-darwin", "", 5, null, "X86_64-LINUX", "aarch64-linux", "x86_64-linux\u0000", ["x86_64-linux"]]);
+        value.system = r.pick([
+          "x86_64-darwin",
+          "",
+          5,
+          null,
+          "X86_64-LINUX",
+          "aarch64-linux",
+          "x86_64-linux\u0000",
+          ["x86_64-linux"],
+        ]);
         break;
       case 2:
         value.tag = r.pick([5, null, "", "日本", "t".repeat(1000), ["latest"], { tag: "latest" }]);
         break;
       case 3:
-        value.revision = r.pick(["", "ABC", "a".repeat(65), 5, null, "../x", r.chars(LOWER_DIGITS, 32), "rev ision", "%00"]);
+        value.revision = r.pick([
+          "",
+          "ABC",
+          "a".repeat(65),
+          5,
+          null,
+          "../x",
+          r.chars(LOWER_DIGITS, 32),
+          "rev ision",
+          "%00",
+        ]);
         break;
       case 4:
         value.jobId = r.pick(["", "j".repeat(65), "a b", 5, null, "日本", "../x", "a_b", { id: 1 }]);
@@ -580,7 +888,21 @@ function jobBody(r: Rng, fx: Fixtures, budget: { validJobs: number }): string {
         if (r.chance(0.5)) whole = JSON.stringify(value).replace(/^\{/, '{"__proto__":{"packages":["hello"]},');
         break;
       case 7:
-        whole = r.pick(["null", "[]", "1", '"x"', "true", "{", "{]", "", "\u0000", "\ufeff{}", '{"packages":', "[".repeat(20_000), "{}".repeat(100)]);
+        whole = r.pick([
+          "null",
+          "[]",
+          "1",
+          '"x"',
+          "true",
+          "{",
+          "{]",
+          "",
+          "\u0000",
+          "\ufeff{}",
+          '{"packages":',
+          "[".repeat(20_000),
+          "{}".repeat(100),
+        ]);
         break;
       default:
         whole = r.chars(VISIBLE, r.between(0, 300));
@@ -589,7 +911,7 @@ function jobBody(r: Rng, fx: Fixtures, budget: { validJobs: number }): string {
   }
   // A request that would be accepted starts a job: allow a few, of packages that don't exist, with short waits.
   if (whole === null && acceptedJob(value)) {
-    if (budget.validJobs <= 0 || typeof value.waitSeconds === "number" && value.waitSeconds > 2) value.jobId = "";
+    if (budget.validJobs <= 0 || (typeof value.waitSeconds === "number" && value.waitSeconds > 2)) value.jobId = "";
     else budget.validJobs--;
   }
   return whole ?? JSON.stringify(value);
@@ -602,7 +924,12 @@ function acceptedJob(value: Record<string, unknown>): boolean {
     Array.isArray(packages) &&
     packages.length > 0 &&
     packages.length <= 64 &&
-    packages.every((p) => typeof p === "string" && /^[A-Za-z0-9_][A-Za-z0-9_+'-]*(\.[A-Za-z0-9_][A-Za-z0-9_+'-]*)*$/.test(p) && p.length <= 255) &&
+    packages.every(
+      (p) =>
+        typeof p === "string" &&
+        /^[A-Za-z0-9_][A-Za-z0-9_+'-]*(\.[A-Za-z0-9_][A-Za-z0-9_+'-]*)*$/.test(p) &&
+        p.length <= 255,
+    ) &&
     (system === "x86_64-linux" || system === "aarch64-linux") &&
     typeof tag === "string" &&
     typeof revision === "string" &&
@@ -618,7 +945,20 @@ function randomishId(r: Rng): string {
 }
 
 function resolveBody(r: Rng, budget: { latest: number }): string {
-  const tag = r.pick<unknown>(["nixos-24.05", "nosuchtag", r.chars(HEX, 40), "", ".x", "t".repeat(200), 5, null, ["latest"], "日本", "LATEST", "latest"]);
+  const tag = r.pick<unknown>([
+    "nixos-24.05",
+    "nosuchtag",
+    r.chars(HEX, 40),
+    "",
+    ".x",
+    "t".repeat(200),
+    5,
+    null,
+    ["latest"],
+    "日本",
+    "LATEST",
+    "latest",
+  ]);
   if (tag === "latest" && budget.latest-- <= 0) return JSON.stringify({ tag: "nosuchtag" });
   return r.pick<() => string>([
     () => JSON.stringify({ tag }),
@@ -633,7 +973,20 @@ function builderPath(r: Rng): string {
   return r.pick<() => string>([
     () => r.pick(BUILDER_PATHS),
     () => `${r.pick(BUILDER_PATHS)}${r.pick(["/", "?", "?x=1", "/x", "%00", "%2F", ".json", "?wait=1&wait=2"])}`,
-    () => r.pick(["/", "/jobs/../status", "/JOBS", "/Status", "/health/", "/v2/", "/api/builds", "/metrics", "/%2e%2e/jobs", "/jobs%2F..%2Fstatus", "/.env"]),
+    () =>
+      r.pick([
+        "/",
+        "/jobs/../status",
+        "/JOBS",
+        "/Status",
+        "/health/",
+        "/v2/",
+        "/api/builds",
+        "/metrics",
+        "/%2e%2e/jobs",
+        "/jobs%2F..%2Fstatus",
+        "/.env",
+      ]),
     () => `/${r.chars(VISIBLE.replace(/[#?\\]/g, ""), r.between(0, 100))}`,
     () => `/${"a/".repeat(r.pick([100, 3000]))}`,
   ])();
@@ -641,9 +994,21 @@ function builderPath(r: Rng): string {
 
 function junkSignatureHeaders(r: Rng): [string, string][] {
   const headers: [string, string][] = [];
-  if (r.chance(0.5)) headers.push([SIGNATURE_HEADER, r.pick(["", "0".repeat(64), r.chars(HEX, 64), r.chars(VISIBLE, 100).trim(), "z".repeat(5000)])]);
-  if (r.chance(0.5)) headers.push([TIMESTAMP_HEADER, r.pick(["", "yesterday", "0", "-1", "1e10", "9".repeat(20), String(Math.floor(Date.now() / 1000)), "1.5"])]);
-  if (r.chance(0.5)) headers.push([NONCE_HEADER, r.pick(["", r.chars(HEX, 32), r.chars(HEX, 31), r.chars(HEX, 32).toUpperCase(), "n".repeat(1000)])]);
+  if (r.chance(0.5))
+    headers.push([
+      SIGNATURE_HEADER,
+      r.pick(["", "0".repeat(64), r.chars(HEX, 64), r.chars(VISIBLE, 100).trim(), "z".repeat(5000)]),
+    ]);
+  if (r.chance(0.5))
+    headers.push([
+      TIMESTAMP_HEADER,
+      r.pick(["", "yesterday", "0", "-1", "1e10", "9".repeat(20), String(Math.floor(Date.now() / 1000)), "1.5"]),
+    ]);
+  if (r.chance(0.5))
+    headers.push([
+      NONCE_HEADER,
+      r.pick(["", r.chars(HEX, 32), r.chars(HEX, 31), r.chars(HEX, 32).toUpperCase(), "n".repeat(1000)]),
+    ]);
   return headers;
 }
 
@@ -653,8 +1018,19 @@ function builderClientCase(r: Rng, fx: Fixtures, budget: { validJobs: number; la
     // Unsigned, or signed with garbage.
     const method = r.chance(0.5) ? r.pick(["GET", "POST"]) : pickMethod(r);
     const path = builderPath(r);
-    const body = isGetOrHead(method) ? undefined : r.chance(0.5) ? jobBody(r, fx, { validJobs: 0 }) : fuzzBody(r, "builder");
-    return { kind: "client", target: "builder", method, path, headers: [...junkSignatureHeaders(r), ...junkHeaders(r)], body };
+    const body = isGetOrHead(method)
+      ? undefined
+      : r.chance(0.5)
+        ? jobBody(r, fx, { validJobs: 0 })
+        : fuzzBody(r, "builder");
+    return {
+      kind: "client",
+      target: "builder",
+      method,
+      path,
+      headers: [...junkSignatureHeaders(r), ...junkHeaders(r)],
+      body,
+    };
   }
   // Correctly signed (unless tampered with below).
   const kind = r.next();
@@ -704,7 +1080,15 @@ function builderClientCase(r: Rng, fx: Fixtures, budget: { validJobs: number; la
         break;
     }
   }
-  return { kind: "client", target: "builder", method, path, headers: r.chance(0.3) ? junkHeaders(r) : [], body: method === "GET" ? undefined : body, sign };
+  return {
+    kind: "client",
+    target: "builder",
+    method,
+    path,
+    headers: r.chance(0.3) ? junkHeaders(r) : [],
+    body: method === "GET" ? undefined : body,
+    sign,
+  };
 }
 
 function drawCases(fx: Fixtures): Case[] {
@@ -748,30 +1132,40 @@ function clientRequest(
   body: Uint8Array | string | undefined,
 ): Promise<Omit<Answer, "method">> {
   const { hostname, port, host } = new URL(origin);
-  const bytes = body === undefined ? undefined : typeof body === "string" ? Buffer.from(body, "utf8") : Buffer.from(body);
+  const bytes =
+    body === undefined ? undefined : typeof body === "string" ? Buffer.from(body, "utf8") : Buffer.from(body);
   // As a flat list, so that repeated names stay repeated; Host and Content-Length are then the caller's to send.
   // HTTP/1.1 header values are bytes; node:http sends Latin-1 only, so anything past it becomes "?".
   const latin1 = (value: string) => value.replace(/[^\x00-\xff]/gu, "?");
-  const flat = ["Host", host, ...headers.flatMap(([name, value]) => [name, latin1(value)]), ...(bytes ? ["Content-Length", String(bytes.byteLength)] : [])];
+  const flat = [
+    "Host",
+    host,
+    ...headers.flatMap(([name, value]) => [name, latin1(value)]),
+    ...(bytes ? ["Content-Length", String(bytes.byteLength)] : []),
+  ];
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       request.destroy();
       reject(new Error(`no complete answer within ${ANSWER_MS} ms`));
     }, ANSWER_MS);
-    const request = http.request({ host: hostname, port: Number(port), method, path, headers: flat, agent: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on("data", (chunk: Buffer) => chunks.push(chunk));
-      response.on("error", (error) => {
-        clearTimeout(timer);
-        reject(error);
-      });
-      response.on("end", () => {
-        clearTimeout(timer);
-        const answerHeaders: Record<string, string> = {};
-        for (const [name, value] of Object.entries(response.headers)) answerHeaders[name] = Array.isArray(value) ? value.join(", ") : String(value);
-        resolve({ status: response.statusCode ?? 0, headers: answerHeaders, body: Buffer.concat(chunks) });
-      });
-    });
+    const request = http.request(
+      { host: hostname, port: Number(port), method, path, headers: flat, agent: false },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.push(chunk));
+        response.on("error", (error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
+        response.on("end", () => {
+          clearTimeout(timer);
+          const answerHeaders: Record<string, string> = {};
+          for (const [name, value] of Object.entries(response.headers))
+            answerHeaders[name] = Array.isArray(value) ? value.join(", ") : String(value);
+          resolve({ status: response.statusCode ?? 0, headers: answerHeaders, body: Buffer.concat(chunks) });
+        });
+      },
+    );
     request.on("error", (error) => {
       clearTimeout(timer);
       reject(error);
@@ -797,10 +1191,19 @@ async function send(c: Case): Promise<Answer[]> {
   }
   const once = async (signature: Record<string, string> | null): Promise<Answer> => {
     const headers = [...c.headers, ...Object.entries(signature ?? {})];
-    return { ...(await clientRequest(origin, sentMethod(c.method), wirePath(c.path), headers, c.body)), method: sentMethod(c.method) };
+    return {
+      ...(await clientRequest(origin, sentMethod(c.method), wirePath(c.path), headers, c.body)),
+      method: sentMethod(c.method),
+    };
   };
   if (!c.sign) return [await once(null)];
-  const signature = await signRequest(stack.secret, c.sign.method, c.sign.pathAndQuery, c.sign.body, Date.now() + c.sign.skewMs);
+  const signature = await signRequest(
+    stack.secret,
+    c.sign.method,
+    c.sign.pathAndQuery,
+    c.sign.body,
+    Date.now() + c.sign.skewMs,
+  );
   if (c.sign.tamper) {
     if (c.sign.tamper.value === null) delete signature[c.sign.tamper.header];
     else signature[c.sign.tamper.header] = c.sign.tamper.value;
@@ -833,7 +1236,8 @@ function statusVerdict(answer: Answer, codes: string[]): Verdict {
   const status = answer.status ?? 0;
   if (status >= 500 || status === 429) {
     if (status !== 503 && status !== 429) return `status ${status}`;
-    if (answer.method !== "HEAD" && !codes.includes(status === 503 ? "BUILDER_BUSY" : "TOOMANYREQUESTS")) return `status ${status} with codes ${codes.join(", ")}`;
+    if (answer.method !== "HEAD" && !codes.includes(status === 503 ? "BUILDER_BUSY" : "TOOMANYREQUESTS"))
+      return `status ${status} with codes ${codes.join(", ")}`;
     if (!/^[1-9]\d*$/.test(answer.headers["retry-after"] ?? "")) return `status ${status} without Retry-After`;
   }
   return null;
@@ -848,7 +1252,8 @@ function parseJsonBody(answer: Answer): unknown {
 }
 
 function judgeWorker(c: Case, answer: Answer): Verdict {
-  if (answer.status === null) return c.kind === "raw" && c.mayCloseSilently ? null : "the connection closed without an answer";
+  if (answer.status === null)
+    return c.kind === "raw" && c.mayCloseSilently ? null : "the connection closed without an answer";
   const status = answer.status;
   if (!("docker-distribution-api-version" in answer.headers)) {
     // workerd's own refusal of a request its HTTP parser won't take: it never reached the worker.
@@ -869,27 +1274,35 @@ function judgeWorker(c: Case, answer: Answer): Verdict {
   const digest = answer.headers["docker-content-digest"];
   if (type === OCI_MANIFEST || type === DOCKER_MANIFEST) {
     if (!digest || !(digest in fx.manifests)) return `a manifest with Docker-Content-Digest ${digest}`;
-    if (answer.method === "HEAD") return Number(declared) === fx.manifests[digest].byteLength ? null : "a manifest HEAD of the wrong length";
+    if (answer.method === "HEAD")
+      return Number(declared) === fx.manifests[digest].byteLength ? null : "a manifest HEAD of the wrong length";
     return sha256(answer.body) === digest ? null : "a manifest whose bytes don't hash to its digest";
   }
   if (type === "application/octet-stream") {
     if (!digest || !(digest in fx.blobs)) return `a blob with Docker-Content-Digest ${digest}`;
     const whole = fx.blobs[digest];
     if (status === 200) {
-      if (answer.method === "HEAD") return Number(declared) === whole.byteLength ? null : "a blob HEAD of the wrong length";
+      if (answer.method === "HEAD")
+        return Number(declared) === whole.byteLength ? null : "a blob HEAD of the wrong length";
       return sha256(answer.body) === digest ? null : "a blob whose bytes don't hash to its digest";
     }
     const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(answer.headers["content-range"] ?? "");
-    if (!range || Number(range[3]) !== whole.byteLength) return `a 206 with Content-Range ${answer.headers["content-range"]}`;
+    if (!range || Number(range[3]) !== whole.byteLength)
+      return `a 206 with Content-Range ${answer.headers["content-range"]}`;
     // workerd hands a HEAD that asks for a WebSocket upgrade to the worker as GET, and drops the body of the answer.
-    if (answer.method === "HEAD") return Number(declared) === Number(range[2]) - Number(range[1]) + 1 ? null : "a 206 HEAD of the wrong length";
+    if (answer.method === "HEAD")
+      return Number(declared) === Number(range[2]) - Number(range[1]) + 1 ? null : "a 206 HEAD of the wrong length";
     const expected = whole.subarray(Number(range[1]), Number(range[2]) + 1);
-    return Buffer.compare(Buffer.from(expected), answer.body) === 0 ? null : "a 206 whose bytes are not that range of the blob";
+    return Buffer.compare(Buffer.from(expected), answer.body) === 0
+      ? null
+      : "a 206 whose bytes are not that range of the blob";
   }
   if (answer.method === "HEAD") return type ? null : "a 200 HEAD without Content-Type";
   if (type === OCI_INDEX) {
     const index = parseJsonBody(answer) as { schemaVersion?: unknown; manifests?: unknown } | undefined;
-    return index?.schemaVersion === 2 && Array.isArray(index.manifests) ? null : "a referrers answer that is not an image index";
+    return index?.schemaVersion === 2 && Array.isArray(index.manifests)
+      ? null
+      : "a referrers answer that is not an image index";
   }
   if (type === "application/json") {
     const value = parseJsonBody(answer);
@@ -901,12 +1314,16 @@ function judgeWorker(c: Case, answer: Answer): Verdict {
     if (typeof v.imageKey === "string" && typeof v.phase === "string") return null;
     return `a 200 JSON answer of no route: ${answer.body.toString("utf8").slice(0, 200)}`;
   }
-  if (type === "text/plain") return answer.body.toString("utf8").includes("container registry") ? null : "a text answer that is not the landing page";
+  if (type === "text/plain")
+    return answer.body.toString("utf8").includes("container registry")
+      ? null
+      : "a text answer that is not the landing page";
   return `a 200 of type ${type}`;
 }
 
 function judgeBuilder(c: Case, answer: Answer): Verdict {
-  if (answer.status === null) return c.kind === "raw" && c.mayCloseSilently ? null : "the connection closed without an answer";
+  if (answer.status === null)
+    return c.kind === "raw" && c.mayCloseSilently ? null : "the connection closed without an answer";
   const status = answer.status;
   if (answer.method === "HEAD" && answer.body.byteLength > 0) return "a body on HEAD";
   if (status >= 400) {
@@ -946,7 +1363,8 @@ function signatureVerdict(c: Case, answers: Answer[]): Verdict {
   // Only the signed endpoints check signatures, and a body over 64 KiB is refused before they do.
   const route = url.pathname;
   const method = sentMethod(c.method);
-  const signedRoute = ((route === "/jobs" || route === "/resolve") && method === "POST") || (route === "/status" && method === "GET");
+  const signedRoute =
+    ((route === "/jobs" || route === "/resolve") && method === "POST") || (route === "/status" && method === "GET");
   // Refused before the signature is looked at: a body over 64 KiB (413), headers over 16 KiB (431).
   if (!signedRoute || answers[0].status === 413 || answers[0].status === 431) return null;
   if (!matches && answers[0].status !== 401) return `a bad signature answered ${answers[0].status}`;
@@ -970,7 +1388,8 @@ describe(`fuzzing the worker and the builder (seed ${SEED})`, () => {
     const docker = await get("/v2/hello/manifests/latest", DOCKER_MANIFEST);
     const manifest = JSON.parse(new TextDecoder().decode(oci)) as ImageManifest;
     const blobs: Record<string, Uint8Array> = {};
-    for (const { digest } of [manifest.config, ...manifest.layers]) blobs[digest] = await get(`/v2/hello/blobs/${digest}`);
+    for (const { digest } of [manifest.config, ...manifest.layers])
+      blobs[digest] = await get(`/v2/hello/blobs/${digest}`);
     const list = (await (await fetch(`${stack.registryUrl}/api/builds`)).json()) as { builds: { revision: string }[] };
     fx = { manifests: { [sha256(oci)]: oci, [sha256(docker)]: docker }, blobs, revision: list.builds[0].revision };
     cases = drawCases(fx);
@@ -995,14 +1414,19 @@ describe(`fuzzing the worker and the builder (seed ${SEED})`, () => {
             answers = await send(c);
           } catch (error) {
             const cause = (error as Error & { cause?: unknown }).cause;
-            failures.push(`${describeCase(c)}\n  -> ${String((error as Error).message ?? error)}${cause ? ` (${String(cause)})` : ""}`);
+            failures.push(
+              `${describeCase(c)}\n  -> ${String((error as Error).message ?? error)}${cause ? ` (${String(cause)})` : ""}`,
+            );
             continue;
           }
           for (const answer of answers) {
             const key = String(answer.status);
             tally[target].set(key, (tally[target].get(key) ?? 0) + 1);
             const verdict = (target === "worker" ? judgeWorker : judgeBuilder)(c, answer);
-            if (verdict) failures.push(`${describeCase(c)}\n  -> ${verdict}: ${answer.status} ${JSON.stringify(answer.headers)} ${answer.body.toString("utf8").slice(0, 300)}`);
+            if (verdict)
+              failures.push(
+                `${describeCase(c)}\n  -> ${verdict}: ${answer.status} ${JSON.stringify(answer.headers)} ${answer.body.toString("utf8").slice(0, 300)}`,
+              );
           }
           const signature = signatureVerdict(c, answers);
           if (signature) failures.push(`${describeCase(c)}\n  -> ${signature}`);
@@ -1012,17 +1436,26 @@ describe(`fuzzing the worker and the builder (seed ${SEED})`, () => {
     };
     await Promise.all([runTarget("worker"), runTarget("builder")]);
     const seconds = (performance.now() - started) / 1000;
-    const show = (m: Map<string, number>) => [...m].sort().map(([status, n]) => `${status}: ${n}`).join(", ");
+    const show = (m: Map<string, number>) =>
+      [...m]
+        .sort()
+        .map(([status, n]) => `${status}: ${n}`)
+        .join(", ");
     console.log(
       `fuzz seed ${SEED}: ${cases.length} cases (${raw} over raw sockets) in ${seconds.toFixed(1)} s\n` +
         `  worker answers by status  ${show(tally.worker)}\n  builder answers by status ${show(tally.builder)}`,
     );
-    expect(failures, `seed ${SEED} (FUZZ_SEED=${SEED} replays it); ${failures.length} failures:\n${failures.slice(0, 30).join("\n")}`).toEqual([]);
+    expect(
+      failures,
+      `seed ${SEED} (FUZZ_SEED=${SEED} replays it); ${failures.length} failures:\n${failures.slice(0, 30).join("\n")}`,
+    ).toEqual([]);
     expect(cases.filter((c) => c.target === "worker")).toHaveLength(WORKER_CASES);
   }, 240_000);
 
   it("still serves hello with the right digests, the builder still answers, and nothing but hello was built", async () => {
-    const response = await fetch(`${stack.registryUrl}/v2/hello/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+    const response = await fetch(`${stack.registryUrl}/v2/hello/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+    });
     expect(response.status).toBe(200);
     const bytes = new Uint8Array(await response.arrayBuffer());
     expect(sha256(bytes)).toBe(response.headers.get("docker-content-digest"));

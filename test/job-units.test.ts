@@ -70,15 +70,17 @@ describe("builder ranking", () => {
   });
 
   it("takes BUILDER_URL's builders as origins, and refuses one with a path, which the builder could not serve", () => {
-    expect(builderUrls(("https://b1.example.com/, https://b2.example.com:8443 https://b1.example.com"))).toEqual([
+    expect(builderUrls("https://b1.example.com/, https://b2.example.com:8443 https://b1.example.com")).toEqual([
       "https://b1.example.com",
       "https://b2.example.com:8443",
     ]);
-    expect(() => builderUrls(("https://example.com/builder"))).toThrow(
+    expect(() => builderUrls("https://example.com/builder")).toThrow(
       'BUILDER_URL holds "https://example.com/builder", which has a path: give the builder\'s origin only (https://example.com)',
     );
-    expect(() => builderUrls(("builder.example.com"))).toThrow('BUILDER_URL holds "builder.example.com", which is not a URL');
-    expect(() => builderUrls((" "))).toThrow("BUILDER_URL is not configured for the worker");
+    expect(() => builderUrls("builder.example.com")).toThrow(
+      'BUILDER_URL holds "builder.example.com", which is not a URL',
+    );
+    expect(() => builderUrls(" ")).toThrow("BUILDER_URL is not configured for the worker");
   });
 });
 
@@ -94,10 +96,20 @@ describe("bucket layout", () => {
 
   it("the builder writes only its own keys, never the worker's", () => {
     const key = "b".repeat(64);
-    for (const ok of [`images/${key}.json`, `jobs/${key}.json`, recentJobKey(key, 0), "builder-cache/layers/abc.json"]) {
+    for (const ok of [
+      `images/${key}.json`,
+      `jobs/${key}.json`,
+      recentJobKey(key, 0),
+      "builder-cache/layers/abc.json",
+    ]) {
       expect(() => assertBuilderWritable(ok)).not.toThrow();
     }
-    for (const refused of ["resolutions/latest.json", "tags/hello/latest", `images/${key}.json/../x`, "builder-cache/../images/x"]) {
+    for (const refused of [
+      "resolutions/latest.json",
+      "tags/hello/latest",
+      `images/${key}.json/../x`,
+      "builder-cache/../images/x",
+    ]) {
       expect(() => assertBuilderWritable(refused)).toThrow(/does not write/);
     }
   });
@@ -120,7 +132,14 @@ describe("attribute policy", () => {
     ]) {
       expect(denied(path), path).toEqual({ path, list: "deny", entry });
     }
-    for (const path of ["hello", "pkgsite", "python3Packages.numpy", "pkgsLinux.hello", "testssl", "buildPackages.hello"]) {
+    for (const path of [
+      "hello",
+      "pkgsite",
+      "python3Packages.numpy",
+      "pkgsLinux.hello",
+      "testssl",
+      "buildPackages.hello",
+    ]) {
       expect(denied(path), path).toBeNull();
     }
   });
@@ -141,7 +160,8 @@ describe("attribute policy", () => {
   it("an allow-list admits its entries and what is under them, from the root, and the deny-list still applies", () => {
     const policy = { deny: ["pkgsStatic"], allow: ["hello", "python3Packages", "pkgsStatic"] };
     for (const path of ["hello", "HELLO", "python3packages.numpy"]) expect(denied(path, policy), path).toBeNull();
-    for (const path of ["curl", "hello2", "buildPackages.hello", "python3"]) expect(denied(path, policy), path).toEqual({ path, list: "allow" });
+    for (const path of ["curl", "hello2", "buildPackages.hello", "python3"])
+      expect(denied(path, policy), path).toEqual({ path, list: "allow" });
     expect(denied("pkgsStatic.hello", policy)).toMatchObject({ list: "deny", entry: "pkgsStatic" });
   });
 });
@@ -193,8 +213,14 @@ describe("build admission", () => {
     const admission = new BuildAdmission(config, false);
     expect(() => admission.checkNames(["hello", "tools.greet"])).not.toThrow();
     const denied = refusal(() => admission.checkNames(["hello", "pkgscross.riscv64.hello"]));
-    expect(denied.refusal).toMatchObject({ status: 403, code: "DENIED", detail: { refused: [{ name: "pkgscross.riscv64.hello", denied: "pkgsCross" }] } });
-    expect(denied.message).toBe("not built here: pkgscross.riscv64.hello reaches pkgsCross, which the builder's attribute policy denies (NIXERY_DENY_ATTRIBUTES)");
+    expect(denied.refusal).toMatchObject({
+      status: 403,
+      code: "DENIED",
+      detail: { refused: [{ name: "pkgscross.riscv64.hello", denied: "pkgsCross" }] },
+    });
+    expect(denied.message).toBe(
+      "not built here: pkgscross.riscv64.hello reaches pkgsCross, which the builder's attribute policy denies (NIXERY_DENY_ATTRIBUTES)",
+    );
     const resolved = refusal(() => admission.checkResolved({ hello: "hello", x: "pkgsStatic.hello" }));
     expect(resolved.message).toContain("x (the attribute pkgsStatic.hello) reaches pkgsStatic");
   });
@@ -220,9 +246,13 @@ describe("build admission", () => {
     const substituteOnly = new BuildAdmission({ ...config, maxClosureBytes: 0 }, true);
     const mustBuild = refusal(() => substituteOnly.checkPlan(reader.plan, image));
     expect(mustBuild.refusal).toMatchObject({ status: 403, code: "DENIED", detail: { mustBuild: ["hello-2.12.1"] } });
-    expect(mustBuild.message).toContain("(hello-2.12.1), and this builder only downloads from binary caches: it builds nothing itself (NIX_MAX_JOBS=0)");
+    expect(mustBuild.message).toContain(
+      "(hello-2.12.1), and this builder only downloads from binary caches: it builds nothing itself (NIX_MAX_JOBS=0)",
+    );
     expect(() => substituteOnly.checkPlan({ ...reader.plan, build: [image] }, image)).not.toThrow();
-    expect(() => new BuildAdmission({ ...config, maxClosureBytes: 0 }, false).checkPlan(reader.plan, image)).not.toThrow();
+    expect(() =>
+      new BuildAdmission({ ...config, maxClosureBytes: 0 }, false).checkPlan(reader.plan, image),
+    ).not.toThrow();
 
     const tooBig = refusal(() => new BuildAdmission(config, false).checkPlan(reader.plan, image));
     expect(tooBig.message).toBe(
@@ -231,7 +261,10 @@ describe("build admission", () => {
     );
     const node = (narSize: number) => ({ path: "/nix/store/x", references: [], narSize, closureSize: narSize });
     expect(() => new BuildAdmission(config, false).checkClosure([node(2 * 1024 ** 2), node(1024 ** 2)])).not.toThrow();
-    expect(refusal(() => new BuildAdmission(config, false).checkClosure([node(2 * 1024 ** 2), node(1024 ** 2 + 1)])).refusal.detail).toEqual({
+    expect(
+      refusal(() => new BuildAdmission(config, false).checkClosure([node(2 * 1024 ** 2), node(1024 ** 2 + 1)])).refusal
+        .detail,
+    ).toEqual({
       limitBytes: 3 * 1024 ** 2,
       closureBytes: 3 * 1024 ** 2 + 1,
     });
@@ -259,8 +292,15 @@ describe("build admission", () => {
       NIXERY_DENY_ATTRIBUTES: "none",
       NIXERY_ALLOW_ATTRIBUTES: "hello, python3Packages.numpy tools",
     }).admission;
-    expect(set).toEqual({ maxBuilds: 3, maxQueue: 0, maxClosureBytes: 0, attributes: { deny: [], allow: ["hello", "python3Packages.numpy", "tools"] } });
-    expect(() => loadConfig({ ...base, BUILDER_MAX_BUILDS: "0", NIXERY_DENY_ATTRIBUTES: "pkgsCross, a..b" })).toThrow(ConfigError);
+    expect(set).toEqual({
+      maxBuilds: 3,
+      maxQueue: 0,
+      maxClosureBytes: 0,
+      attributes: { deny: [], allow: ["hello", "python3Packages.numpy", "tools"] },
+    });
+    expect(() => loadConfig({ ...base, BUILDER_MAX_BUILDS: "0", NIXERY_DENY_ATTRIBUTES: "pkgsCross, a..b" })).toThrow(
+      ConfigError,
+    );
     try {
       loadConfig({ ...base, BUILDER_MAX_BUILDS: "0", NIXERY_DENY_ATTRIBUTES: "pkgsCross, a..b" });
     } catch (error) {

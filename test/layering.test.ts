@@ -37,7 +37,11 @@ function shuffled<T>(items: readonly T[], next: () => number): T[] {
   return out;
 }
 
-const pathOf = (name: string) => `/nix/store/${name.replace(/[^a-z0-9]/g, "").padEnd(32, "0").slice(0, 32)}-${name}`;
+const pathOf = (name: string) =>
+  `/nix/store/${name
+    .replace(/[^a-z0-9]/g, "")
+    .padEnd(32, "0")
+    .slice(0, 32)}-${name}`;
 
 /**
  * A package set as Nix would see it: packages with references and sizes, and Nixery's popularity data for it
@@ -71,7 +75,8 @@ class PackageSet {
 
   popularity(): Popularity {
     const counts = new Map<string, number>();
-    for (const name of this.nodes.keys()) for (const used of this.closureNames([name])) counts.set(used, (counts.get(used) ?? 0) + 1);
+    for (const name of this.nodes.keys())
+      for (const used of this.closureNames([name])) counts.set(used, (counts.get(used) ?? 0) + 1);
     return (storeName) => counts.get(storeName);
   }
 }
@@ -111,7 +116,11 @@ function desktop(): PackageSet {
 const byKey = (layers: LayerGroup[]) => new Set(layers.map((layer) => layer.paths.join("\n")));
 
 describe("layering within the budget", () => {
-  const set = new PackageSet().add("glibc", [], 1000).add("bash", ["glibc"], 1000).add("hello", ["glibc", "bash"], 1000).add("zlib", ["glibc"], 1000);
+  const set = new PackageSet()
+    .add("glibc", [], 1000)
+    .add("bash", ["glibc"], 1000)
+    .add("hello", ["glibc", "bash"], 1000)
+    .add("zlib", ["glibc"], 1000);
 
   it("gives every store path a layer of its own, in dependency order, ties by name, as before", () => {
     const expected = ["glibc", "bash", "hello", "zlib"].map((name) => ({ paths: [pathOf(name)], size: 1000 }));
@@ -144,7 +153,11 @@ describe("layering past the budget", () => {
   it("gives two images that share a big application the same layers for it", () => {
     expect(withA.length).toBeGreaterThan(2 * budget);
     const [planA, planB] = [planLayers(withA, budget, popularity), planLayers(withB, budget, popularity)];
-    const editorPaths = new Set([...desk.closureNames(["editor"])].filter((name) => name.startsWith("editor") || name === "libeditor").map(pathOf));
+    const editorPaths = new Set(
+      [...desk.closureNames(["editor"])]
+        .filter((name) => name.startsWith("editor") || name === "libeditor")
+        .map(pathOf),
+    );
     const editorLayersA = planA.filter((layer) => layer.paths.some((path) => editorPaths.has(path)));
     // Every layer holding the editor's own paths is a layer of the other image too: stored and pulled once.
     const keysB = byKey(planB);
@@ -178,7 +191,10 @@ describe("layering past the budget", () => {
     const next = random(16);
     const plan = planLayers(withA, budget, popularity);
     for (let round = 0; round < 20; round++) {
-      const shuffledGraph = shuffled(withA, next).map((node) => ({ ...node, references: shuffled(node.references, next) }));
+      const shuffledGraph = shuffled(withA, next).map((node) => ({
+        ...node,
+        references: shuffled(node.references, next),
+      }));
       expect(planLayers(shuffledGraph, budget, popularity)).toEqual(plan);
       expect(planLayers(shuffledGraph, budget)).toEqual(planLayers(withA, budget));
     }
@@ -198,7 +214,8 @@ describe("layering past the budget", () => {
       const count = 2 + Math.floor(next() * 300);
       const nodes: StorePathNode[] = [];
       for (let i = 0; i < count; i++) {
-        const references = i === 0 ? [] : Array.from({ length: Math.floor(next() * 4) }, () => nodes[Math.floor(next() * i)].path);
+        const references =
+          i === 0 ? [] : Array.from({ length: Math.floor(next() * 4) }, () => nodes[Math.floor(next() * i)].path);
         const narSize = next() < 0.05 ? OWN_LAYER_BYTES + Math.floor(next() * MiB) : Math.floor(next() * 3 * MiB);
         nodes.push({ path: pathOf(`p${round}-${i}`), references: [...new Set(references)], narSize, closureSize: 0 });
       }
@@ -226,7 +243,8 @@ describe("popularity data", () => {
     await writeFile(join(scratch, "popularity.json"), JSON.stringify(data));
     await writeFile(join(scratch, "list.json"), "[1, 2]");
     server = createServer((request, response) => {
-      if (request.url === "/popularity.json") response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(data));
+      if (request.url === "/popularity.json")
+        response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(data));
       else if (request.url === "/broken.json") response.writeHead(200).end("{not json");
       else if (request.url === "/down") response.writeHead(503).end();
       else response.writeHead(404).end();
@@ -240,9 +258,18 @@ describe("popularity data", () => {
   });
 
   it("loads Nixery's format from an http URL, a file and a file:// URL, leaving out entries that are not counts", async () => {
-    for (const source of [`${base}/popularity.json`, join(scratch, "popularity.json"), pathToFileURL(join(scratch, "popularity.json")).href]) {
+    for (const source of [
+      `${base}/popularity.json`,
+      join(scratch, "popularity.json"),
+      pathToFileURL(join(scratch, "popularity.json")).href,
+    ]) {
       const popularity = await loadPopularity(source);
-      expect([popularity("hello-2.12"), popularity("glibc-2.39"), popularity("bad-1"), popularity("text-1")]).toEqual([3, 5000, undefined, undefined]);
+      expect([popularity("hello-2.12"), popularity("glibc-2.39"), popularity("bad-1"), popularity("text-1")]).toEqual([
+        3,
+        5000,
+        undefined,
+        undefined,
+      ]);
       expect(popularity.entries).toBe(2);
     }
   });
@@ -256,8 +283,14 @@ describe("popularity data", () => {
       expect(error).toBeInstanceOf(PopularityError);
       return error as PopularityError;
     };
-    expect(await failure(`${base}/missing.json`)).toMatchObject({ message: `cannot download popularity data from ${base}/missing.json: HTTP 404`, permanent: true });
-    expect(await failure(`${base}/down`)).toMatchObject({ message: `cannot download popularity data from ${base}/down: HTTP 503`, permanent: false });
+    expect(await failure(`${base}/missing.json`)).toMatchObject({
+      message: `cannot download popularity data from ${base}/missing.json: HTTP 404`,
+      permanent: true,
+    });
+    expect(await failure(`${base}/down`)).toMatchObject({
+      message: `cannot download popularity data from ${base}/down: HTTP 503`,
+      permanent: false,
+    });
     expect(await failure(`${base}/broken.json`)).toMatchObject({ permanent: true });
     expect((await failure(`${base}/broken.json`)).message).toContain("is not popularity data");
     expect((await failure(join(scratch, "list.json"))).message).toContain('expected {"name-version": count, ...}');
@@ -288,23 +321,44 @@ describe("popularity data", () => {
     it("takes NIX_POPULARITY_URL (Nixery's name), NIXERY_POPULARITY_PATH (the older one), or the package set's file", () => {
       const file = join(scratch, "popularity.json");
       expect(loadConfig(required).popularity).toBeNull();
-      expect(loadConfig({ ...required, NIX_POPULARITY_URL: "https://example.org/popularity.json" }).popularity).toEqual({
-        source: "https://example.org/popularity.json",
+      expect(loadConfig({ ...required, NIX_POPULARITY_URL: "https://example.org/popularity.json" }).popularity).toEqual(
+        {
+          source: "https://example.org/popularity.json",
+          setting: "NIX_POPULARITY_URL",
+        },
+      );
+      expect(loadConfig({ ...required, NIX_POPULARITY_URL: file }).popularity).toEqual({
+        source: file,
         setting: "NIX_POPULARITY_URL",
       });
-      expect(loadConfig({ ...required, NIX_POPULARITY_URL: file }).popularity).toEqual({ source: file, setting: "NIX_POPULARITY_URL" });
-      expect(loadConfig({ ...required, NIX_POPULARITY_URL: pathToFileURL(file).href }).popularity).toEqual({ source: file, setting: "NIX_POPULARITY_URL" });
-      expect(loadConfig({ ...required, NIXERY_POPULARITY_PATH: file }).popularity).toEqual({ source: file, setting: "NIXERY_POPULARITY_PATH" });
-      expect(loadConfig({ ...required, NIXERY_POPULARITY_PATH: file, NIX_POPULARITY_URL: file }).popularity).toEqual({ source: file, setting: "NIX_POPULARITY_URL" });
-      expect(loadConfig({ ...required, NIXERY_PKGS_PATH: scratch }).popularity).toEqual({ source: file, setting: "NIXERY_PKGS_PATH" });
+      expect(loadConfig({ ...required, NIX_POPULARITY_URL: pathToFileURL(file).href }).popularity).toEqual({
+        source: file,
+        setting: "NIX_POPULARITY_URL",
+      });
+      expect(loadConfig({ ...required, NIXERY_POPULARITY_PATH: file }).popularity).toEqual({
+        source: file,
+        setting: "NIXERY_POPULARITY_PATH",
+      });
+      expect(loadConfig({ ...required, NIXERY_POPULARITY_PATH: file, NIX_POPULARITY_URL: file }).popularity).toEqual({
+        source: file,
+        setting: "NIX_POPULARITY_URL",
+      });
+      expect(loadConfig({ ...required, NIXERY_PKGS_PATH: scratch }).popularity).toEqual({
+        source: file,
+        setting: "NIXERY_PKGS_PATH",
+      });
     });
 
     it("names a bad value", () => {
-      expect(problems({ NIX_POPULARITY_URL: join(scratch, "none.json") })).toContain(`NIX_POPULARITY_URL=${join(scratch, "none.json")}: there is no such file`);
-      expect(problems({ NIX_POPULARITY_URL: "ftp://example.org/popularity.json" })).toContain("give an http:// or https:// URL, or a file");
-      expect(problems({ NIX_POPULARITY_URL: "https://example.org/a.json", NIXERY_POPULARITY_PATH: "/srv/b.json" })).toContain(
-        "they are one setting: keep NIX_POPULARITY_URL",
+      expect(problems({ NIX_POPULARITY_URL: join(scratch, "none.json") })).toContain(
+        `NIX_POPULARITY_URL=${join(scratch, "none.json")}: there is no such file`,
       );
+      expect(problems({ NIX_POPULARITY_URL: "ftp://example.org/popularity.json" })).toContain(
+        "give an http:// or https:// URL, or a file",
+      );
+      expect(
+        problems({ NIX_POPULARITY_URL: "https://example.org/a.json", NIXERY_POPULARITY_PATH: "/srv/b.json" }),
+      ).toContain("they are one setting: keep NIX_POPULARITY_URL");
     });
   });
 
@@ -321,17 +375,23 @@ describe("popularity data", () => {
       BUILDER_DATA_DIR: join(scratch, "builder"),
     };
     const start = (extra: Record<string, string>) =>
-      promisify(execFile)(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "builder-service/main.ts"), "--check"], {
-        env: { ...env, ...extra },
-        cwd: PROJECT_ROOT,
-        timeout: 60_000,
-      }).then(
+      promisify(execFile)(
+        process.execPath,
+        ["--import", "tsx", join(PROJECT_ROOT, "builder-service/main.ts"), "--check"],
+        {
+          env: { ...env, ...extra },
+          cwd: PROJECT_ROOT,
+          timeout: 60_000,
+        },
+      ).then(
         () => ({ code: 0, stdout: "", stderr: "" }),
         (error: { code: number; stdout: string; stderr: string }) => error,
       );
     const missing = await start({ NIX_POPULARITY_URL: `${base}/missing.json` });
     expect(missing.code).toBe(2);
-    expect(missing.stderr).toContain(`builder-service: cannot start: cannot download popularity data from ${base}/missing.json: HTTP 404`);
+    expect(missing.stderr).toContain(
+      `builder-service: cannot start: cannot download popularity data from ${base}/missing.json: HTTP 404`,
+    );
     expect(missing.stderr).toContain("Fix NIX_POPULARITY_URL");
     expect(missing.stderr).toContain("or unset it to build without popularity data");
     const down = await start({ NIX_POPULARITY_URL: `${base}/down` });
@@ -339,7 +399,9 @@ describe("popularity data", () => {
     expect(down.stderr).toContain("The download may work later");
     const old = await start({ NIXERY_POPULARITY_PATH: join(scratch, "list.json") });
     expect(old.code).toBe(2);
-    expect(old.stdout).toContain('"event":"setting-deprecated","setting":"NIXERY_POPULARITY_PATH","use":"NIX_POPULARITY_URL"');
+    expect(old.stdout).toContain(
+      '"event":"setting-deprecated","setting":"NIXERY_POPULARITY_PATH","use":"NIX_POPULARITY_URL"',
+    );
     expect(old.stderr).toContain("Fix NIXERY_POPULARITY_PATH");
   });
 });

@@ -30,7 +30,20 @@ const BLOBS_AT_ONCE = 3;
 const MAX_GROWTH_MIB = 100;
 
 /** Packages of package-sets/test-pkgs (not `broken` or the aliases), for images no other part of this file pulls. */
-const PACKAGES = ["2048", "bashinteractive", "busybox", "cacert", "coreutils", "dataset", "greeting", "hello", "iana-etc", "moreutils", "nano", "tools.greet"];
+const PACKAGES = [
+  "2048",
+  "bashinteractive",
+  "busybox",
+  "cacert",
+  "coreutils",
+  "dataset",
+  "greeting",
+  "hello",
+  "iana-etc",
+  "moreutils",
+  "nano",
+  "tools.greet",
+];
 
 let stack: TestStack;
 
@@ -40,7 +53,11 @@ function percentile(sorted: number[], p: number): number {
 
 function descendants(pid: number): number[] {
   try {
-    const direct = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+    const direct = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
     return direct.flatMap((child) => [child, ...descendants(child)]);
   } catch {
     return []; // ended meanwhile
@@ -117,27 +134,31 @@ interface Answer {
 function get(path: string, options: { accept?: string; keep?: boolean } = {}): Promise<Answer> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const request = http.get(`${stack.registryUrl}${path}`, { agent: false, headers: options.accept ? { Accept: options.accept } : {} }, (response) => {
-      const hash = createHash("sha256");
-      const chunks: Buffer[] = [];
-      let bytes = 0;
-      response.on("data", (chunk: Buffer) => {
-        hash.update(chunk);
-        bytes += chunk.length;
-        if (options.keep) chunks.push(chunk);
-      });
-      response.on("error", reject);
-      response.on("end", () =>
-        resolve({
-          status: response.statusCode ?? 0,
-          headers: response.headers,
-          digest: `sha256:${hash.digest("hex")}`,
-          body: options.keep ? Buffer.concat(chunks) : null,
-          bytes,
-          ms: performance.now() - started,
-        }),
-      );
-    });
+    const request = http.get(
+      `${stack.registryUrl}${path}`,
+      { agent: false, headers: options.accept ? { Accept: options.accept } : {} },
+      (response) => {
+        const hash = createHash("sha256");
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        response.on("data", (chunk: Buffer) => {
+          hash.update(chunk);
+          bytes += chunk.length;
+          if (options.keep) chunks.push(chunk);
+        });
+        response.on("error", reject);
+        response.on("end", () =>
+          resolve({
+            status: response.statusCode ?? 0,
+            headers: response.headers,
+            digest: `sha256:${hash.digest("hex")}`,
+            body: options.keep ? Buffer.concat(chunks) : null,
+            bytes,
+            ms: performance.now() - started,
+          }),
+        );
+      },
+    );
     request.on("error", reject);
   });
 }
@@ -162,15 +183,27 @@ async function pullManifest(name: string): Promise<Pulled> {
     const retryAfter = answer.headers["retry-after"] ?? null;
     return { ...common, status: answer.status, manifest: null, manifestDigest: null, retryAfter, code };
   }
-  expect(answer.digest, `${name}: the manifest's bytes and its Docker-Content-Digest`).toBe(answer.headers["docker-content-digest"]);
-  return { ...common, status: 200, manifest: JSON.parse(text) as ImageManifest, manifestDigest: answer.digest, retryAfter: null, code: null };
+  expect(answer.digest, `${name}: the manifest's bytes and its Docker-Content-Digest`).toBe(
+    answer.headers["docker-content-digest"],
+  );
+  return {
+    ...common,
+    status: 200,
+    manifest: JSON.parse(text) as ImageManifest,
+    manifestDigest: answer.digest,
+    retryAfter: null,
+    code: null,
+  };
 }
 
 /**
  * A whole pull: the manifest, then every blob (BLOBS_AT_ONCE at a time), each checked against its digest. `requests`
  * gets the time of each request (to the end of its body).
  */
-async function pullImage(name: string, requests: number[] = []): Promise<{ ms: number; bytes: number; manifestDigest: string }> {
+async function pullImage(
+  name: string,
+  requests: number[] = [],
+): Promise<{ ms: number; bytes: number; manifestDigest: string }> {
   const started = performance.now();
   const { status, manifest, manifestDigest, bytes: manifestBytes, ms } = await pullManifest(name);
   requests.push(ms);
@@ -249,7 +282,8 @@ describe("load on loopback", () => {
   it(`${DIFFERENT_IMAGES} concurrent cold pulls of different images: the cap's worth built, the rest refused with Retry-After, memory bounded`, async () => {
     const triples: string[] = [];
     for (let a = 0; a < PACKAGES.length; a++)
-      for (let b = a + 1; b < PACKAGES.length; b++) for (let c = b + 1; c < PACKAGES.length; c++) triples.push(`${PACKAGES[a]}/${PACKAGES[b]}/${PACKAGES[c]}`);
+      for (let b = a + 1; b < PACKAGES.length; b++)
+        for (let c = b + 1; c < PACKAGES.length; c++) triples.push(`${PACKAGES[a]}/${PACKAGES[b]}/${PACKAGES[c]}`);
     // Every other one of the 220, for a spread of packages.
     const names = triples.filter((_, i) => i % 2 === 0).slice(0, DIFFERENT_IMAGES);
     expect(names).toHaveLength(DIFFERENT_IMAGES);
@@ -273,8 +307,14 @@ describe("load on loopback", () => {
     expect(built.length).toBeGreaterThanOrEqual(1 + QUEUE);
     // Each admitted image was built once, and nothing was started for a refused one.
     expect(stack.jobsStarted() - jobs).toBe(built.length);
-    expect(peak.builder - before.builder, `the builder grew from ${before.builder.toFixed(0)} MiB to ${peak.builder.toFixed(0)} MiB`).toBeLessThan(MAX_GROWTH_MIB);
-    expect(peak.workerd - before.workerd, `workerd grew from ${before.workerd.toFixed(0)} MiB to ${peak.workerd.toFixed(0)} MiB`).toBeLessThan(MAX_GROWTH_MIB);
+    expect(
+      peak.builder - before.builder,
+      `the builder grew from ${before.builder.toFixed(0)} MiB to ${peak.builder.toFixed(0)} MiB`,
+    ).toBeLessThan(MAX_GROWTH_MIB);
+    expect(
+      peak.workerd - before.workerd,
+      `workerd grew from ${before.workerd.toFixed(0)} MiB to ${peak.workerd.toFixed(0)} MiB`,
+    ).toBeLessThan(MAX_GROWTH_MIB);
 
     const refusedMs = refused.map((pull) => pull.ms).sort((a, b) => a - b);
     const builtMs = built.map((pull) => pull.ms).sort((a, b) => a - b);

@@ -76,9 +76,10 @@ async function newStore(overrides: Partial<Omit<S3StoreConfig, "kind">> = {}): P
 
 const keyOf = (digest: Digest) => `blobs/sha256/${digest.slice("sha256:".length)}`;
 
-
 /** An object as the reader worker serves it, or null. */
-async function readThroughWorker(key: string): Promise<{ bytes: Buffer; contentType: string | null; etag: string | null } | null> {
+async function readThroughWorker(
+  key: string,
+): Promise<{ bytes: Buffer; contentType: string | null; etag: string | null } | null> {
   const response = await miniflare.dispatchFetch(`http://reader.local/${encodeURIComponent(key)}`);
   if (response.status === 404) {
     await response.arrayBuffer();
@@ -288,7 +289,11 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     const key = "builder-cache/test/mismatch";
     const body = randomBytes(64 * 1024);
     const other = createHash("sha256").update("other bytes").digest("hex");
-    const mismatch = await signedFetch("PUT", `/${BUCKET}/${key}`, { body, sha256: other, headers: { "content-type": "application/octet-stream" } });
+    const mismatch = await signedFetch("PUT", `/${BUCKET}/${key}`, {
+      body,
+      sha256: other,
+      headers: { "content-type": "application/octet-stream" },
+    });
     expect(mismatch.status).toBe(400);
     expect(codeOf(mismatch.text)).toBe("XAmzContentSHA256Mismatch");
     expect(await (await bucket()).head(key)).toBeNull();
@@ -357,21 +362,32 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
 
   it("refuses an UploadPart whose body doesn't match its signed sha256 without storing it; the upload goes on", async () => {
     const key = "builder-cache/test/parts";
-    const created = await signedFetch("POST", `/${BUCKET}/${key}?uploads=`, { headers: { "content-type": "application/x-parts" } });
+    const created = await signedFetch("POST", `/${BUCKET}/${key}?uploads=`, {
+      headers: { "content-type": "application/x-parts" },
+    });
     expect(created.status).toBe(200);
     const uploadId = /<UploadId>([^<]*)<\/UploadId>/.exec(created.text)?.[1];
     expect(uploadId).toBeTruthy();
     const partPath = `/${BUCKET}/${key}?partNumber=1&uploadId=${encodeURIComponent(uploadId!)}`;
     const body = randomBytes(256 * 1024);
 
-    const bad = await signedFetch("PUT", partPath, { body, sha256: createHash("sha256").update("not the part").digest("hex") });
+    const bad = await signedFetch("PUT", partPath, {
+      body,
+      sha256: createHash("sha256").update("not the part").digest("hex"),
+    });
     expect(bad.status).toBe(400);
     expect(codeOf(bad.text)).toBe("XAmzContentSHA256Mismatch");
-    const badMd5 = await signedFetch("PUT", partPath, { body, headers: { "content-md5": createHash("md5").update("x").digest("base64") } });
+    const badMd5 = await signedFetch("PUT", partPath, {
+      body,
+      headers: { "content-md5": createHash("md5").update("x").digest("base64") },
+    });
     expect(badMd5.status).toBe(400);
     expect(codeOf(badMd5.text)).toBe("BadDigest");
 
-    const good = await signedFetch("PUT", partPath, { body, headers: { "content-md5": createHash("md5").update(body).digest("base64") } });
+    const good = await signedFetch("PUT", partPath, {
+      body,
+      headers: { "content-md5": createHash("md5").update(body).digest("base64") },
+    });
     expect(good.status).toBe(200);
     const etag = good.headers.get("etag");
     expect(etag).toMatch(/^".+"$/);
@@ -388,7 +404,9 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
   });
 
   it("leaves nothing behind when the builder's multipart upload fails part-way: the upload is aborted", async () => {
-    const front = await startRefusingFront((method, url) => method === "PUT" && url.searchParams.get("partNumber") === "2");
+    const front = await startRefusingFront(
+      (method, url) => method === "PUT" && url.searchParams.get("partNumber") === "2",
+    );
     try {
       const store = await newStore({ endpoint: front.url, partConcurrency: 1 });
       const bytes = randomBytes(11 * MiB);
@@ -402,9 +420,15 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
       expect(await readThroughWorker(keyOf(digest))).toBeNull();
       // The upload itself is gone: completing it now is NoSuchUpload.
       const uploadId = String(aborted!.fields.uploadId);
-      const completed = await signedFetch("POST", `/${BUCKET}/${keyOf(digest)}?uploadId=${encodeURIComponent(uploadId)}`, {
-        body: Buffer.from("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>"),
-      });
+      const completed = await signedFetch(
+        "POST",
+        `/${BUCKET}/${keyOf(digest)}?uploadId=${encodeURIComponent(uploadId)}`,
+        {
+          body: Buffer.from(
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part></CompleteMultipartUpload>",
+          ),
+        },
+      );
       expect(completed.status).toBe(404);
       expect(codeOf(completed.text)).toBe("NoSuchUpload");
     } finally {
@@ -418,7 +442,9 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     expect(codeOf(listing.text)).toBe("NotImplemented");
     const tagging = await signedFetch("GET", `/${BUCKET}/builder-cache/startup-check?tagging=`);
     expect(tagging.status).toBe(501);
-    const copy = await signedFetch("PUT", `/${BUCKET}/builder-cache/copy`, { headers: { "x-amz-copy-source": `/${BUCKET}/builder-cache/startup-check` } });
+    const copy = await signedFetch("PUT", `/${BUCKET}/builder-cache/copy`, {
+      headers: { "x-amz-copy-source": `/${BUCKET}/builder-cache/startup-check` },
+    });
     expect(copy.status).toBe(501);
     expect(await (await bucket()).head("builder-cache/copy")).toBeNull();
   });

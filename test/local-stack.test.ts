@@ -14,13 +14,22 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PROJECT_ROOT } from "../scripts/local-stack.ts";
 import { startPlainHttpFront, type PlainHttpFront } from "../scripts/plain-http-front.ts";
-import { pullAndUnpack, run, runAllowingFailure, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
+import {
+  pullAndUnpack,
+  run,
+  runAllowingFailure,
+  runInRootfs,
+  startTestStack,
+  type TestStack,
+} from "./support/stack.ts";
 
 const hasDocker = spawnSync("sh", ["-c", "command -v docker"], { stdio: "ignore" }).status === 0;
 const hasSetpriv = (spawnSync("setpriv", ["--help"], { encoding: "utf8" }).stdout ?? "").includes("--pdeathsig");
 
 /** A GET over https that accepts the stack's self-signed certificate, as `curl -k` does. */
-function insecureGet(url: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+function insecureGet(
+  url: string,
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
   return new Promise((resolve, reject) => {
     https
       .get(url, { rejectUnauthorized: false }, (response) => {
@@ -63,7 +72,14 @@ describe("TLS=1: https from workerd", () => {
   it("is read by `docker manifest inspect --insecure` over TLS", async (context) => {
     if (!hasDocker) context.skip();
     const config = await mkdtemp(join(stack.scratch, "docker-config-"));
-    const { stdout } = await run("env", [`DOCKER_CONFIG=${config}`, "docker", "manifest", "inspect", "--insecure", `${stack.registryHost}/hello`]);
+    const { stdout } = await run("env", [
+      `DOCKER_CONFIG=${config}`,
+      "docker",
+      "manifest",
+      "inspect",
+      "--insecure",
+      `${stack.registryHost}/hello`,
+    ]);
     expect((JSON.parse(stdout) as { layers: unknown[] }).layers.length).toBeGreaterThan(0);
   });
 
@@ -89,7 +105,10 @@ describe("the plain-http front", () => {
       });
     });
     await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
-    front = await startPlainHttpFront({ host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port }, { host: "127.0.0.1", port: 0 });
+    front = await startPlainHttpFront(
+      { host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port },
+      { host: "127.0.0.1", port: 0 },
+    );
   });
 
   afterAll(async () => {
@@ -160,35 +179,42 @@ describe("a stack whose process is killed outright (SIGKILL)", () => {
   };
 
   // workerd dies with the stack only through setpriv's parent-death signal (scripts/workerd-process.ts).
-  it.skipIf(!hasSetpriv)(hasSetpriv ? "leaves neither workerd nor the builder running" : "(skipped: no setpriv --pdeathsig here)", async () => {
-    const scratch = await mkdtemp(join(tmpdir(), "killed-stack-"));
-    // node itself, not the tsx wrapper, so that the SIGKILL reaches the process that started everything.
-    const child = spawn(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "test/support/stack-child.ts"), scratch], {
-      cwd: PROJECT_ROOT,
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    try {
-      const up = await new Promise<{ registryUrl: string; builderUrl: string }>((resolve, reject) => {
-        let buffered = "";
-        child.stdout!.on("data", (chunk: Buffer) => {
-          buffered += chunk.toString("utf8");
-          const line = buffered.split("\n").find((l) => l.startsWith("{"));
-          if (line) resolve(JSON.parse(line) as { registryUrl: string; builderUrl: string });
+  it.skipIf(!hasSetpriv)(
+    hasSetpriv ? "leaves neither workerd nor the builder running" : "(skipped: no setpriv --pdeathsig here)",
+    async () => {
+      const scratch = await mkdtemp(join(tmpdir(), "killed-stack-"));
+      // node itself, not the tsx wrapper, so that the SIGKILL reaches the process that started everything.
+      const child = spawn(
+        process.execPath,
+        ["--import", "tsx", join(PROJECT_ROOT, "test/support/stack-child.ts"), scratch],
+        {
+          cwd: PROJECT_ROOT,
+          stdio: ["ignore", "pipe", "inherit"],
+        },
+      );
+      try {
+        const up = await new Promise<{ registryUrl: string; builderUrl: string }>((resolve, reject) => {
+          let buffered = "";
+          child.stdout.on("data", (chunk: Buffer) => {
+            buffered += chunk.toString("utf8");
+            const line = buffered.split("\n").find((l) => l.startsWith("{"));
+            if (line) resolve(JSON.parse(line) as { registryUrl: string; builderUrl: string });
+          });
+          child.once("exit", (code) => reject(new Error(`the stack's process exited with ${code} before it was up`)));
         });
-        child.once("exit", (code) => reject(new Error(`the stack's process exited with ${code} before it was up`)));
-      });
-      expect((await fetch(`${up.registryUrl}/v2/`)).status).toBe(200);
-      const children = childrenOf(child.pid!);
-      expect(children.filter((c) => c.name === "workerd")).toHaveLength(1);
-      const started = children.map((c) => c.pid);
+        expect((await fetch(`${up.registryUrl}/v2/`)).status).toBe(200);
+        const children = childrenOf(child.pid!);
+        expect(children.filter((c) => c.name === "workerd")).toHaveLength(1);
+        const started = children.map((c) => c.pid);
 
-      child.kill("SIGKILL");
-      for (let i = 0; i < 100 && started.some(alive); i++) await new Promise((resolve) => setTimeout(resolve, 100));
-      expect(started.filter(alive)).toEqual([]);
-      await expect(fetch(`${up.builderUrl}/health`)).rejects.toThrow();
-    } finally {
-      child.kill("SIGKILL");
-      await rm(scratch, { recursive: true, force: true });
-    }
-  });
+        child.kill("SIGKILL");
+        for (let i = 0; i < 100 && started.some(alive); i++) await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(started.filter(alive)).toEqual([]);
+        await expect(fetch(`${up.builderUrl}/health`)).rejects.toThrow();
+      } finally {
+        child.kill("SIGKILL");
+        await rm(scratch, { recursive: true, force: true });
+      }
+    },
+  );
 });

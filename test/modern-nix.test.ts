@@ -87,15 +87,31 @@ describe(`the builder under Nix >= ${MIN_NIX_VERSION}`, () => {
   });
 
   it("pulls shell/hello with skopeo, and bash runs hello; podman runs it too", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "shell/hello:latest", await mkdtemp(join(stack.scratch, "shell-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "shell/hello:latest",
+      await mkdtemp(join(stack.scratch, "shell-")),
+    );
     expect((await runInRootfs(rootfs, ["bash", "-c", "hello"])).stdout).toBe("Hello, world!\n");
-    const { stdout } = await podmanRun(await mkdtemp(join(stack.scratch, "pod-")), `${stack.registryHost}/shell/hello`, ["hello"]);
+    const { stdout } = await podmanRun(
+      await mkdtemp(join(stack.scratch, "pod-")),
+      `${stack.registryHost}/shell/hello`,
+      ["hello"],
+    );
     expect(stdout).toBe("Hello, world!\n");
   });
 
   it("pulls python3packages.requests, found case-insensitively in the nested set", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "shell/python3packages.requests:latest", await mkdtemp(join(stack.scratch, "requests-")));
-    const { stdout } = await runInRootfs(rootfs, ["bash", "-c", "cat /lib/python3.12/site-packages/requests/__version__.py"]);
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "shell/python3packages.requests:latest",
+      await mkdtemp(join(stack.scratch, "requests-")),
+    );
+    const { stdout } = await runInRootfs(rootfs, [
+      "bash",
+      "-c",
+      "cat /lib/python3.12/site-packages/requests/__version__.py",
+    ]);
     expect(stdout).toBe('__version__ = "2.32.3"\n');
   });
 
@@ -105,12 +121,16 @@ describe(`the builder under Nix >= ${MIN_NIX_VERSION}`, () => {
     const { stdout } = await podmanRun(await mkdtemp(join(stack.scratch, "pod-")), `${stack.registryHost}/curl`);
     expect(stdout).toBe("libcurl 8.9.1 (test fixture)\n");
     const rootfs = await pullAndUnpack(stack.registryHost, "curl:latest", await mkdtemp(join(stack.scratch, "curl-")));
-    expect((await readdir(join(rootfs, "share/man/man1")))).toEqual(["curl.1"]);
+    expect(await readdir(join(rootfs, "share/man/man1"))).toEqual(["curl.1"]);
     await expect(readdir(join(rootfs, "include"))).rejects.toThrow();
   });
 
   it("built those images with that Nix, into its store", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "hello:latest", await mkdtemp(join(stack.scratch, "again-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "hello:latest",
+      await mkdtemp(join(stack.scratch, "again-")),
+    );
     const hello = (await readdir(join(rootfs, "nix/store"))).find((name) => /^[0-9a-z]{32}-hello-2\.12$/.test(name));
     expect(hello).toBeDefined();
     // Valid in the database of the Nix under the prefix: that Nix registered it when it built it.
@@ -120,13 +140,19 @@ describe(`the builder under Nix >= ${MIN_NIX_VERSION}`, () => {
       const calls = (await readFile(trace, "utf8")).split("\n");
       expect(calls.some((line) => line.startsWith("nix-instantiate "))).toBe(true);
       // The image's derivation is evaluated once, then planned and built from its .drv.
-      expect(calls.some((line) => line.startsWith("nix-instantiate ") && line.includes("build-image.nix -A image"))).toBe(true);
+      expect(
+        calls.some((line) => line.startsWith("nix-instantiate ") && line.includes("build-image.nix -A image")),
+      ).toBe(true);
       expect(calls.some((line) => line.startsWith("nix-store --realise --dry-run /nix/store/"))).toBe(true);
-      expect(calls.some((line) => /^nix-build --no-out-link \/nix\/store\/[0-9a-z]{32}-image-metadata\.drv$/.test(line))).toBe(true);
+      expect(
+        calls.some((line) => /^nix-build --no-out-link \/nix\/store\/[0-9a-z]{32}-image-metadata\.drv$/.test(line)),
+      ).toBe(true);
       // And the set's busybox was Debian 13's, the one in the bootstrapped root, not the host's.
       const trixieBusybox = readFileSync(join(nix.root!, "usr/bin/busybox"));
       const imported = (await readdir(join(nix.nixDir, "store"))).filter((name) => /^[0-9a-z]{32}-busybox$/.test(name));
-      expect(imported.some((name) => readFileSync(join(nix.nixDir, "store", name, "busybox")).equals(trixieBusybox))).toBe(true);
+      expect(
+        imported.some((name) => readFileSync(join(nix.nixDir, "store", name, "busybox")).equals(trixieBusybox)),
+      ).toBe(true);
     }
   });
 });

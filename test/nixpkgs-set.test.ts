@@ -27,8 +27,12 @@ const execFileAsync = promisify(execFile);
 const TEST_NIXPKGS = join(PROJECT_ROOT, "package-sets/test-nixpkgs");
 const WRAPPER = join(PROJECT_ROOT, "deploy/builder-service");
 
-const hostNix = (await execFileAsync("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], { env: { ...process.env, NIX_CONFIG: OFFLINE_NIX_CONFIG } }))
-  .stdout.trim()
+const hostNix = (
+  await execFileAsync("nix-instantiate", ["--eval", "--json", "-E", "builtins.nixVersion"], {
+    env: { ...process.env, NIX_CONFIG: OFFLINE_NIX_CONFIG },
+  })
+).stdout
+  .trim()
   .replace(/"/g, "");
 const [major, minor] = hostNix.split(".").map(Number);
 const hostMeetsNixpkgs = major > 2 || (major === 2 && minor >= 18);
@@ -56,8 +60,16 @@ beforeAll(async () => {
   await buildBuilder();
   scratch = await mkdtemp(join(tmpdir(), "nixpkgs-set-test-"));
   channels = await ChannelService.start(join(scratch, "channel-service"));
-  await channels.addFolderArchive(commits.tooNew, TEST_NIXPKGS, hostMeetsNixpkgs ? { "lib/minver.nix": `"${tooNewNeeds}"` } : {});
-  await channels.addFolderArchive(commits.usable, TEST_NIXPKGS, hostMeetsNixpkgs ? {} : { "lib/minver.nix": `"${hostNix}"` });
+  await channels.addFolderArchive(
+    commits.tooNew,
+    TEST_NIXPKGS,
+    hostMeetsNixpkgs ? { "lib/minver.nix": `"${tooNewNeeds}"` } : {},
+  );
+  await channels.addFolderArchive(
+    commits.usable,
+    TEST_NIXPKGS,
+    hostMeetsNixpkgs ? {} : { "lib/minver.nix": `"${hostNix}"` },
+  );
   channels.channels.set("nixos-toonew", commits.tooNew);
   channels.channels.set("nixos-usable", commits.usable);
   [tooNew, usable] = await Promise.all([
@@ -154,7 +166,9 @@ describe("a package set shaped like nixpkgs", () => {
     const renamed = await getManifest(usable.registryUrl, "hello-old", "latest");
     expect(renamed.status).toBe(404);
     expect(renamed.error?.code).toBe("MANIFEST_UNKNOWN");
-    expect(renamed.error?.message).toContain("hello-old is no longer in the package set: 'hello-old' has been renamed to/replaced by 'hello'");
+    expect(renamed.error?.message).toContain(
+      "hello-old is no longer in the package set: 'hello-old' has been renamed to/replaced by 'hello'",
+    );
     const removed = await getManifest(usable.registryUrl, "curl-minimal-old/hello", "latest");
     expect(removed.status).toBe(404);
     expect(removed.error?.message).toContain("'curl-minimal-old' has been removed: use 'curl' instead");
@@ -166,19 +180,26 @@ describe("a package set shaped like nixpkgs", () => {
     ["legacy-tool", "is marked as broken", "NIXPKGS_ALLOW_BROKEN=1", "broken"],
     ["vendor-tool", "has an unfree license", "NIXPKGS_ALLOW_UNFREE=1", "unfree"],
     ["leaky-tool", "is marked as insecure", "NIXPKGS_ALLOW_INSECURE=1", "insecure"],
-  ])("refuses %s with 403 DENIED naming the reason (%s) and the setting that allows it, building nothing", async (name, reason, knob, code) => {
-    const before = usable.builds();
-    const answer = await getManifest(usable.registryUrl, name, "latest");
-    expect(answer.status).toBe(403);
-    expect(answer.error?.code).toBe("DENIED");
-    expect(answer.error?.message).toContain(`${name} ${reason}`);
-    expect(answer.error?.message).toContain(knob);
-    expect(answer.error?.detail).toMatchObject({ refused: [{ name, reason: code }] });
-    expect(usable.builds()).toBe(before);
-  });
+  ])(
+    "refuses %s with 403 DENIED naming the reason (%s) and the setting that allows it, building nothing",
+    async (name, reason, knob, code) => {
+      const before = usable.builds();
+      const answer = await getManifest(usable.registryUrl, name, "latest");
+      expect(answer.status).toBe(403);
+      expect(answer.error?.code).toBe("DENIED");
+      expect(answer.error?.message).toContain(`${name} ${reason}`);
+      expect(answer.error?.message).toContain(knob);
+      expect(answer.error?.detail).toMatchObject({ refused: [{ name, reason: code }] });
+      expect(usable.builds()).toBe(before);
+    },
+  );
 
   it("gives a multi-output package the outputs nix-env installs: curl's program and manual, not its headers", async () => {
-    const rootfs = await pullAndUnpack(usable.registryHost, "curl:latest", await mkdtemp(join(usable.scratch, "curl-")));
+    const rootfs = await pullAndUnpack(
+      usable.registryHost,
+      "curl:latest",
+      await mkdtemp(join(usable.scratch, "curl-")),
+    );
     expect((await runInRootfs(rootfs, ["curl"])).stdout).toBe("libcurl 8.9.1 (test fixture)\n");
     expect(existsSync(join(rootfs, "share/man/man1/curl.1"))).toBe(true);
     expect(existsSync(join(rootfs, "include"))).toBe(false);
@@ -195,8 +216,16 @@ describe("a package set shaped like nixpkgs", () => {
   });
 
   it("finds a package in a nested set case-insensitively: python3packages.requests", async () => {
-    const rootfs = await pullAndUnpack(usable.registryHost, "shell/python3packages.requests:latest", await mkdtemp(join(usable.scratch, "requests-")));
-    const { stdout } = await runInRootfs(rootfs, ["bash", "-c", "cat /lib/python3.12/site-packages/requests/__version__.py"]);
+    const rootfs = await pullAndUnpack(
+      usable.registryHost,
+      "shell/python3packages.requests:latest",
+      await mkdtemp(join(usable.scratch, "requests-")),
+    );
+    const { stdout } = await runInRootfs(rootfs, [
+      "bash",
+      "-c",
+      "cat /lib/python3.12/site-packages/requests/__version__.py",
+    ]);
     expect(stdout).toBe('__version__ = "2.32.3"\n');
   });
 });

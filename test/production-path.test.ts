@@ -18,7 +18,14 @@ import type { ImageManifest } from "../common/oci.ts";
 import { builderStatus } from "../scripts/builder-calls.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT, startBuilder, type Builder } from "../scripts/local-stack.ts";
 import { withWorkerR2 } from "./support/local-r2.ts";
-import { pullAndUnpack, runInRootfs, startTestStack, TEST_PKGS, type LogEntry, type TestStack } from "./support/stack.ts";
+import {
+  pullAndUnpack,
+  runInRootfs,
+  startTestStack,
+  TEST_PKGS,
+  type LogEntry,
+  type TestStack,
+} from "./support/stack.ts";
 import { startHttpFront } from "./support/http-front.ts";
 
 const execFileAsync = promisify(execFile);
@@ -119,7 +126,13 @@ async function runBuilder(env: Record<string, string>): Promise<{ code: number; 
   try {
     await execFileAsync(tsx, ["builder-service/main.ts"], {
       cwd: PROJECT_ROOT,
-      env: { PATH: process.env.PATH, BUILDER_PORT: "0", NIXERY_PKGS_PATH: TEST_PKGS, NIX_CONFIG: OFFLINE_NIX_CONFIG, ...env },
+      env: {
+        PATH: process.env.PATH,
+        BUILDER_PORT: "0",
+        NIXERY_PKGS_PATH: TEST_PKGS,
+        NIX_CONFIG: OFFLINE_NIX_CONFIG,
+        ...env,
+      },
       timeout: 30_000,
     });
     return { code: 0, stderr: "" };
@@ -133,7 +146,10 @@ async function runBuilder(env: Record<string, string>): Promise<{ code: number; 
 function uploadTimes(prefixes: string[]): Promise<Map<string, number>[]> {
   return withWorkerR2(stack.workerStateDir, async (bucket) => {
     const r2 = bucket as unknown as {
-      list(options: { prefix: string; include?: string[] }): Promise<{ objects: { key: string; uploaded: Date }[]; truncated: boolean }>;
+      list(options: {
+        prefix: string;
+        include?: string[];
+      }): Promise<{ objects: { key: string; uploaded: Date }[]; truncated: boolean }>;
     };
     return Promise.all(
       prefixes.map(async (prefix) => {
@@ -170,17 +186,24 @@ afterAll(async () => {
 
 describe("the builder's S3 settings", () => {
   it("refuses to start with a wrong S3 secret, naming the setting to fix", async () => {
-    const { code, stderr } = await runBuilder({ ...stack.s3Env, BUILDER_SECRET: stack.secret, S3_SECRET_ACCESS_KEY: "wrong-secret" });
+    const { code, stderr } = await runBuilder({
+      ...stack.s3Env,
+      BUILDER_SECRET: stack.secret,
+      S3_SECRET_ACCESS_KEY: "wrong-secret",
+    });
     expect(code).toBe(2);
     expect(stderr).toContain("cannot start: the S3 store refused the builder");
     expect(stderr).toContain(`SignatureDoesNotMatch`);
-    expect(stderr).toContain(`S3_SECRET_ACCESS_KEY is not the secret of S3_ACCESS_KEY_ID ${stack.s3Env.S3_ACCESS_KEY_ID}`);
+    expect(stderr).toContain(
+      `S3_SECRET_ACCESS_KEY is not the secret of S3_ACCESS_KEY_ID ${stack.s3Env.S3_ACCESS_KEY_ID}`,
+    );
   });
 
   it("refuses to start without its S3 settings, naming every missing one", async () => {
     const { code, stderr } = await runBuilder({ BUILDER_SECRET: stack.secret, S3_BUCKET: stack.s3Env.S3_BUCKET });
     expect(code).toBe(2);
-    for (const name of ["S3_ENDPOINT", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) expect(stderr).toContain(`${name} is not set`);
+    for (const name of ["S3_ENDPOINT", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"])
+      expect(stderr).toContain(`${name} is not set`);
     expect(stderr).not.toContain("S3_BUCKET is not set");
   });
 
@@ -197,7 +220,9 @@ describe("the builder writing into the registry's bucket", () => {
     // Every CompleteMultipartUpload loses its connection: the big layer can't be finished.
     s3.drop.push({ match: (c) => c.method === "POST" && c.query.uploadId !== undefined, times: Infinity });
     try {
-      const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
+      const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, {
+        headers: { accept: OCI_MANIFEST },
+      });
       expect(response.status).toBe(500);
       const body = (await response.json()) as { errors: { code: string; message: string }[] };
       expect(body.errors[0].code).toBe("BUILD_FAILED");
@@ -211,19 +236,29 @@ describe("the builder writing into the registry's bucket", () => {
     const key = started[0].key;
     expect(key).toMatch(/^blobs\/sha256\/[0-9a-f]{64}$/);
     // Tried S3_MAX_ATTEMPTS times, then aborted.
-    expect(calls.filter((c) => c.key === key && c.method === "POST" && c.query.uploadId).map((c) => c.status)).toEqual(["dropped", "dropped", "dropped"]);
-    expect(calls.filter((c) => c.key === key && c.method === "DELETE" && c.query.uploadId).map((c) => c.status)).toEqual([204]);
+    expect(calls.filter((c) => c.key === key && c.method === "POST" && c.query.uploadId).map((c) => c.status)).toEqual([
+      "dropped",
+      "dropped",
+      "dropped",
+    ]);
+    expect(
+      calls.filter((c) => c.key === key && c.method === "DELETE" && c.query.uploadId).map((c) => c.status),
+    ).toEqual([204]);
     expect(await stack.r2Keys(key)).toEqual([]);
     expect(await stack.r2Keys("images/")).toEqual([]);
     expect(await stack.r2Keys("manifests/")).toEqual([]);
     expect(events("s3-multipart-aborted").map((e) => e.key)).toEqual([key]);
     // The public answer keeps the bucket's details to itself; the builder's log has them.
-    expect(events("job-crashed").some((e) => String(e.error).includes(`complete multipart upload of ${key}`))).toBe(true);
+    expect(events("job-crashed").some((e) => String(e.error).includes(`complete multipart upload of ${key}`))).toBe(
+      true,
+    );
   });
 
   it("writes every blob under blobs/sha256/<hex>, the biggest layer in 5 MiB parts, then the manifests, then the image record", async () => {
     const from = s3.calls.length;
-    const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
+    const response = await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, {
+      headers: { accept: OCI_MANIFEST },
+    });
     expect(response.status).toBe(200);
     const manifest = (await response.json()) as ImageManifest;
     expect(manifest.layers).toHaveLength(2);
@@ -241,16 +276,24 @@ describe("the builder writing into the registry's bucket", () => {
     const biggest = manifest.layers.reduce((a, b) => (a.size > b.size ? a : b));
     expect(biggest.size).toBeGreaterThan(5 * MiB);
     const biggestKey = `blobs/sha256/${biggest.digest.slice(7)}`;
-    const completed = calls.filter((c) => c.key === biggestKey && c.method === "POST" && c.query.uploadId && c.status === 200);
+    const completed = calls.filter(
+      (c) => c.key === biggestKey && c.method === "POST" && c.query.uploadId && c.status === 200,
+    );
     expect(completed).toHaveLength(1);
-    const parts = calls.filter((c) => c.method === "PUT" && c.query.uploadId === completed[0].query.uploadId && c.status === 200);
+    const parts = calls.filter(
+      (c) => c.method === "PUT" && c.query.uploadId === completed[0].query.uploadId && c.status === 200,
+    );
     expect(parts.map((p) => p.bodyBytes).sort((a, b) => b - a)).toEqual([5 * MiB, biggest.size - 5 * MiB]);
     const upload = events("s3-upload").find((e) => e.digest === biggest.digest);
     expect(upload).toMatchObject({ parts: 2, size: biggest.size });
-    console.log(`multipart upload of the ${(biggest.size / MiB).toFixed(2)} MiB layer through the local S3 endpoint: ${upload?.ms} ms, ${upload?.mbPerSecond} MB/s`);
+    console.log(
+      `multipart upload of the ${(biggest.size / MiB).toFixed(2)} MiB layer through the local S3 endpoint: ${upload?.ms} ms, ${upload?.mbPerSecond} MB/s`,
+    );
 
     // Blobs, then manifests, then the image record: a pull never finds a record naming what isn't there yet.
-    const written = calls.filter((c) => (c.method === "PUT" && !c.query.uploadId) || (c.method === "POST" && c.query.uploadId));
+    const written = calls.filter(
+      (c) => (c.method === "PUT" && !c.query.uploadId) || (c.method === "POST" && c.query.uploadId),
+    );
     const blobsDone = Math.max(...written.filter((c) => c.key.startsWith("blobs/")).map((c) => c.answered));
     const manifestPuts = written.filter((c) => c.key.startsWith("manifests/sha256/"));
     const imagePuts = written.filter((c) => c.key.startsWith("images/"));
@@ -265,7 +308,12 @@ describe("the builder writing into the registry's bucket", () => {
   });
 
   it("is the only writer of manifests and image records: the worker wrote none of them", async () => {
-    const [manifests, images, resolutions, tags] = await uploadTimes(["manifests/", "images/", "resolutions/", "tags/"]);
+    const [manifests, images, resolutions, tags] = await uploadTimes([
+      "manifests/",
+      "images/",
+      "resolutions/",
+      "tags/",
+    ]);
     expect(manifests.size).toBe(2);
     expect(images.size).toBe(1);
     for (const [key, uploaded] of [...manifests, ...images]) {
@@ -282,7 +330,11 @@ describe("the builder writing into the registry's bucket", () => {
   it("serves pulls from the bucket alone: no request reaches the builder, which can be stopped", async () => {
     const requests = () => events("request").length;
     const before = { requests: requests(), jobs: events("job-started").length, s3: s3.calls.length };
-    const rootfs = await pullAndUnpack(stack.registryHost, `${IMAGE}:latest`, await mkdtemp(join(stack.scratch, "pull-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      `${IMAGE}:latest`,
+      await mkdtemp(join(stack.scratch, "pull-")),
+    );
     expect((await runInRootfs(rootfs, ["greeting", "R2"])).stdout).toBe("HELLO, WORLD!\nand greetings to R2\n");
     expect((await stat(join(rootfs, "share/dataset/data.bin"))).size).toBe(4 * MiB);
     await new Promise((resolve) => setTimeout(resolve, 50)); // the builder's log lines, if any, arrive
@@ -291,12 +343,19 @@ describe("the builder writing into the registry's bucket", () => {
     expect(s3.calls.length).toBe(before.s3);
 
     // With the builder gone, the image still pulls by digest, every blob from R2.
-    const digest = (await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, { method: "HEAD", headers: { accept: OCI_MANIFEST } })).headers.get(
-      "docker-content-digest",
-    );
+    const digest = (
+      await fetch(`${stack.registryUrl}/v2/${IMAGE}/manifests/latest`, {
+        method: "HEAD",
+        headers: { accept: OCI_MANIFEST },
+      })
+    ).headers.get("docker-content-digest");
     expect(digest).toMatch(/^sha256:[0-9a-f]{64}$/);
     await builder.stop();
-    const again = await pullAndUnpack(stack.registryHost, `${IMAGE}@${digest}`, await mkdtemp(join(stack.scratch, "pull-")));
+    const again = await pullAndUnpack(
+      stack.registryHost,
+      `${IMAGE}@${digest}`,
+      await mkdtemp(join(stack.scratch, "pull-")),
+    );
     expect((await runInRootfs(again, ["greeting", "edge"])).stdout).toBe("HELLO, WORLD!\nand greetings to edge\n");
   });
 });

@@ -73,7 +73,10 @@ const PAGED_TAGS = ["0123456789abcdef0123456789abcdef01234567", "a1", "b2", "c3"
 const sha256 = (bytes: Uint8Array): string => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
 
-async function fetchBytes(path: string, headers: Record<string, string> = {}): Promise<{ response: Response; bytes: Uint8Array }> {
+async function fetchBytes(
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ response: Response; bytes: Uint8Array }> {
   const response = await fetch(`${stack.registryUrl}${path}`, { headers });
   const bytes = new Uint8Array(await response.arrayBuffer());
   if (response.status !== 200) throw new Error(`GET ${path}: ${response.status} ${text(bytes)}`);
@@ -83,7 +86,12 @@ async function fetchBytes(path: string, headers: Record<string, string> = {}): P
 /** A blob straight from the bucket, through the S3 endpoint the builder writes with, so that the worker has not served it. */
 async function fromBucket(digest: string): Promise<Uint8Array> {
   const env = stack.s3Env;
-  const client = new AwsClient({ accessKeyId: env.S3_ACCESS_KEY_ID, secretAccessKey: env.S3_SECRET_ACCESS_KEY, service: "s3", region: env.S3_REGION });
+  const client = new AwsClient({
+    accessKeyId: env.S3_ACCESS_KEY_ID,
+    secretAccessKey: env.S3_SECRET_ACCESS_KEY,
+    service: "s3",
+    region: env.S3_REGION,
+  });
   const response = await client.fetch(`${env.S3_ENDPOINT}/${env.S3_BUCKET}/${blobKey(digest as Digest)}`);
   if (response.status !== 200) throw new Error(`S3 GET of ${digest}: ${response.status} ${await response.text()}`);
   return new Uint8Array(await response.arrayBuffer());
@@ -122,7 +130,11 @@ beforeAll(async () => {
   ]);
   f = {
     oci: { digest: oci.response.headers.get("docker-content-digest")!, bytes: oci.bytes, manifest: ociManifest },
-    docker: { digest: docker.response.headers.get("docker-content-digest")!, bytes: docker.bytes, manifest: dockerManifest },
+    docker: {
+      digest: docker.response.headers.get("docker-content-digest")!,
+      bytes: docker.bytes,
+      manifest: dockerManifest,
+    },
     config: { digest: ociManifest.config.digest, bytes: config.bytes },
     layer: { digest: layerRef.digest, bytes: layer.bytes },
     unfetched: { digest: unfetchedRef.digest, bytes: unfetched },
@@ -140,7 +152,7 @@ afterAll(async () => {
 // The table.
 
 type Lazy<T> = T | ((fx: Fixtures) => T);
-const force = <T,>(value: Lazy<T>): T => (typeof value === "function" ? (value as (fx: Fixtures) => T)(f) : value);
+const force = <T>(value: Lazy<T>): T => (typeof value === "function" ? (value as (fx: Fixtures) => T)(f) : value);
 
 interface Expectation {
   status: number;
@@ -206,7 +218,14 @@ function writesRefused(name: string, path: Lazy<string>, body?: Lazy<string | Ui
       method,
       path,
       body: method === "PUT" || method === "PATCH" ? body : undefined,
-      expect: { status: 405, code: "UNSUPPORTED", message: [PUSH_REFUSED], headers: { allow: "GET, HEAD" }, builds: 0, resolves: 0 },
+      expect: {
+        status: 405,
+        code: "UNSUPPORTED",
+        message: [PUSH_REFUSED],
+        headers: { allow: "GET, HEAD" },
+        builds: 0,
+        resolves: 0,
+      },
     }),
   );
 }
@@ -228,7 +247,13 @@ const blobHeaders = (blob: Blob): Record<string, string> => ({
   "accept-ranges": "bytes",
 });
 
-function range(name: string, blob: (fx: Fixtures) => Blob, header: string, slice: (size: number) => [number, number], extra: Partial<Expectation> = {}): Row {
+function range(
+  name: string,
+  blob: (fx: Fixtures) => Blob,
+  header: string,
+  slice: (size: number) => [number, number],
+  extra: Partial<Expectation> = {},
+): Row {
   return row({
     name: `GET blob with Range: ${header} (${name})`,
     path: (fx) => `/v2/hello/blobs/${blob(fx).digest}`,
@@ -272,14 +297,29 @@ const packagesName = (n: number): string => Array.from({ length: n }, (_, i) => 
 
 const table: Row[] = [
   // The API base.
-  ...withNs(getAndHead({ name: "/v2/", path: "/v2/", expect: { status: 200, json: {}, headers: { "content-type": "application/json", "docker-distribution-api-version": "registry/2.0" } } })),
+  ...withNs(
+    getAndHead({
+      name: "/v2/",
+      path: "/v2/",
+      expect: {
+        status: 200,
+        json: {},
+        headers: { "content-type": "application/json", "docker-distribution-api-version": "registry/2.0" },
+      },
+    }),
+  ),
 
   // Manifests by tag, with content negotiation.
   ...withNs(
     getAndHead({
       name: "manifest by tag, no Accept: OCI",
       path: "/v2/hello/manifests/latest",
-      expect: (fx) => ({ status: 200, body: fx.oci.bytes, headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), vary: "Accept" }, builds: 0 }),
+      expect: (fx) => ({
+        status: 200,
+        body: fx.oci.bytes,
+        headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), vary: "Accept" },
+        builds: 0,
+      }),
     }),
   ),
   ...getAndHead({
@@ -299,7 +339,12 @@ const table: Row[] = [
       name: "manifest by tag, Accept: the Docker schema 2 manifest type only: Docker",
       path: "/v2/hello/manifests/latest",
       headers: { Accept: DOCKER_MANIFEST },
-      expect: (fx) => ({ status: 200, body: fx.docker.bytes, headers: manifestHeaders(fx.docker, DOCKER_MANIFEST), builds: 0 }),
+      expect: (fx) => ({
+        status: 200,
+        body: fx.docker.bytes,
+        headers: manifestHeaders(fx.docker, DOCKER_MANIFEST),
+        builds: 0,
+      }),
     }),
   ),
   ...getAndHead({
@@ -332,19 +377,31 @@ const table: Row[] = [
     name: "GET manifest by tag, Accept-Encoding: gzip: not compressed",
     path: "/v2/hello/manifests/latest",
     headers: { "Accept-Encoding": "gzip" },
-    expect: (fx) => ({ status: 200, body: fx.oci.bytes, headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), "content-encoding": null } }),
+    expect: (fx) => ({
+      status: 200,
+      body: fx.oci.bytes,
+      headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), "content-encoding": null },
+    }),
   }),
   row({
     name: "GET Docker manifest by digest, Accept-Encoding: gzip: not compressed",
     path: (fx) => `/v2/hello/manifests/${fx.docker.digest}`,
     headers: { "Accept-Encoding": "gzip" },
-    expect: (fx) => ({ status: 200, body: fx.docker.bytes, headers: { ...manifestHeaders(fx.docker, DOCKER_MANIFEST), "content-encoding": null } }),
+    expect: (fx) => ({
+      status: 200,
+      body: fx.docker.bytes,
+      headers: { ...manifestHeaders(fx.docker, DOCKER_MANIFEST), "content-encoding": null },
+    }),
   }),
   row({
     name: "GET config blob, Accept-Encoding: gzip: not compressed",
     path: (fx) => `/v2/hello/blobs/${fx.config.digest}`,
     headers: { "Accept-Encoding": "gzip" },
-    expect: (fx) => ({ status: 200, body: fx.config.bytes, headers: { ...blobHeaders(fx.config), "content-encoding": null } }),
+    expect: (fx) => ({
+      status: 200,
+      body: fx.config.bytes,
+      headers: { ...blobHeaders(fx.config), "content-encoding": null },
+    }),
   }),
 
   // Manifests by digest: both flavours stored, each served with its own media type whatever the Accept.
@@ -352,7 +409,11 @@ const table: Row[] = [
     getAndHead({
       name: "OCI manifest by digest",
       path: (fx) => `/v2/hello/manifests/${fx.oci.digest}`,
-      expect: (fx) => ({ status: 200, body: fx.oci.bytes, headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), "cache-control": /immutable/ } }),
+      expect: (fx) => ({
+        status: 200,
+        body: fx.oci.bytes,
+        headers: { ...manifestHeaders(fx.oci, OCI_MANIFEST), "cache-control": /immutable/ },
+      }),
     }),
   ),
   ...getAndHead({
@@ -366,17 +427,67 @@ const table: Row[] = [
     headers: { Accept: DOCKER_MANIFEST },
     expect: (fx) => ({ status: 200, body: fx.docker.bytes, headers: manifestHeaders(fx.docker, DOCKER_MANIFEST) }),
   }),
-  ...withNs(errorRow("unknown manifest digest: 404 MANIFEST_UNKNOWN", `/v2/hello/manifests/${ZERO_DIGEST}`, { status: 404, code: "MANIFEST_UNKNOWN", message: [/sha256:0{64}/], builds: 0 })),
-  ...errorRow("manifest digest sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/manifests/sha256:totallywrong", { status: 400, code: "DIGEST_INVALID", builds: 0, resolves: 0 }),
-  ...errorRow("manifest digest of an unknown algorithm (md5): 400 DIGEST_INVALID", "/v2/hello/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", { status: 400, code: "DIGEST_INVALID", message: [/md5/], builds: 0, resolves: 0 }),
-  ...errorRow("manifest digest in upper case: 400 DIGEST_INVALID", (fx) => `/v2/hello/manifests/${fx.oci.digest.toUpperCase()}`, { status: 400, code: "DIGEST_INVALID", builds: 0, resolves: 0 }),
+  ...withNs(
+    errorRow("unknown manifest digest: 404 MANIFEST_UNKNOWN", `/v2/hello/manifests/${ZERO_DIGEST}`, {
+      status: 404,
+      code: "MANIFEST_UNKNOWN",
+      message: [/sha256:0{64}/],
+      builds: 0,
+    }),
+  ),
+  ...errorRow("manifest digest sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/manifests/sha256:totallywrong", {
+    status: 400,
+    code: "DIGEST_INVALID",
+    builds: 0,
+    resolves: 0,
+  }),
+  ...errorRow(
+    "manifest digest of an unknown algorithm (md5): 400 DIGEST_INVALID",
+    "/v2/hello/manifests/md5:d41d8cd98f00b204e9800998ecf8427e",
+    { status: 400, code: "DIGEST_INVALID", message: [/md5/], builds: 0, resolves: 0 },
+  ),
+  ...errorRow(
+    "manifest digest in upper case: 400 DIGEST_INVALID",
+    (fx) => `/v2/hello/manifests/${fx.oci.digest.toUpperCase()}`,
+    { status: 400, code: "DIGEST_INVALID", builds: 0, resolves: 0 },
+  ),
 
   // Tags this registry does not serve: 404, and no build (nor, for malformed ones, even a resolve).
-  ...withNs(errorRow("tag nixos-99.99 (not served by this package set): 404 MANIFEST_UNKNOWN, no build", "/v2/hello/manifests/nixos-99.99", { status: 404, code: "MANIFEST_UNKNOWN", message: [/nixos-99\.99/], detail: { tag: "nixos-99.99" }, builds: 0 })),
-  ...errorRow("tag of a commit the package set doesn't have: 404 MANIFEST_UNKNOWN, no build", `/v2/hello/manifests/${"0123456789abcdef".repeat(3).slice(0, 40)}`, { status: 404, code: "MANIFEST_UNKNOWN", builds: 0 }),
-  ...errorRow("tag -bad (outside the tag grammar): 404 MANIFEST_UNKNOWN, no build, no resolve", "/v2/hello/manifests/-bad", { status: 404, code: "MANIFEST_UNKNOWN", message: [/-bad/], builds: 0, resolves: 0 }),
-  ...errorRow("tag of 129 characters: 404 MANIFEST_UNKNOWN naming the limit, no resolve", `/v2/hello/manifests/${"t".repeat(129)}`, { status: 404, code: "MANIFEST_UNKNOWN", message: [/tags are at most 128 characters; this one has 129/], detail: { tag: "t".repeat(129) }, builds: 0, resolves: 0 }),
-  ...errorRow("tag with a percent-encoded slash: 404 MANIFEST_UNKNOWN, no resolve", "/v2/hello/manifests/a%2Fb", { status: 404, code: "MANIFEST_UNKNOWN", builds: 0, resolves: 0 }),
+  ...withNs(
+    errorRow(
+      "tag nixos-99.99 (not served by this package set): 404 MANIFEST_UNKNOWN, no build",
+      "/v2/hello/manifests/nixos-99.99",
+      { status: 404, code: "MANIFEST_UNKNOWN", message: [/nixos-99\.99/], detail: { tag: "nixos-99.99" }, builds: 0 },
+    ),
+  ),
+  ...errorRow(
+    "tag of a commit the package set doesn't have: 404 MANIFEST_UNKNOWN, no build",
+    `/v2/hello/manifests/${"0123456789abcdef".repeat(3).slice(0, 40)}`,
+    { status: 404, code: "MANIFEST_UNKNOWN", builds: 0 },
+  ),
+  ...errorRow(
+    "tag -bad (outside the tag grammar): 404 MANIFEST_UNKNOWN, no build, no resolve",
+    "/v2/hello/manifests/-bad",
+    { status: 404, code: "MANIFEST_UNKNOWN", message: [/-bad/], builds: 0, resolves: 0 },
+  ),
+  ...errorRow(
+    "tag of 129 characters: 404 MANIFEST_UNKNOWN naming the limit, no resolve",
+    `/v2/hello/manifests/${"t".repeat(129)}`,
+    {
+      status: 404,
+      code: "MANIFEST_UNKNOWN",
+      message: [/tags are at most 128 characters; this one has 129/],
+      detail: { tag: "t".repeat(129) },
+      builds: 0,
+      resolves: 0,
+    },
+  ),
+  ...errorRow("tag with a percent-encoded slash: 404 MANIFEST_UNKNOWN, no resolve", "/v2/hello/manifests/a%2Fb", {
+    status: 404,
+    code: "MANIFEST_UNKNOWN",
+    builds: 0,
+    resolves: 0,
+  }),
 
   // Packages.
   ...errorRow("unknown packages: 404 MANIFEST_UNKNOWN naming each", "/v2/hello/nosuch1/nosuch2/manifests/latest", {
@@ -392,29 +503,90 @@ const table: Row[] = [
   }),
 
   // Names outside the grammar, on every route.
-  ...errorRow("name with capitals: 404 NAME_INVALID", "/v2/Hello/manifests/latest", { status: 404, code: "NAME_INVALID", message: [/Hello/], builds: 0, resolves: 0 }),
-  ...errorRow("name a//b: 404 NAME_INVALID", "/v2/a//b/manifests/latest", { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 }),
-  ...errorRow("name ending in '-': 404 NAME_INVALID", "/v2/hello-/manifests/latest", { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 }),
-  ...errorRow("name of 256 characters: 404 NAME_INVALID", `/v2/${LONG_NAME}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/255/], builds: 0, resolves: 0 }),
-  ...errorRow("name of 262 characters in three components: 404 NAME_INVALID", `/v2/${LONG_PATH_NAME}/manifests/latest`, { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 }),
+  ...errorRow("name with capitals: 404 NAME_INVALID", "/v2/Hello/manifests/latest", {
+    status: 404,
+    code: "NAME_INVALID",
+    message: [/Hello/],
+    builds: 0,
+    resolves: 0,
+  }),
+  ...errorRow("name a//b: 404 NAME_INVALID", "/v2/a//b/manifests/latest", {
+    status: 404,
+    code: "NAME_INVALID",
+    builds: 0,
+    resolves: 0,
+  }),
+  ...errorRow("name ending in '-': 404 NAME_INVALID", "/v2/hello-/manifests/latest", {
+    status: 404,
+    code: "NAME_INVALID",
+    builds: 0,
+    resolves: 0,
+  }),
+  ...errorRow("name of 256 characters: 404 NAME_INVALID", `/v2/${LONG_NAME}/manifests/latest`, {
+    status: 404,
+    code: "NAME_INVALID",
+    message: [/255/],
+    builds: 0,
+    resolves: 0,
+  }),
+  ...errorRow(
+    "name of 262 characters in three components: 404 NAME_INVALID",
+    `/v2/${LONG_PATH_NAME}/manifests/latest`,
+    { status: 404, code: "NAME_INVALID", builds: 0, resolves: 0 },
+  ),
   // Packages per image: at most 64, counted after meta-packages expand; more are refused before any builder call.
-  ...errorRow("name of 65 packages: 404 NAME_INVALID naming the limit, no builder call", `/v2/${packagesName(65)}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/at most 64 packages; this name asks for 65/], builds: 0, resolves: 0 }),
-  ...errorRow("name of shell and 61 packages (65 with shell's four): 404 NAME_INVALID", `/v2/shell/${packagesName(61)}/manifests/latest`, { status: 404, code: "NAME_INVALID", message: [/asks for 65/], builds: 0, resolves: 0 }),
+  ...errorRow(
+    "name of 65 packages: 404 NAME_INVALID naming the limit, no builder call",
+    `/v2/${packagesName(65)}/manifests/latest`,
+    {
+      status: 404,
+      code: "NAME_INVALID",
+      message: [/at most 64 packages; this name asks for 65/],
+      builds: 0,
+      resolves: 0,
+    },
+  ),
+  ...errorRow(
+    "name of shell and 61 packages (65 with shell's four): 404 NAME_INVALID",
+    `/v2/shell/${packagesName(61)}/manifests/latest`,
+    { status: 404, code: "NAME_INVALID", message: [/asks for 65/], builds: 0, resolves: 0 },
+  ),
   row({
     name: "GET name of 64 packages (the limit): reaches the builder, which names the unknown ones",
     path: `/v2/hello/${packagesName(63)}/manifests/latest`,
-    expect: { status: 404, code: "MANIFEST_UNKNOWN", message: [/p1, /, /p63/], detail: { unknown: expect.arrayContaining(["p1", "p63"]) } },
+    expect: {
+      status: 404,
+      code: "MANIFEST_UNKNOWN",
+      message: [/p1, /, /p63/],
+      detail: { unknown: expect.arrayContaining(["p1", "p63"]) },
+    },
   }),
-  ...withNs(errorRow("blob under a name with capitals: 404 NAME_INVALID", (fx) => `/v2/Hello/blobs/${fx.config.digest}`, { status: 404, code: "NAME_INVALID" })),
-  ...errorRow("tags/list of a name with capitals: 404 NAME_INVALID", "/v2/Hello/tags/list", { status: 404, code: "NAME_INVALID" }),
-  ...errorRow("referrers under a name with capitals: 404 NAME_INVALID", (fx) => `/v2/Hello/referrers/${fx.oci.digest}`, { status: 404, code: "NAME_INVALID" }),
+  ...withNs(
+    errorRow("blob under a name with capitals: 404 NAME_INVALID", (fx) => `/v2/Hello/blobs/${fx.config.digest}`, {
+      status: 404,
+      code: "NAME_INVALID",
+    }),
+  ),
+  ...errorRow("tags/list of a name with capitals: 404 NAME_INVALID", "/v2/Hello/tags/list", {
+    status: 404,
+    code: "NAME_INVALID",
+  }),
+  ...errorRow(
+    "referrers under a name with capitals: 404 NAME_INVALID",
+    (fx) => `/v2/Hello/referrers/${fx.oci.digest}`,
+    { status: 404, code: "NAME_INVALID" },
+  ),
 
   // Blobs.
   ...withNs(
     getAndHead({
       name: "config blob",
       path: (fx) => `/v2/hello/blobs/${fx.config.digest}`,
-      expect: (fx) => ({ status: 200, body: fx.config.bytes, headers: { ...blobHeaders(fx.config), "cache-control": /immutable/ } }),
+      expect: (fx) => ({
+        status: 200,
+        body: fx.config.bytes,
+        headers: { ...blobHeaders(fx.config), "cache-control": /immutable/ },
+      }),
     }),
   ),
   ...getAndHead({
@@ -429,13 +601,50 @@ const table: Row[] = [
     path: (fx) => `/v2/hello/blobs/${fx.unfetched.digest}`,
     expect: (fx) => ({ status: 200, headers: blobHeaders(fx.unfetched) }),
   }),
-  range("never served before, from R2", (fx) => fx.unfetched, "bytes=5-14", () => [5, 14]),
-  ...withNs([range("a-b", (fx) => fx.layer, "bytes=10-19", () => [10, 19])]),
-  range("a-b of one byte", (fx) => fx.layer, "bytes=0-0", () => [0, 0]),
-  range("a-", (fx) => fx.layer, "bytes=100-", (size) => [100, size - 1]),
-  range("-n", (fx) => fx.layer, "bytes=-100", (size) => [size - 100, size - 1]),
-  range("a-b past the end: clamped", (fx) => fx.layer, "bytes=900-99999999", (size) => [900, size - 1]),
-  range("-n longer than the blob: all of it", (fx) => fx.layer, "bytes=-99999999", (size) => [0, size - 1]),
+  range(
+    "never served before, from R2",
+    (fx) => fx.unfetched,
+    "bytes=5-14",
+    () => [5, 14],
+  ),
+  ...withNs([
+    range(
+      "a-b",
+      (fx) => fx.layer,
+      "bytes=10-19",
+      () => [10, 19],
+    ),
+  ]),
+  range(
+    "a-b of one byte",
+    (fx) => fx.layer,
+    "bytes=0-0",
+    () => [0, 0],
+  ),
+  range(
+    "a-",
+    (fx) => fx.layer,
+    "bytes=100-",
+    (size) => [100, size - 1],
+  ),
+  range(
+    "-n",
+    (fx) => fx.layer,
+    "bytes=-100",
+    (size) => [size - 100, size - 1],
+  ),
+  range(
+    "a-b past the end: clamped",
+    (fx) => fx.layer,
+    "bytes=900-99999999",
+    (size) => [900, size - 1],
+  ),
+  range(
+    "-n longer than the blob: all of it",
+    (fx) => fx.layer,
+    "bytes=-99999999",
+    (size) => [0, size - 1],
+  ),
   unsatisfiable("bytes=SIZE-"),
   unsatisfiable("bytes=99999999-99999999"),
   unsatisfiable("bytes=20-10"),
@@ -446,62 +655,151 @@ const table: Row[] = [
     headers: { Range: "bytes=10-19" },
     expect: (fx) => ({ status: 200, headers: { ...blobHeaders(fx.layer), "content-range": null } }),
   }),
-  ...withNs(errorRow("unknown blob: 404 BLOB_UNKNOWN", `/v2/hello/blobs/${ZERO_DIGEST}`, { status: 404, code: "BLOB_UNKNOWN", message: [/sha256:0{64}/] })),
-  ...errorRow("blob digest sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/blobs/sha256:totallywrong", { status: 400, code: "DIGEST_INVALID" }),
-  ...errorRow("blob digest of an unknown algorithm (md5): 400 DIGEST_INVALID", "/v2/hello/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", { status: 400, code: "DIGEST_INVALID", message: [/md5/] }),
-  ...errorRow("blob digest of an unknown algorithm (sha512): 400 DIGEST_INVALID", `/v2/hello/blobs/sha512:${"ab".repeat(64)}`, { status: 400, code: "DIGEST_INVALID" }),
-  ...errorRow("blob digest in upper case: 400 DIGEST_INVALID", (fx) => `/v2/hello/blobs/${fx.layer.digest.toUpperCase()}`, { status: 400, code: "DIGEST_INVALID" }),
-  ...errorRow("blob digest with upper-case hex: 400 DIGEST_INVALID", (fx) => `/v2/hello/blobs/sha256:${fx.layer.digest.slice(7).toUpperCase()}`, { status: 400, code: "DIGEST_INVALID" }),
+  ...withNs(
+    errorRow("unknown blob: 404 BLOB_UNKNOWN", `/v2/hello/blobs/${ZERO_DIGEST}`, {
+      status: 404,
+      code: "BLOB_UNKNOWN",
+      message: [/sha256:0{64}/],
+    }),
+  ),
+  ...errorRow("blob digest sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/blobs/sha256:totallywrong", {
+    status: 400,
+    code: "DIGEST_INVALID",
+  }),
+  ...errorRow(
+    "blob digest of an unknown algorithm (md5): 400 DIGEST_INVALID",
+    "/v2/hello/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
+    { status: 400, code: "DIGEST_INVALID", message: [/md5/] },
+  ),
+  ...errorRow(
+    "blob digest of an unknown algorithm (sha512): 400 DIGEST_INVALID",
+    `/v2/hello/blobs/sha512:${"ab".repeat(64)}`,
+    { status: 400, code: "DIGEST_INVALID" },
+  ),
+  ...errorRow(
+    "blob digest in upper case: 400 DIGEST_INVALID",
+    (fx) => `/v2/hello/blobs/${fx.layer.digest.toUpperCase()}`,
+    { status: 400, code: "DIGEST_INVALID" },
+  ),
+  ...errorRow(
+    "blob digest with upper-case hex: 400 DIGEST_INVALID",
+    (fx) => `/v2/hello/blobs/sha256:${fx.layer.digest.slice(7).toUpperCase()}`,
+    { status: 400, code: "DIGEST_INVALID" },
+  ),
 
   // tags/list: `latest` and every tag served for the name, lexical order, n and last (exclusive), Link when more remain.
-  ...withNs(getAndHead({ name: "tags/list", path: "/v2/hello/tags/list", expect: { status: 200, json: { name: "hello", tags: ["latest"] }, headers: { "content-type": "application/json", link: null } } })),
-  row({ name: "GET tags/list?n=0: no tags, no Link", path: "/v2/hello/tags/list?n=0", expect: { status: 200, json: { name: "hello", tags: [] }, headers: { link: null } } }),
-  row({ name: "GET tags/list?n=1 of one tag: no Link", path: "/v2/hello/tags/list?n=1", expect: { status: 200, json: { name: "hello", tags: ["latest"] }, headers: { link: null } } }),
-  row({ name: "GET tags/list?last=latest: nothing after it", path: "/v2/hello/tags/list?last=latest", expect: { status: 200, json: { name: "hello", tags: [] }, headers: { link: null } } }),
-  ...getAndHead({ name: "tags/list of a name with more tags (R2 markers)", path: "/v2/paged/tags/list", expect: { status: 200, json: { name: "paged", tags: PAGED_TAGS }, headers: { link: null } } }),
+  ...withNs(
+    getAndHead({
+      name: "tags/list",
+      path: "/v2/hello/tags/list",
+      expect: {
+        status: 200,
+        json: { name: "hello", tags: ["latest"] },
+        headers: { "content-type": "application/json", link: null },
+      },
+    }),
+  ),
+  row({
+    name: "GET tags/list?n=0: no tags, no Link",
+    path: "/v2/hello/tags/list?n=0",
+    expect: { status: 200, json: { name: "hello", tags: [] }, headers: { link: null } },
+  }),
+  row({
+    name: "GET tags/list?n=1 of one tag: no Link",
+    path: "/v2/hello/tags/list?n=1",
+    expect: { status: 200, json: { name: "hello", tags: ["latest"] }, headers: { link: null } },
+  }),
+  row({
+    name: "GET tags/list?last=latest: nothing after it",
+    path: "/v2/hello/tags/list?last=latest",
+    expect: { status: 200, json: { name: "hello", tags: [] }, headers: { link: null } },
+  }),
+  ...getAndHead({
+    name: "tags/list of a name with more tags (R2 markers)",
+    path: "/v2/paged/tags/list",
+    expect: { status: 200, json: { name: "paged", tags: PAGED_TAGS }, headers: { link: null } },
+  }),
   ...withNs(
     getAndHead({
       name: "tags/list?n=2: the first two, Link to the next page",
       path: "/v2/paged/tags/list?n=2",
-      expect: { status: 200, json: { name: "paged", tags: PAGED_TAGS.slice(0, 2) }, headers: { link: `</v2/paged/tags/list?last=${PAGED_TAGS[1]}&n=2>; rel="next"` } },
+      expect: {
+        status: 200,
+        json: { name: "paged", tags: PAGED_TAGS.slice(0, 2) },
+        headers: { link: `</v2/paged/tags/list?last=${PAGED_TAGS[1]}&n=2>; rel="next"` },
+      },
     }),
   ),
   row({
     name: "GET tags/list?n=2&last=a1: the next two, Link on",
     path: "/v2/paged/tags/list?n=2&last=a1",
-    expect: { status: 200, json: { name: "paged", tags: ["b2", "c3"] }, headers: { link: '</v2/paged/tags/list?last=c3&n=2>; rel="next"' } },
+    expect: {
+      status: 200,
+      json: { name: "paged", tags: ["b2", "c3"] },
+      headers: { link: '</v2/paged/tags/list?last=c3&n=2>; rel="next"' },
+    },
   }),
   row({
     name: "GET tags/list?n=2&last=c3: the last two, no Link",
     path: "/v2/paged/tags/list?n=2&last=c3",
     expect: { status: 200, json: { name: "paged", tags: ["latest", "nixos-24.05"] }, headers: { link: null } },
   }),
-  row({ name: "GET tags/list?last=b (not a tag): those after it", path: "/v2/paged/tags/list?last=b", expect: { status: 200, json: { name: "paged", tags: ["b2", "c3", "latest", "nixos-24.05"] } } }),
-  row({ name: "GET tags/list?n=100: all, no Link", path: "/v2/paged/tags/list?n=100", expect: { status: 200, json: { name: "paged", tags: PAGED_TAGS }, headers: { link: null } } }),
-  row({ name: "GET tags/list of a longer name under it: its own tags only", path: "/v2/paged/sub/tags/list", expect: { status: 200, json: { name: "paged/sub", tags: ["latest", "x1"] } } }),
+  row({
+    name: "GET tags/list?last=b (not a tag): those after it",
+    path: "/v2/paged/tags/list?last=b",
+    expect: { status: 200, json: { name: "paged", tags: ["b2", "c3", "latest", "nixos-24.05"] } },
+  }),
+  row({
+    name: "GET tags/list?n=100: all, no Link",
+    path: "/v2/paged/tags/list?n=100",
+    expect: { status: 200, json: { name: "paged", tags: PAGED_TAGS }, headers: { link: null } },
+  }),
+  row({
+    name: "GET tags/list of a longer name under it: its own tags only",
+    path: "/v2/paged/sub/tags/list",
+    expect: { status: 200, json: { name: "paged/sub", tags: ["latest", "x1"] } },
+  }),
 
   // Referrers: always an empty OCI index.
   ...withNs(
     getAndHead({
       name: "referrers",
       path: (fx) => `/v2/hello/referrers/${fx.oci.digest}`,
-      expect: { status: 200, json: { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] }, headers: { "content-type": OCI_INDEX } },
+      expect: {
+        status: 200,
+        json: { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] },
+        headers: { "content-type": OCI_INDEX },
+      },
     }),
   ),
   ...getAndHead({
     name: "referrers?artifactType=: filtered, and says so",
     path: (fx) => `/v2/hello/referrers/${fx.oci.digest}?artifactType=application%2Fvnd.example`,
-    expect: { status: 200, json: { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] }, headers: { "content-type": OCI_INDEX, "oci-filters-applied": "artifactType" } },
+    expect: {
+      status: 200,
+      json: { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [] },
+      headers: { "content-type": OCI_INDEX, "oci-filters-applied": "artifactType" },
+    },
   }),
-  ...errorRow("referrers of sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/referrers/sha256:totallywrong", { status: 400, code: "DIGEST_INVALID" }),
+  ...errorRow("referrers of sha256:totallywrong: 400 DIGEST_INVALID", "/v2/hello/referrers/sha256:totallywrong", {
+    status: 400,
+    code: "DIGEST_INVALID",
+  }),
 
   // Writes: this registry builds its images itself.
   ...withNs(writesRefused("manifest by tag", "/v2/hello/manifests/latest", (fx) => fx.oci.bytes)),
-  ...writesRefused("manifest by digest", (fx) => `/v2/hello/manifests/${fx.oci.digest}`, (fx) => fx.oci.bytes),
+  ...writesRefused(
+    "manifest by digest",
+    (fx) => `/v2/hello/manifests/${fx.oci.digest}`,
+    (fx) => fx.oci.bytes,
+  ),
   ...writesRefused("blob", (fx) => `/v2/hello/blobs/${fx.layer.digest}`),
   ...withNs(writesRefused("blob upload start", "/v2/hello/blobs/uploads/")),
   ...writesRefused("blob upload session", "/v2/hello/blobs/uploads/5f6f3c1e-3a39-4b0e-9d3e-0c6f0a1b2c3d", "chunk"),
-  ...writesRefused("cross-repository blob mount", (fx) => `/v2/hello/blobs/uploads/?mount=${fx.layer.digest}&from=other`),
+  ...writesRefused(
+    "cross-repository blob mount",
+    (fx) => `/v2/hello/blobs/uploads/?mount=${fx.layer.digest}&from=other`,
+  ),
   ...writesRefused("tags/list", "/v2/hello/tags/list"),
 ];
 
@@ -513,12 +811,16 @@ function inBuilderDownTable(rows: Row[]): Row[] {
 
 /** The rows run once the builder has been stopped: stored content still serves, anything new gets 503. */
 const whileBuilderDown: Row[] = inBuilderDownTable([
-  ...errorRow("never-built image: 503 BUILDER_UNAVAILABLE with Retry-After", "/v2/coreutils/greeting/manifests/latest", {
-    status: 503,
-    code: "BUILDER_UNAVAILABLE",
-    message: [/builder can't be reached/],
-    headers: { "retry-after": /^\d+$/ },
-  }),
+  ...errorRow(
+    "never-built image: 503 BUILDER_UNAVAILABLE with Retry-After",
+    "/v2/coreutils/greeting/manifests/latest",
+    {
+      status: 503,
+      code: "BUILDER_UNAVAILABLE",
+      message: [/builder can't be reached/],
+      headers: { "retry-after": /^\d+$/ },
+    },
+  ),
   // Blobs never come from the builder: one not in R2 is unknown, builder or not.
   ...errorRow("blob not in R2: 404 BLOB_UNKNOWN, as with the builder up", `/v2/hello/blobs/${ZERO_DIGEST}`, {
     status: 404,
@@ -552,9 +854,21 @@ const whileBuilderDown: Row[] = inBuilderDownTable([
     path: (fx) => `/v2/hello/blobs/${fx.layer.digest}`,
     expect: (fx) => ({ status: 200, body: fx.layer.bytes, headers: blobHeaders(fx.layer) }),
   }),
-  range("from R2", (fx) => fx.layer, "bytes=10-19", () => [10, 19]),
-  row({ name: "GET tags/list", path: "/v2/hello/tags/list", expect: { status: 200, json: { name: "hello", tags: ["latest"] } } }),
-  ...errorRow("tag -bad: still 404 MANIFEST_UNKNOWN", "/v2/hello/manifests/-bad", { status: 404, code: "MANIFEST_UNKNOWN" }),
+  range(
+    "from R2",
+    (fx) => fx.layer,
+    "bytes=10-19",
+    () => [10, 19],
+  ),
+  row({
+    name: "GET tags/list",
+    path: "/v2/hello/tags/list",
+    expect: { status: 200, json: { name: "hello", tags: ["latest"] } },
+  }),
+  ...errorRow("tag -bad: still 404 MANIFEST_UNKNOWN", "/v2/hello/manifests/-bad", {
+    status: 404,
+    code: "MANIFEST_UNKNOWN",
+  }),
 ]);
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -644,9 +958,11 @@ async function runRow(r: Row): Promise<void> {
   const after = counts();
   if (expected.builds !== undefined) {
     expect(after.jobs - before.jobs, `${where}: build jobs started`).toBe(expected.builds);
-    if (buildsBefore !== undefined) expect((await stack.builderCounters()).builds, `${where}: builds`).toBe(buildsBefore);
+    if (buildsBefore !== undefined)
+      expect((await stack.builderCounters()).builds, `${where}: builds`).toBe(buildsBefore);
   }
-  if (expected.resolves !== undefined) expect(after.resolves - before.resolves, `${where}: /resolve requests`).toBe(expected.resolves);
+  if (expected.resolves !== undefined)
+    expect(after.resolves - before.resolves, `${where}: /resolve requests`).toBe(expected.resolves);
   // A blob is served from R2 or not at all: the builder hears nothing of it.
   if (path.includes("/blobs/")) {
     expect(after.requests - before.requests, `${where}: requests to the builder`).toBe(0);
@@ -667,7 +983,9 @@ describe("the registry protocol, route by route", () => {
     expect(f.docker.manifest.mediaType).toBe(DOCKER_MANIFEST);
     expect(f.docker.digest).not.toBe(f.oci.digest);
     expect(f.docker.manifest.config.digest).toBe(f.oci.manifest.config.digest);
-    expect(f.docker.manifest.layers.map((l) => [l.digest, l.size])).toEqual(f.oci.manifest.layers.map((l) => [l.digest, l.size]));
+    expect(f.docker.manifest.layers.map((l) => [l.digest, l.size])).toEqual(
+      f.oci.manifest.layers.map((l) => [l.digest, l.size]),
+    );
   });
 
   for (const r of table) it(r.name, () => runRow(r));

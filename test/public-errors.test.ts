@@ -51,7 +51,8 @@ interface RefusingS3Proxy {
   close(): Promise<void>;
 }
 
-const ACCESS_DENIED = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>';
+const ACCESS_DENIED =
+  '<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>';
 
 async function startRefusingS3Proxy(target: string, bucket: string): Promise<RefusingS3Proxy> {
   const proxy: RefusingS3Proxy = { endpoint: "", seen: [], refuse: null, close: async () => undefined };
@@ -96,7 +97,12 @@ afterAll(async () => {
 /** Asks, keeps the answer and checks that it shows nothing hidden. */
 async function ask(what: string, url: string, init: RequestInit = {}): Promise<Answer> {
   const response = await fetch(url, init);
-  const answer: Answer = { what, status: response.status, headers: Object.fromEntries(response.headers), body: await response.text() };
+  const answer: Answer = {
+    what,
+    status: response.status,
+    headers: Object.fromEntries(response.headers),
+    body: await response.text(),
+  };
   answers.push(answer);
   expectNothingHidden(answer);
   return answer;
@@ -107,7 +113,10 @@ const builderAt = (what: string, path: string, init?: RequestInit) => ask(what, 
 
 function expectNothingHidden(answer: Answer): void {
   // The package set's folder may sit under a checkout named like the bucket (it is the image's public source).
-  const text = `${JSON.stringify(answer.headers)}\n${answer.body}`.replaceAll(PROJECT_ROOT.replace(/\/$/, ""), "<checkout>");
+  const text = `${JSON.stringify(answer.headers)}\n${answer.body}`.replaceAll(
+    PROJECT_ROOT.replace(/\/$/, ""),
+    "<checkout>",
+  );
   for (const { name, value, isAddress } of hidden) {
     // 127.0.0.1:4000 must not be taken for 127.0.0.1:40001.
     const found = isAddress ? new RegExp(`${value.replace(/[.]/g, "\\.")}(?!\\d)`).test(text) : text.includes(value);
@@ -167,7 +176,9 @@ async function replaceBuilder(options: { secret?: string; s3Endpoint?: string })
 
 describe("with the builder up", () => {
   it("serves a pull, then answers a client's mistakes with what it can act on", async () => {
-    expect((await registry("a pull", "/v2/hello/manifests/latest", { headers: { Accept: OCI_MANIFEST } })).status).toBe(200);
+    expect((await registry("a pull", "/v2/hello/manifests/latest", { headers: { Accept: OCI_MANIFEST } })).status).toBe(
+      200,
+    );
     await registry("the landing page", "/");
     await registry("the API check", "/v2/");
 
@@ -189,11 +200,16 @@ describe("with the builder up", () => {
     expect(errorOf(await registry("a malformed digest", "/v2/hello/blobs/sha256:nothex")).code).toBe("DIGEST_INVALID");
     expect((await registry("an unknown blob", `/v2/hello/blobs/${ZERO_DIGEST}`)).status).toBe(404);
     expect((await registry("an unknown manifest", `/v2/hello/manifests/${ZERO_DIGEST}`)).status).toBe(404);
-    expect(JSON.parse((await registry("tags/list", "/v2/hello/tags/list")).body)).toEqual({ name: "hello", tags: ["latest"] });
+    expect(JSON.parse((await registry("tags/list", "/v2/hello/tags/list")).body)).toEqual({
+      name: "hello",
+      tags: ["latest"],
+    });
     await registry("tags/list of a name never pulled", "/v2/nosuchpackage/tags/list");
     expect((await registry("a push", "/v2/hello/manifests/latest", { method: "PUT", body: "{}" })).status).toBe(405);
     expect((await registry("a build that is not an image key", "/api/builds/nokey")).status).toBe(404);
-    const { builds } = JSON.parse((await registry("the build list", "/api/builds")).body) as { builds: { phase: string }[] };
+    const { builds } = JSON.parse((await registry("the build list", "/api/builds")).body) as {
+      builds: { phase: string }[];
+    };
     expect(builds.map((b) => b.phase)).toContain("failed");
   }, 120_000);
 
@@ -202,10 +218,16 @@ describe("with the builder up", () => {
     expect(JSON.parse(health.body)).toEqual({ ok: true });
     const ready = await builderAt("the builder's /ready", "/ready");
     expect([ready.status, JSON.parse(ready.body)]).toEqual([200, { ready: true }]);
-    for (const [method, path] of [["POST", "/jobs"], ["POST", "/resolve"], ["GET", "/status"]]) {
+    for (const [method, path] of [
+      ["POST", "/jobs"],
+      ["POST", "/resolve"],
+      ["GET", "/status"],
+    ]) {
       const refused = await builderAt(`unsigned ${method} ${path} to the builder`, path, {
         method,
-        ...(method === "POST" ? { body: JSON.stringify({ tag: "latest" }), headers: { "content-type": "application/json" } } : {}),
+        ...(method === "POST"
+          ? { body: JSON.stringify({ tag: "latest" }), headers: { "content-type": "application/json" } }
+          : {}),
       });
       expect(refused.status).toBe(401);
     }
@@ -232,10 +254,16 @@ describe("when the registry's own parts fail", () => {
     try {
       const resolving = await registry("resolving a tag at a builder with another secret", "/v2/hello/manifests/main");
       expect(resolving.status).toBe(500);
-      expect(errorOf(resolving)).toMatchObject({ code: "UNKNOWN", message: expect.stringContaining('resolving tag "main" failed') });
+      expect(errorOf(resolving)).toMatchObject({
+        code: "UNKNOWN",
+        message: expect.stringContaining('resolving tag "main" failed'),
+      });
       expect(await workerLogged(idOf(resolving))).toContain("BUILDER_SECRET");
 
-      const building = await registry("a cold pull at a builder with another secret", "/v2/hello/nano/manifests/latest");
+      const building = await registry(
+        "a cold pull at a builder with another secret",
+        "/v2/hello/nano/manifests/latest",
+      );
       expect(building.status).toBe(500);
       expect(errorOf(building)).toMatchObject({ code: "UNKNOWN", message: expect.stringContaining("building image") });
       expect(await workerLogged(idOf(building))).toContain("BUILDER_SECRET");
@@ -257,7 +285,9 @@ describe("when the registry's own parts fail", () => {
       const crashed = builderEvents(builder, "job-crashed").filter((entry) => entry.id === id);
       expect(crashed).toHaveLength(1);
       // The details are there for the operator: the key that may not write, the bucket, the endpoint.
-      expect(String(crashed[0].error)).toContain(`the key ${stack.s3Env.S3_ACCESS_KEY_ID} may not write bucket ${stack.s3Env.S3_BUCKET}`);
+      expect(String(crashed[0].error)).toContain(
+        `the key ${stack.s3Env.S3_ACCESS_KEY_ID} may not write bucket ${stack.s3Env.S3_BUCKET}`,
+      );
       expect(String(crashed[0].error)).toContain(s3.endpoint);
 
       // Its build record, public at /api/builds, carries the same message and id.
@@ -282,14 +312,18 @@ describe("when the registry's own parts fail", () => {
       const before = looks();
       const started = performance.now();
       const asked = [
-        ...(await Promise.all(Array.from({ length: 50 }, () => builderAt("the builder's /ready, 50 at once", "/ready")))),
+        ...(await Promise.all(
+          Array.from({ length: 50 }, () => builderAt("the builder's /ready, 50 at once", "/ready")),
+        )),
         ...(await Array.from({ length: 50 }).reduce<Promise<Answer[]>>(
           async (earlier) => [...(await earlier), await builderAt("the builder's /ready, 50 in a row", "/ready")],
           Promise.resolve([]),
         )),
       ];
       const ms = performance.now() - started;
-      expect(asked.map((a) => [a.status, a.body])).toEqual(Array.from({ length: 100 }, () => [503, JSON.stringify({ ready: false })]));
+      expect(asked.map((a) => [a.status, a.body])).toEqual(
+        Array.from({ length: 100 }, () => [503, JSON.stringify({ ready: false })]),
+      );
       expect(looks() - before).toBe(1);
       const problems = builderEvents(builder, "not-ready");
       expect(problems).toHaveLength(1);
@@ -307,7 +341,10 @@ describe("when the registry's own parts fail", () => {
     const builder = await replaceBuilder({ s3Endpoint: s3.endpoint });
     s3.refuse = (method, key) => method === "GET" && key.startsWith("images/");
     try {
-      const answer = await registry("a job submitted while the bucket refuses reads", "/v2/hello/nano/manifests/latest");
+      const answer = await registry(
+        "a job submitted while the bucket refuses reads",
+        "/v2/hello/nano/manifests/latest",
+      );
       expect(answer.status).toBe(500);
       expect(errorOf(answer).code).toBe("UNKNOWN");
       const id = idOf(answer);

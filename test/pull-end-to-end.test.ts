@@ -21,13 +21,21 @@ afterAll(async () => {
 
 describe("pulling a Nix-built image end to end", () => {
   it("pulls hello, and hello runs", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "hello:latest", await mkdtemp(join(stack.scratch, "hello-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "hello:latest",
+      await mkdtemp(join(stack.scratch, "hello-")),
+    );
     const { stdout } = await runInRootfs(rootfs, ["hello"]);
     expect(stdout).toBe("Hello, world!\n");
   });
 
   it("pulls an image of two packages, a nested attribute among them, and both commands run", async () => {
-    const rootfs = await pullAndUnpack(stack.registryHost, "hello/tools.greet:latest", await mkdtemp(join(stack.scratch, "two-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "hello/tools.greet:latest",
+      await mkdtemp(join(stack.scratch, "two-")),
+    );
     expect((await runInRootfs(rootfs, ["hello"])).stdout).toBe("Hello, world!\n");
     expect((await runInRootfs(rootfs, ["greet"])).stdout).toMatch(/greetings from tools\.greet/);
   });
@@ -36,7 +44,11 @@ describe("pulling a Nix-built image end to end", () => {
     expect(stack.jobsStarted()).toBe(2); // hello, and hello/tools.greet
     const before = await stack.builderCounters();
     const requestsBefore = stack.builderRequests("/");
-    const rootfs = await pullAndUnpack(stack.registryHost, "hello:latest", await mkdtemp(join(stack.scratch, "again-")));
+    const rootfs = await pullAndUnpack(
+      stack.registryHost,
+      "hello:latest",
+      await mkdtemp(join(stack.scratch, "again-")),
+    );
     expect((await runInRootfs(rootfs, ["hello"])).stdout).toBe("Hello, world!\n");
     await new Promise((resolve) => setTimeout(resolve, 50)); // the builder's log lines, if any, arrive
     expect(stack.jobsStarted()).toBe(2);
@@ -50,7 +62,9 @@ describe("pulling a Nix-built image end to end", () => {
     const response = await fetch(`${stack.registryUrl}/v2/hello/nosuchpackage/manifests/latest`);
     expect(response.status).toBe(404);
     expect(response.headers.get("content-type")).toBe("application/json");
-    const body = (await response.json()) as { errors: { code: string; message: string; detail: { unknown: string[] } }[] };
+    const body = (await response.json()) as {
+      errors: { code: string; message: string; detail: { unknown: string[] } }[];
+    };
     expect(body.errors[0].code).toBe("MANIFEST_UNKNOWN");
     expect(body.errors[0].message).toContain("nosuchpackage");
     expect(body.errors[0].message).not.toContain("hello,");
@@ -71,12 +85,17 @@ describe("pulling a Nix-built image end to end", () => {
   });
 
   it("has every blob of an image in R2 once its manifest is served; a slow reader gets them whole, a client that hangs up harms nothing", async () => {
-    const response = await fetch(`${stack.registryUrl}/v2/dataset/hello/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });
+    const response = await fetch(`${stack.registryUrl}/v2/dataset/hello/manifests/latest`, {
+      headers: { Accept: OCI_MANIFEST },
+    });
     const manifest = (await response.json()) as ImageManifest;
     // The builder writes the blobs, then the manifests, then the image record: nothing a pull asks for next is missing.
     const blobs = await stack.r2Keys("blobs/sha256/");
-    for (const blob of [manifest.config, ...manifest.layers]) expect(blobs, blob.digest).toContain(`blobs/sha256/${blob.digest.slice(7)}`);
-    expect(await stack.r2Keys("manifests/sha256/")).toContain(`manifests/sha256/${response.headers.get("docker-content-digest")?.slice(7)}`);
+    for (const blob of [manifest.config, ...manifest.layers])
+      expect(blobs, blob.digest).toContain(`blobs/sha256/${blob.digest.slice(7)}`);
+    expect(await stack.r2Keys("manifests/sha256/")).toContain(
+      `manifests/sha256/${response.headers.get("docker-content-digest")?.slice(7)}`,
+    );
     const [largest, second] = [...manifest.layers].sort((a, b) => b.size - a.size);
     expect(largest.size).toBeGreaterThan(4 * 1024 * 1024); // dataset's 4 MiB
     const requestsBefore = stack.builderRequests("/");
@@ -99,12 +118,16 @@ describe("pulling a Nix-built image end to end", () => {
 
     // A client that hangs up in the middle of the big layer; the next one gets it whole.
     const controller = new AbortController();
-    const gone = await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${largest.digest}`, { signal: controller.signal });
+    const gone = await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${largest.digest}`, {
+      signal: controller.signal,
+    });
     expect(gone.status).toBe(200);
     const first = await gone.body!.getReader().read();
     expect(first.done).toBe(false);
     controller.abort();
-    const again = Buffer.from(await (await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${largest.digest}`)).arrayBuffer());
+    const again = Buffer.from(
+      await (await fetch(`${stack.registryUrl}/v2/dataset/hello/blobs/${largest.digest}`)).arrayBuffer(),
+    );
     expect(again.byteLength).toBe(largest.size);
     expect(`sha256:${createHash("sha256").update(again).digest("hex")}`).toBe(largest.digest);
     await new Promise((resolve) => setTimeout(resolve, 50));

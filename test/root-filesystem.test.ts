@@ -55,7 +55,11 @@ describe("rootFilesystem", () => {
 
   it("puts nothing under a path an earlier store path made a symlink or a file, and links symlinks themselves", async () => {
     const a = await storePath("hides", { lib: "-> /nowhere", "deep/x/y/rel": "-> ../../../bin/x", "bin/x": "x" });
-    const b = await storePath("hidden", { "lib/sub/f": "f", "deep/x": "a file where a has a folder", "sbin/tool": "t" });
+    const b = await storePath("hidden", {
+      "lib/sub/f": "f",
+      "deep/x": "a file where a has a folder",
+      "sbin/tool": "t",
+    });
     const found = byPath((await rootFilesystem(closure([a, b]))).entries);
     expect(found["/lib"]).toEqual({ type: "symlink", target: `${a}/lib` });
     expect(found["/lib/sub"]).toBeUndefined();
@@ -93,7 +97,9 @@ describe("rootFilesystem", () => {
     expect(found["/tmp/x"]).toEqual({ type: "directory" });
     expect(found["/usr/bin/env"]).toEqual({ type: "symlink", target: `${env}/bin/env` });
     expect(found["/usr/bin/other"]).toEqual({ type: "symlink", target: `${clash}/usr/bin/other` });
-    expect(Object.values(found).some((entry) => "target" in entry && entry.target.startsWith(`${linked}/`))).toBe(false);
+    expect(Object.values(found).some((entry) => "target" in entry && entry.target.startsWith(`${linked}/`))).toBe(
+      false,
+    );
     expect(Object.values(found).some((entry) => "target" in entry && entry.target.startsWith(file))).toBe(false);
   });
 
@@ -132,7 +138,12 @@ describe("parseImageClosure", () => {
   const graph = [{ closureSize: 10, narHash: "sha256:0", narSize: 10, path: "/nix/store/aaaa-hello", references: [] }];
 
   it("reads the graph and the metadata, ignoring Nix's own attributes", () => {
-    const text = JSON.stringify({ builder: "/nix/store/bbbb-busybox/bin/busybox", graph, metadata, name: "image-metadata" });
+    const text = JSON.stringify({
+      builder: "/nix/store/bbbb-busybox/bin/busybox",
+      graph,
+      metadata,
+      name: "image-metadata",
+    });
     expect(parseImageClosure(text)).toEqual({
       packages: metadata.packages,
       resolved: metadata.resolved,
@@ -143,7 +154,9 @@ describe("parseImageClosure", () => {
   });
 
   it("refuses another format version or shape", () => {
-    expect(() => parseImageClosure(JSON.stringify({ graph, metadata: { ...metadata, version: 2 } }))).toThrow(/metadata version 3/);
+    expect(() => parseImageClosure(JSON.stringify({ graph, metadata: { ...metadata, version: 2 } }))).toThrow(
+      /metadata version 3/,
+    );
     expect(() => parseImageClosure(JSON.stringify({ graph: [{ path: 1 }], metadata }))).toThrow(/metadata version 3/);
     expect(() => parseImageClosure(JSON.stringify({ metadata }))).toThrow(/metadata version 3/);
   });

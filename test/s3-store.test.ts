@@ -41,12 +41,16 @@ function storeConfig(overrides: Partial<S3StoreConfig> = {}): Omit<S3StoreConfig
 
 let spoolCount = 0;
 async function newStore(overrides: Partial<S3StoreConfig> = {}, idleTimeoutMs?: number): Promise<S3BlobStore> {
-  const store = new S3BlobStore({ ...storeConfig(overrides), spoolDir: join(scratch, `spool-${spoolCount++}`), log, retryBaseMs: 20, idleTimeoutMs });
+  const store = new S3BlobStore({
+    ...storeConfig(overrides),
+    spoolDir: join(scratch, `spool-${spoolCount++}`),
+    log,
+    retryBaseMs: 20,
+    idleTimeoutMs,
+  });
   await store.init();
   return store;
 }
-
-
 
 const hexOf = (digest: Digest) => digest.slice("sha256:".length);
 const requestsFor = (key: string) => s3.requests.filter((r) => r.key === key);
@@ -112,7 +116,9 @@ describe("the S3 blob store", () => {
     expect(await s3.pendingUploads()).toEqual([]);
     const upload = log.entries.find((l) => l.event === "s3-upload");
     expect(upload?.fields).toMatchObject({ digest, size: bytes.length, parts: 3 });
-    console.log(`multipart upload of ${(bytes.length / MiB).toFixed(1)} MiB to s3rver (3 parts, 2 at a time): ${seconds.toFixed(2)} s including spooling, ${upload?.fields.mbPerSecond} MB/s for the upload`);
+    console.log(
+      `multipart upload of ${(bytes.length / MiB).toFixed(1)} MiB to s3rver (3 parts, 2 at a time): ${seconds.toFixed(2)} s including spooling, ${upload?.fields.mbPerSecond} MB/s for the upload`,
+    );
   });
 
   it("hashes staged bytes as it spools them: that sha256 is the digest it hands back, and each part's is signed", async () => {
@@ -126,7 +132,11 @@ describe("the S3 blob store", () => {
     // The front refuses a part whose body doesn't match its signed sha256: each part went through on its first try.
     const key = `blobs/sha256/${hexOf(digestOf(bytes))}`;
     const parts = requestsFor(key).filter((r) => r.method === "PUT" && r.query.partNumber);
-    expect(parts.map((p) => [p.query.partNumber, p.outcome]).sort()).toEqual([["1", 200], ["2", 200], ["3", 200]]);
+    expect(parts.map((p) => [p.query.partNumber, p.outcome]).sort()).toEqual([
+      ["1", 200],
+      ["2", 200],
+      ["3", 200],
+    ]);
     expect(digestOf((await s3.get(key))!.bytes)).toBe(digestOf(bytes));
   });
 
@@ -154,7 +164,10 @@ describe("the S3 blob store", () => {
       { match: isPart("3"), action: { kind: "corrupt" }, times: 1 },
     );
     const digest = await writeBlob(store, bytes);
-    const outcomes = (n: string) => requestsFor(key).filter(isPart(n)).map((r) => r.outcome);
+    const outcomes = (n: string) =>
+      requestsFor(key)
+        .filter(isPart(n))
+        .map((r) => r.outcome);
     expect(outcomes("1")).toEqual([503, 200]);
     expect(outcomes("2")).toEqual(["dropped", 200]);
     // The front checked the body against its signed sha256 and refused it, as R2 would.
@@ -171,7 +184,11 @@ describe("the S3 blob store", () => {
     const started = performance.now();
     const digest = await writeBlob(store, bytes);
     expect(performance.now() - started).toBeGreaterThanOrEqual(500);
-    expect(requestsFor(key).filter((r) => r.method === "PUT").map((r) => r.outcome)).toEqual(["dropped", 200]);
+    expect(
+      requestsFor(key)
+        .filter((r) => r.method === "PUT")
+        .map((r) => r.outcome),
+    ).toEqual(["dropped", 200]);
     expect(log.entries.find((l) => l.event === "s3-retry")?.fields.reason).toMatch(/no answer for 0.5 s/);
     expect(digestOf((await s3.get(key))!.bytes)).toBe(digest);
   });
@@ -182,8 +199,14 @@ describe("the S3 blob store", () => {
     const digest = digestOf(bytes);
     const key = `blobs/sha256/${hexOf(digest)}`;
     // CompleteMultipartUpload never gets an answer: every try loses its connection.
-    s3.faults.push({ match: (r) => r.key === key && r.method === "POST" && r.query.uploadId !== undefined, action: { kind: "drop" }, times: Infinity });
-    await expect(writeBlob(store, bytes)).rejects.toThrow(/complete multipart upload of blobs\/sha256\/[0-9a-f]{64} .*gave up after 3 tries/);
+    s3.faults.push({
+      match: (r) => r.key === key && r.method === "POST" && r.query.uploadId !== undefined,
+      action: { kind: "drop" },
+      times: Infinity,
+    });
+    await expect(writeBlob(store, bytes)).rejects.toThrow(
+      /complete multipart upload of blobs\/sha256\/[0-9a-f]{64} .*gave up after 3 tries/,
+    );
     expect(requestsFor(key).filter((r) => r.method === "POST" && r.query.uploadId)).toHaveLength(3);
     expect(await s3.get(key)).toBeNull();
     const aborts = requestsFor(key).filter((r) => r.method === "DELETE" && r.query.uploadId);
@@ -204,7 +227,11 @@ describe("the S3 blob store", () => {
     });
     await expect(writeBlob(store, bytes)).rejects.toThrow(/upload part 2\/2 .*500 \(InternalError/);
     expect(await s3.get(key)).toBeNull();
-    expect(requestsFor(key).filter((r) => r.method === "DELETE" && r.query.uploadId).map((r) => r.outcome)).toEqual([204]);
+    expect(
+      requestsFor(key)
+        .filter((r) => r.method === "DELETE" && r.query.uploadId)
+        .map((r) => r.outcome),
+    ).toEqual([204]);
     expect(await s3.pendingUploads()).toEqual([]);
   });
 
@@ -220,7 +247,11 @@ describe("the S3 blob store", () => {
   it("stores a manifest under manifests/sha256/<hex> as its exact bytes, with its media type as the content type, once", async () => {
     const store = await newStore();
     for (const mediaType of [OCI_MANIFEST, DOCKER_MANIFEST]) {
-      const body = JSON.stringify({ schemaVersion: 2, mediaType, config: { size: 2, nonce: randomBytes(8).toString("hex") }, layers: [] }, null, 3);
+      const body = JSON.stringify(
+        { schemaVersion: 2, mediaType, config: { size: 2, nonce: randomBytes(8).toString("hex") }, layers: [] },
+        null,
+        3,
+      );
       const digest = digestOf(Buffer.from(body));
       const key = manifestKey(digest);
       expect(key).toBe(`manifests/sha256/${hexOf(digest)}`);
@@ -234,7 +265,9 @@ describe("the S3 blob store", () => {
       expect(requestsFor(key).filter((r) => r.method === "PUT")).toHaveLength(1);
       // A body that is not the digest's is refused before anything is sent.
       const other = manifestKey(`sha256:${"cd".repeat(32)}`);
-      await expect(store.putManifest(`sha256:${"cd".repeat(32)}`, body, mediaType)).rejects.toThrow(/not to sha256:cdcd/);
+      await expect(store.putManifest(`sha256:${"cd".repeat(32)}`, body, mediaType)).rejects.toThrow(
+        /not to sha256:cdcd/,
+      );
       expect(requestsFor(other)).toEqual([]);
     }
   });
@@ -258,7 +291,7 @@ describe("the S3 blob store", () => {
       expect(await store.getObject(key)).toBeNull();
       const value = JSON.stringify({ key });
       await store.putObject(key, new TextEncoder().encode(value), "application/json");
-      expect(new TextDecoder().decode((await store.getObject(key))!)).toBe(value);
+      expect(new TextDecoder().decode(await store.getObject(key))).toBe(value);
       expect((await s3.get(key))?.contentType).toBe("application/json");
     }
     // A slice of a larger buffer: only the slice is stored.
@@ -285,7 +318,9 @@ describe("the S3 blob store", () => {
       "",
     ];
     for (const key of refused) {
-      await expect(store.putObject(key, new TextEncoder().encode("{}"), "application/json"), key).rejects.toThrow(/the builder does not write/);
+      await expect(store.putObject(key, new TextEncoder().encode("{}"), "application/json"), key).rejects.toThrow(
+        /the builder does not write/,
+      );
       expect(requestsFor(key), key).toEqual([]);
     }
     expect(() => builderCacheKey("layers", "../x")).toThrow(/invalid builder cache record name/);
@@ -295,13 +330,22 @@ describe("the S3 blob store", () => {
   it("fails the startup check with an error that names the wrong setting", async () => {
     await (await newStore()).check();
     const wrongSecret = await newStore({ secretAccessKey: "not-the-secret" });
-    const error = await wrongSecret.check().then(() => null, (e: unknown) => e);
+    const error = await wrongSecret.check().then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(S3Error);
     expect((error as S3Error).isConfiguration).toBe(true);
-    expect((error as S3Error).message).toMatch(/403 \(SignatureDoesNotMatch.*S3_SECRET_ACCESS_KEY is not the secret of S3_ACCESS_KEY_ID S3RVER/);
+    expect((error as S3Error).message).toMatch(
+      /403 \(SignatureDoesNotMatch.*S3_SECRET_ACCESS_KEY is not the secret of S3_ACCESS_KEY_ID S3RVER/,
+    );
     expect(await wrongSecret.probe()).toMatch(/403 Forbidden: the credentials were refused/);
-    await expect((await newStore({ accessKeyId: "NOBODY" })).check()).rejects.toThrow(/InvalidAccessKeyId.*S3_ACCESS_KEY_ID NOBODY is not known/);
-    await expect((await newStore({ bucket: "no-such-bucket" })).check()).rejects.toThrow(/NoSuchBucket.*bucket no-such-bucket does not exist/);
+    await expect((await newStore({ accessKeyId: "NOBODY" })).check()).rejects.toThrow(
+      /InvalidAccessKeyId.*S3_ACCESS_KEY_ID NOBODY is not known/,
+    );
+    await expect((await newStore({ bucket: "no-such-bucket" })).check()).rejects.toThrow(
+      /NoSuchBucket.*bucket no-such-bucket does not exist/,
+    );
     // Nothing listening: a network error, retried, then named.
     await expect((await newStore({ endpoint: "http://127.0.0.1:9", maxAttempts: 2 })).check()).rejects.toThrow(
       /nothing answers at S3_ENDPOINT .*gave up after 2 tries/,
@@ -342,7 +386,9 @@ describe("the S3 store's configuration", () => {
   it("refuses BUILDER_STORE=local (and any other store): the builder always writes into the bucket", () => {
     for (const store of ["local", "r2"]) {
       const message = problems({ ...base, ...complete, BUILDER_STORE: store });
-      expect(message).toContain(`BUILDER_STORE=${store} is no longer a choice: the builder always writes into the registry's bucket through the S3 API`);
+      expect(message).toContain(
+        `BUILDER_STORE=${store} is no longer a choice: the builder always writes into the registry's bucket through the S3 API`,
+      );
       expect(message).toContain("Remove BUILDER_STORE");
       expect(message.split("\n")).toHaveLength(1);
     }
@@ -362,11 +408,15 @@ describe("the S3 store's configuration", () => {
       S3_MULTIPART_THRESHOLD_BYTES: "8GiB",
     });
     expect(message).toContain("BUILDER_SECRET is not set");
-    expect(message).toContain("give the endpoint without the bucket (https://abc.r2.cloudflarestorage.com) and the bucket in S3_BUCKET");
+    expect(message).toContain(
+      "give the endpoint without the bucket (https://abc.r2.cloudflarestorage.com) and the bucket in S3_BUCKET",
+    );
     expect(message).toContain("S3_BUCKET=My_Bucket is not a bucket name");
     expect(message).toContain("S3_PART_SIZE_BYTES=1048576 is not a whole number from 5242880 to 5363466240");
     expect(message).toContain("S3_MULTIPART_THRESHOLD_BYTES=8GiB is not a whole number");
-    expect(problems({ ...base, ...complete, S3_ENDPOINT: "ftp://abc.example.com" })).toContain("must start with https://");
+    expect(problems({ ...base, ...complete, S3_ENDPOINT: "ftp://abc.example.com" })).toContain(
+      "must start with https://",
+    );
   });
 
   it("reads a complete S3 configuration, with R2's region by default, with BUILDER_STORE unset or s3", () => {

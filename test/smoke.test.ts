@@ -17,13 +17,21 @@ afterAll(async () => {
 });
 
 const smoke = (...args: string[]) =>
-  runAllowingFailure(join(PROJECT_ROOT, "node_modules/.bin/tsx"), [join(PROJECT_ROOT, "scripts/smoke.ts"), stack.registryUrl, ...args]);
+  runAllowingFailure(join(PROJECT_ROOT, "node_modules/.bin/tsx"), [
+    join(PROJECT_ROOT, "scripts/smoke.ts"),
+    stack.registryUrl,
+    ...args,
+  ]);
 
 it("passes on a working stack, with a line per check and the summary", async () => {
   const result = await smoke();
   expect(result.code, result.stderr).toBe(0);
   expect(result.stdout.match(/^✓ .* \(\d+\.\d\d s\)$/gm)).toHaveLength(3);
-  expect(result.stdout).toMatch(new RegExp(`registry OK: ${stack.registryUrl} built and served hello \\(\\d+ layers, [\\d.]+ (B|KiB|MiB)\\) in [\\d.]+ s`));
+  expect(result.stdout).toMatch(
+    new RegExp(
+      `registry OK: ${stack.registryUrl} built and served hello \\(\\d+ layers, [\\d.]+ (B|KiB|MiB)\\) in [\\d.]+ s`,
+    ),
+  );
 }, 60_000);
 
 it("with the builder down: exits 1 pointing at BUILDER_URL and builder-service", async () => {

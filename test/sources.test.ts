@@ -16,7 +16,13 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
 import { OFFLINE_NIX_CONFIG } from "../scripts/local-stack.ts";
-import { ChannelService, getConfig, getManifest, PackageSetRepo, type FetchedManifest } from "./support/package-sets.ts";
+import {
+  ChannelService,
+  getConfig,
+  getManifest,
+  PackageSetRepo,
+  type FetchedManifest,
+} from "./support/package-sets.ts";
 import { pullAndUnpack, runInRootfs, startTestStack, type TestStack } from "./support/stack.ts";
 
 const TTL_SECONDS = 2;
@@ -193,11 +199,19 @@ describe("package names", () => {
 
 describe("meta-packages", () => {
   it("shell/hello has bash, coreutils, moreutils and nano from the package set, and bash -c hello runs", async () => {
-    const rootfs = await pullAndUnpack(gitStack.registryHost, `shell/hello:${commits.one}`, await mkdtemp(join(gitStack.scratch, "shell-")));
+    const rootfs = await pullAndUnpack(
+      gitStack.registryHost,
+      `shell/hello:${commits.one}`,
+      await mkdtemp(join(gitStack.scratch, "shell-")),
+    );
     expect((await runInRootfs(rootfs, ["bash", "-c", "hello"])).stdout).toBe(`Hello from commit one (${RUN})\n`);
-    expect((await runInRootfs(rootfs, ["bash", "-c", "ls /bin | sort | tr '\\n' ' '"])).stdout).toMatch(/\bbash\b.*\bls\b.*\bnano\b.*\bsponge\b/);
+    expect((await runInRootfs(rootfs, ["bash", "-c", "ls /bin | sort | tr '\\n' ' '"])).stdout).toMatch(
+      /\bbash\b.*\bls\b.*\bnano\b.*\bsponge\b/,
+    );
     expect((await runInRootfs(rootfs, ["/usr/bin/env", "echo", "env works"])).stdout).toBe("env works\n");
-    expect(await readlink(join(rootfs, "bin/bash"))).toMatch(/^\/nix\/store\/[0-9a-z]{32}-bash-interactive-1\.0\/bin\/bash$/);
+    expect(await readlink(join(rootfs, "bin/bash"))).toMatch(
+      /^\/nix\/store\/[0-9a-z]{32}-bash-interactive-1\.0\/bin\/bash$/,
+    );
     expect(await readlink(join(rootfs, "bin/ls"))).toMatch(/^\/nix\/store\/[0-9a-z]{32}-coreutils-1\.0\/bin\/ls$/);
     // cacert and iana-etc come with every image of a set that has them.
     expect(existsSync(join(rootfs, "etc/ssl/certs/ca-bundle.crt"))).toBe(true);
@@ -232,7 +246,11 @@ describe("meta-packages", () => {
       expect(amd64.digest).not.toBe(answer.digest);
 
       // The image holds the arm64 busybox that hello's script runs (it can't run here without qemu).
-      const rootfs = await pullAndUnpack(channelStack.registryHost, "arm64/hello:latest", await mkdtemp(join(channelStack.scratch, "arm64-")));
+      const rootfs = await pullAndUnpack(
+        channelStack.registryHost,
+        "arm64/hello:latest",
+        await mkdtemp(join(channelStack.scratch, "arm64-")),
+      );
       const script = await readFile(join(rootfs, await readlink(join(rootfs, "bin/hello"))), "utf8");
       const shell = /^#!(\/nix\/store\/[^\s]+)\/sh\n/.exec(script)?.[1];
       expect(shell).toMatch(/-busybox-static\/bin$/);
@@ -279,7 +297,9 @@ describe("a nixpkgs channel (the default source)", () => {
     const answer = await getManifest(channelStack.registryUrl, "hello", tag);
     expect(answer.manifest.annotations?.[REVISION]).toBe(tag);
     expect(await pullAndRun(channelStack, `hello:${tag}`, ["hello"])).toBe(`Hello from a pinned commit (${RUN})\n`);
-    expect(channelStack.logEvents("resolve")).toContainEqual(expect.objectContaining({ tag, revision: tag, ttlSeconds: 0 }));
+    expect(channelStack.logEvents("resolve")).toContainEqual(
+      expect.objectContaining({ tag, revision: tag, ttlSeconds: 0 }),
+    );
   });
 
   it("moves latest to the channel's new commit once the resolution expires; the commit's image is reused", async () => {
@@ -310,12 +330,17 @@ describe("choosing the source (builder configuration)", () => {
   };
 
   it("serves a git repository with NIXERY_PKGS_REPO, a folder with NIXERY_PKGS_PATH, else a channel", () => {
-    expect(loadConfig({ ...base, NIXERY_PKGS_REPO: "https://example.org/pkgs.git", NIXERY_PKGS_BRANCH: "release-1" }).source).toEqual({
+    expect(
+      loadConfig({ ...base, NIXERY_PKGS_REPO: "https://example.org/pkgs.git", NIXERY_PKGS_BRANCH: "release-1" }).source,
+    ).toEqual({
       kind: "git",
       url: "https://example.org/pkgs.git",
       branch: "release-1",
     });
-    expect(loadConfig({ ...base, NIXERY_PKGS_REPO: "file:///srv/pkgs.git" }).source).toMatchObject({ kind: "git", branch: null });
+    expect(loadConfig({ ...base, NIXERY_PKGS_REPO: "file:///srv/pkgs.git" }).source).toMatchObject({
+      kind: "git",
+      branch: null,
+    });
     expect(loadConfig({ ...base, NIXERY_PKGS_PATH: "package-sets/test-pkgs" }).source.kind).toBe("path");
     expect(loadConfig(base).source).toMatchObject({ kind: "channel", channel: "nixos-unstable" });
   });
@@ -328,6 +353,8 @@ describe("choosing the source (builder configuration)", () => {
     expect(problems).toThrow(/NIXERY_PKGS_REPO=--upload-pack=evil is not a git URL/);
     expect(problems).toThrow(/NIXERY_PKGS_BRANCH=-b is not a branch name/);
     expect(() => loadConfig({ ...base, NIXERY_PKGS_BRANCH: "main" })).toThrow(/NIXERY_PKGS_REPO is not/);
-    expect(() => loadConfig({ ...base, NIXERY_CHANNEL: "unstable" })).toThrow(/NIXERY_CHANNEL=unstable is not a channel name/);
+    expect(() => loadConfig({ ...base, NIXERY_CHANNEL: "unstable" })).toThrow(
+      /NIXERY_CHANNEL=unstable is not a channel name/,
+    );
   });
 });

@@ -31,7 +31,11 @@ async function builds(): Promise<BuildSummary[]> {
   return ((await (await fetch(`${stack.registryUrl}/api/builds`)).json()) as { builds: BuildSummary[] }).builds;
 }
 
-async function until<T>(what: string, check: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
+async function until<T>(
+  what: string,
+  check: () => Promise<T | null | undefined | false>,
+  timeoutMs = 60_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -44,9 +48,9 @@ async function until<T>(what: string, check: () => Promise<T | null | undefined 
 /** Serious and critical accessibility violations axe-core finds on the page. */
 async function accessibilityProblems(page: Page): Promise<string[]> {
   await page.addScriptTag({ content: await axeSource });
-  const results = (await page.evaluate("axe.run(document, { resultTypes: ['violations'] })")) as {
+  const results = await page.evaluate<{
     violations: { id: string; impact: string | null; help: string; nodes: { target: string[] }[] }[];
-  };
+  }>("axe.run(document, { resultTypes: ['violations'] })");
   return results.violations
     .filter((v) => v.impact === "serious" || v.impact === "critical")
     .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
@@ -91,7 +95,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     await page.getByLabel("Packages").fill("shell hello");
     await page.getByRole("button", { name: "Show the pull command" }).click();
     await page.waitForURL(/packages=shell\+hello/);
-    expect(await page.locator("#composed").textContent()).toContain(`docker run --rm -it ${stack.registryHost}/shell/hello bash`);
+    expect(await page.locator("#composed").textContent()).toContain(
+      `docker run --rm -it ${stack.registryHost}/shell/hello bash`,
+    );
     // The copy buttons need a script: without one they stay hidden, and the commands are plain, selectable text.
     expect(await page.locator("button.copy:visible").count()).toBe(0);
     await screenshot(page, "front-page-without-javascript");
@@ -117,7 +123,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
       .toContain(`${stack.registryHost}/arm64/shell/hello:0123456789abcdef0123456789abcdef01234567`);
     // Names that are not repository names are flagged as such.
     await page.getByLabel("Packages").fill("Hello World!");
-    await expect.poll(() => composed.locator("[role=alert]").textContent(), { timeout: 10_000 }).toContain("is not a repository name");
+    await expect
+      .poll(() => composed.locator("[role=alert]").textContent(), { timeout: 10_000 })
+      .toContain("is not a repository name");
     await page.getByLabel("Packages").fill("shell hello");
     await page.getByLabel("System").selectOption("x86_64-linux");
     await page.getByLabel("Tag").fill("latest");
@@ -135,7 +143,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
 
   it("follows a build live through its phases to done, then links the image page", async () => {
     const pull = fetch(`${stack.registryUrl}/v2/slowtool/manifests/latest`);
-    const build = await until("the slowtool build to appear", async () => (await builds()).find((b) => b.packages.includes("slowtool")));
+    const build = await until("the slowtool build to appear", async () =>
+      (await builds()).find((b) => b.packages.includes("slowtool")),
+    );
     const page = await browser.newPage();
     await page.goto(`${stack.registryUrl}/builds/${build.imageKey}`);
     const seen: string[] = [];
@@ -181,7 +191,11 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     // shell/hello was built before it from the same shell packages: their layers are the same blobs.
     const shared = await page.locator("table.layers tbody td:nth-child(4) a").allTextContents();
     expect(shared).toContain("shell/hello");
-    const own = await page.locator("table.layers tbody tr", { hasText: "greeting" }).first().locator("td:nth-child(4)").textContent();
+    const own = await page
+      .locator("table.layers tbody tr", { hasText: "greeting" })
+      .first()
+      .locator("td:nth-child(4)")
+      .textContent();
     expect(own).toContain("none of the recent images");
     expect(await page.locator("pre.config").textContent()).toContain('"architecture": "amd64"');
     const facts = await page.locator("dl.facts").textContent();
@@ -194,13 +208,17 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
 
   it("shows why a build failed, with the end of Nix's log", async () => {
     expect((await fetch(`${stack.registryUrl}/v2/broken/manifests/latest`)).status).toBe(500);
-    const failed = await until("the failed build", async () => (await builds()).find((b) => b.packages.includes("broken") && b.phase === "failed"));
+    const failed = await until("the failed build", async () =>
+      (await builds()).find((b) => b.packages.includes("broken") && b.phase === "failed"),
+    );
     const page = await browser.newPage();
     await page.goto(`${stack.registryUrl}/builds/${failed.imageKey}`);
     const failure = page.locator("section.failure");
     expect(await failure.locator("h2").textContent()).toBe("Why it failed");
     expect(await failure.textContent()).toContain("BUILD_FAILED");
-    expect(await failure.locator("pre.log").textContent()).toContain("error: this package is broken on purpose (test fixture)");
+    expect(await failure.locator("pre.log").textContent()).toContain(
+      "error: this package is broken on purpose (test fixture)",
+    );
     await screenshot(page, "build-failed");
     expect(await accessibilityProblems(page)).toEqual([]);
     await page.close();

@@ -37,13 +37,20 @@ describe("the bucket's records, as the worker reads them (common/bucket-layout.t
   it("takes the records a builder writes", () => {
     expect(isImageRecord(image)).toBe(true);
     expect(isJobRecord(queued)).toBe(true);
-    const progress = { derivations: { done: 1, total: 2 }, fetched: { done: 0, total: 3, downloadBytes: 10 }, layers: { done: 0, total: 4 }, upload: { done: 0, total: 0 } };
+    const progress = {
+      derivations: { done: 1, total: 2 },
+      fetched: { done: 0, total: 3, downloadBytes: 10 },
+      layers: { done: 0, total: 4 },
+      upload: { done: 0, total: 0 },
+    };
     expect(isJobRecord({ ...queued, phase: "uploading", progress })).toBe(true);
     expect(isJobRecord({ ...queued, phase: "done", image })).toBe(true);
     // A code this worker does not know is relayed, not a reason to refuse the record.
     const error = { status: 500, code: "SOMETHING_NEW", message: "no", detail: { log: ["a"] } };
     expect(isJobRecord({ ...queued, phase: "failed", error })).toBe(true);
-    expect(isStoredResolution({ revision: "abc", source: "https://example.org", ttlSeconds: 0, fetchedAt: at })).toBe(true);
+    expect(isStoredResolution({ revision: "abc", source: "https://example.org", ttlSeconds: 0, fetchedAt: at })).toBe(
+      true,
+    );
   });
 
   it("treats a damaged record as absent", () => {

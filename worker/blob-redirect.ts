@@ -99,15 +99,19 @@ export function parseBlobRedirect(env: BlobRedirectEnv): ParsedBlobRedirect {
 
   if (isSet(env.BLOB_REDIRECT_URL)) {
     const base = baseUrl("BLOB_REDIRECT_URL", env.BLOB_REDIRECT_URL);
-    return "problem" in base ? off([base.problem]) : { redirect: { kind: "public", minBytes, baseUrl: base.url }, problems: [] };
+    return "problem" in base
+      ? off([base.problem])
+      : { redirect: { kind: "public", minBytes, baseUrl: base.url }, problems: [] };
   }
 
   const problems: string[] = [];
-  const missing = (["R2_S3_ENDPOINT", "R2_S3_BUCKET", "R2_S3_ACCESS_KEY_ID", "R2_S3_SECRET_ACCESS_KEY"] as const).filter(
-    (name) => !isSet(env[name]),
-  );
+  const missing = (
+    ["R2_S3_ENDPOINT", "R2_S3_BUCKET", "R2_S3_ACCESS_KEY_ID", "R2_S3_SECRET_ACCESS_KEY"] as const
+  ).filter((name) => !isSet(env[name]));
   if (missing.length > 0) {
-    problems.push(`BLOB_REDIRECT_MIN_BYTES is set without BLOB_REDIRECT_URL, and presigning needs ${missing.join(", ")}`);
+    problems.push(
+      `BLOB_REDIRECT_MIN_BYTES is set without BLOB_REDIRECT_URL, and presigning needs ${missing.join(", ")}`,
+    );
   }
   let bucketUrl = "";
   if (isSet(env.R2_S3_ENDPOINT)) {
@@ -124,7 +128,9 @@ export function parseBlobRedirect(env: BlobRedirectEnv): ParsedBlobRedirect {
   if (rawTtl !== "") {
     ttlSeconds = Number(rawTtl);
     if (!/^\d+$/.test(rawTtl) || ttlSeconds < 1 || ttlSeconds > MAX_REDIRECT_TTL_SECONDS) {
-      problems.push(`BLOB_REDIRECT_TTL_SECONDS must be a whole number of seconds from 1 to ${MAX_REDIRECT_TTL_SECONDS} (seven days, S3's limit)`);
+      problems.push(
+        `BLOB_REDIRECT_TTL_SECONDS must be a whole number of seconds from 1 to ${MAX_REDIRECT_TTL_SECONDS} (seven days, S3's limit)`,
+      );
     }
   }
   if (problems.length > 0) return off(problems);
@@ -134,14 +140,21 @@ export function parseBlobRedirect(env: BlobRedirectEnv): ParsedBlobRedirect {
     service: "s3",
     region: R2_REGION,
   });
-  return { redirect: { kind: "presigned", minBytes, bucketUrl: `${bucketUrl}/${bucket}`, ttlSeconds, client }, problems: [] };
+  return {
+    redirect: { kind: "presigned", minBytes, bucketUrl: `${bucketUrl}/${bucket}`, ttlSeconds, client },
+    problems: [],
+  };
 }
 
 /** The object's URL under a base, each segment of the key percent-encoded (blob keys need none today). */
 const objectUrl = (base: string, key: string): string => `${base}/${key.split("/").map(encodeURIComponent).join("/")}`;
 
 /** The URL the redirect sends a client to for this blob: public, or presigned for GET at `now`. */
-export async function redirectLocation(redirect: Exclude<BlobRedirect, { kind: "off" }>, digest: Digest, now: Date = new Date()): Promise<string> {
+export async function redirectLocation(
+  redirect: Exclude<BlobRedirect, { kind: "off" }>,
+  digest: Digest,
+  now: Date = new Date(),
+): Promise<string> {
   const key = blobKey(digest);
   if (redirect.kind === "public") return objectUrl(redirect.baseUrl, key);
   const url = new URL(objectUrl(redirect.bucketUrl, key));
@@ -168,7 +181,9 @@ function settingsOf(env: BlobRedirectEnv): BlobRedirect {
   const { redirect, problems } = parseBlobRedirect(env);
   if (problems.length > 0) {
     // Once per isolate (per set of values): every blob is still served, by the worker itself.
-    logIncident("error", "the blob redirect is not configured correctly, so the worker serves every blob itself", { problems });
+    logIncident("error", "the blob redirect is not configured correctly, so the worker serves every blob itself", {
+      problems,
+    });
   }
   current = { fingerprint, redirect };
   return redirect;
@@ -197,5 +212,10 @@ export async function blobRedirect(
     logIncident("error", `could not make the redirect URL of blob ${digest}; the worker serves it itself`, error);
     return null;
   }
-  return emptyResponse(307, { Location: location, "Docker-Content-Digest": digest, "Cache-Control": "no-store", "Content-Length": "0" });
+  return emptyResponse(307, {
+    Location: location,
+    "Docker-Content-Digest": digest,
+    "Cache-Control": "no-store",
+    "Content-Length": "0",
+  });
 }

@@ -52,7 +52,13 @@ function effectiveRange(request: Request, digest: Digest): RangeSpec {
   return parseRange(request.headers.get("Range"));
 }
 
-async function serveFromR2(request: Request, storage: RegistryStorage, digest: Digest, hex: string, range: RangeSpec): Promise<Response | null> {
+async function serveFromR2(
+  request: Request,
+  storage: RegistryStorage,
+  digest: Digest,
+  hex: string,
+  range: RangeSpec,
+): Promise<Response | null> {
   const method = request.method;
   if (method === "HEAD") {
     const info = await storage.headBlob(hex);
@@ -84,16 +90,26 @@ export async function handleBlob(request: IRequest, env: Env, ctx: ExecutionCont
   if (!name.ok) return name.response;
   const reference = decodeParam(request.params.digest);
   if (reference === "uploads") {
-    return errorResponse(method, 404, "UNSUPPORTED", "blob uploads are not supported: this registry builds images itself from Nix", {
-      name: name.name,
-    });
+    return errorResponse(
+      method,
+      404,
+      "UNSUPPORTED",
+      "blob uploads are not supported: this registry builds images itself from Nix",
+      {
+        name: name.name,
+      },
+    );
   }
   const checked = checkDigest(method, reference);
   if (!checked.ok) return checked.response;
   const { digest, hex } = checked;
   const storage = await registryStorage(request, env, ctx);
   if (method === "GET" && ifNoneMatchHits(request, etagOf(digest)) && (await storage.headBlob(hex))) {
-    return emptyResponse(304, { "Docker-Content-Digest": digest, ETag: etagOf(digest), "Cache-Control": IMMUTABLE_CACHE_CONTROL });
+    return emptyResponse(304, {
+      "Docker-Content-Digest": digest,
+      ETag: etagOf(digest),
+      "Cache-Control": IMMUTABLE_CACHE_CONTROL,
+    });
   }
   // Large blobs may be fetched from the bucket directly (off unless BLOB_REDIRECT_MIN_BYTES is set).
   const redirect = await blobRedirect(request, env, digest, async () => (await storage.headBlob(hex))?.size ?? null);

@@ -17,7 +17,13 @@
 // evicted in the middle goes on with the same builder, and the builders and the bucket hold the rest.
 import { DurableObject } from "cloudflare:workers";
 import { MAX_JOB_WAIT_SECONDS, type BuildRequest, type JobRequest } from "../common/builder-api.ts";
-import { isFinished, type ImageRecord, type JobPhase, type JobProgress, type JobRecord } from "../common/bucket-layout.ts";
+import {
+  isFinished,
+  type ImageRecord,
+  type JobPhase,
+  type JobProgress,
+  type JobRecord,
+} from "../common/bucket-layout.ts";
 import { isBuilderBusy, submitJob, type BuilderOutcome } from "./builder-client.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
 import { builderUrls } from "./builder-pool.ts";
@@ -74,7 +80,12 @@ export class BuildCoordinator extends DurableObject<Env> {
    * Waits up to waitMs for the image: "done" once its record is in the bucket, "failed" with what a pull of it
    * gets, or "running" when the time is up (the caller asks again, keeping its client's connection).
    */
-  async awaitImage(key: string, request: BuildRequest, waitMs: number, client: string | null = null): Promise<CoordinatorAnswer> {
+  async awaitImage(
+    key: string,
+    request: BuildRequest,
+    waitMs: number,
+    client: string | null = null,
+  ): Promise<CoordinatorAnswer> {
     if (!this.job) {
       this.starting ??= this.start(key, request, client).finally(() => (this.starting = null));
       const settled = await this.starting;
@@ -89,7 +100,11 @@ export class BuildCoordinator extends DurableObject<Env> {
       };
       const timer = setTimeout(() => {
         this.listeners.delete(listener);
-        resolve({ state: "running", phase: this.job?.record?.phase ?? "queued", progress: this.job?.record?.progress ?? {} });
+        resolve({
+          state: "running",
+          phase: this.job?.record?.phase ?? "queued",
+          progress: this.job?.record?.progress ?? {},
+        });
       }, waitMs);
       this.listeners.add(listener);
     });
@@ -118,7 +133,14 @@ export class BuildCoordinator extends DurableObject<Env> {
     };
     // One line per build the edge asks for (Workers Logs index JSON lines).
     console.log(
-      JSON.stringify({ event: "build-requested", imageKey: key, jobId: this.job.jobId, packages: request.packages, system: request.system, revision: request.revision }),
+      JSON.stringify({
+        event: "build-requested",
+        imageKey: key,
+        jobId: this.job.jobId,
+        packages: request.packages,
+        system: request.system,
+        revision: request.revision,
+      }),
     );
     return this.submit(this.job, { tryEvery: true });
   }
@@ -169,7 +191,8 @@ export class BuildCoordinator extends DurableObject<Env> {
       if (options.tryEvery && i < tries - 1) this.switchBuilder(job, why);
     }
     if (busy) return this.take(job, busy);
-    if (options.tryEvery) return this.settle({ state: "failed", failure: { kind: "unavailable", reason: unavailable } });
+    if (options.tryEvery)
+      return this.settle({ state: "failed", failure: { kind: "unavailable", reason: unavailable } });
     return null;
   }
 
@@ -183,7 +206,9 @@ export class BuildCoordinator extends DurableObject<Env> {
     job.index = (job.index + 1) % job.builders.length;
     job.switches++;
     job.lastAnswerMs = Date.now();
-    console.warn(`build job ${job.jobId} of image ${job.key}: builder ${from + 1} of ${job.builders.length} ${why}; trying builder ${job.index + 1}`);
+    console.warn(
+      `build job ${job.jobId} of image ${job.key}: builder ${from + 1} of ${job.builders.length} ${why}; trying builder ${job.index + 1}`,
+    );
   }
 
   private async keep(job: ActiveJob): Promise<void> {
@@ -192,11 +217,22 @@ export class BuildCoordinator extends DurableObject<Env> {
   }
 
   /** What a builder's answer means for the job; an answer for the waiting pulls when it is settled. */
-  private async take(job: ActiveJob, outcome: Exclude<BuilderOutcome<JobRecord>, { kind: "unavailable" }>): Promise<CoordinatorAnswer | null> {
+  private async take(
+    job: ActiveJob,
+    outcome: Exclude<BuilderOutcome<JobRecord>, { kind: "unavailable" }>,
+  ): Promise<CoordinatorAnswer | null> {
     switch (outcome.kind) {
       case "error": {
         const { status, bodyText, retryAfterSeconds } = outcome;
-        return this.settle({ state: "failed", failure: { kind: "relay", status, bodyText, ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }) } });
+        return this.settle({
+          state: "failed",
+          failure: {
+            kind: "relay",
+            status,
+            bodyText,
+            ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
+          },
+        });
       }
       case "broken":
         return this.settle({
@@ -236,7 +272,11 @@ export class BuildCoordinator extends DurableObject<Env> {
         const job = this.job;
         const asked = Date.now();
         try {
-          const outcome = await submitJob(this.env, job.builders[job.index], this.jobRequest(job, waitSeconds(this.env)));
+          const outcome = await submitJob(
+            this.env,
+            job.builders[job.index],
+            this.jobRequest(job, waitSeconds(this.env)),
+          );
           if (isBuilderBusy(outcome)) {
             // The builder lost the job (it restarted) and has no room for it now: another builder may have.
             this.switchBuilder(job, `is busy (${outcome.body.errors[0].message})`);
@@ -256,7 +296,10 @@ export class BuildCoordinator extends DurableObject<Env> {
           if (job.switches >= job.builders.length * 2) {
             this.settle({
               state: "failed",
-              failure: { kind: "unavailable", reason: `no builder answered about image ${job.key} for ${staleSeconds(this.env)} s (${outcome.reason})` },
+              failure: {
+                kind: "unavailable",
+                reason: `no builder answered about image ${job.key} for ${staleSeconds(this.env)} s (${outcome.reason})`,
+              },
             });
             break;
           }

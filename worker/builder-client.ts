@@ -72,7 +72,9 @@ async function signedFetch(
     const message = error instanceof Error ? error.message : String(error);
     const timedOut = error instanceof Error && (error.name === "TimeoutError" || error.name === "AbortError");
     logBuilderCall(method, url, timedOut ? "timeout" : "unreachable", started);
-    return { unavailable: timedOut ? `no answer from ${url.origin} within ${timeoutMs} ms` : `${url.origin}: ${message}` };
+    return {
+      unavailable: timedOut ? `no answer from ${url.origin} within ${timeoutMs} ms` : `${url.origin}: ${message}`,
+    };
   }
 }
 
@@ -81,7 +83,16 @@ async function signedFetch(
  * keep and index. The log is the operator's, so it names the builder.
  */
 function logBuilderCall(method: string, url: URL, status: number | "timeout" | "unreachable", started: number): void {
-  console.log(JSON.stringify({ event: "builder-call", method, builder: url.origin, path: url.pathname, status, ms: Date.now() - started }));
+  console.log(
+    JSON.stringify({
+      event: "builder-call",
+      method,
+      builder: url.origin,
+      path: url.pathname,
+      status,
+      ms: Date.now() - started,
+    }),
+  );
 }
 
 /** What a successful answer must be: its schema, and what to call an answer that is not (null: the schema's message). */
@@ -119,7 +130,10 @@ async function postJson<T>(
     return { kind: "unavailable", reason: `a proxy in front of the builder answered ${response.status} to ${path}` };
   }
   if (parsed === undefined) {
-    return { kind: "broken", reason: `the builder answered ${response.status} to ${path} with a body that is not JSON: ${text.slice(0, 200)}` };
+    return {
+      kind: "broken",
+      reason: `the builder answered ${response.status} to ${path} with a body that is not JSON: ${text.slice(0, 200)}`,
+    };
   }
   if (!response.ok) {
     if (!isRegistryErrorBody(parsed)) {

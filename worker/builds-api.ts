@@ -62,10 +62,18 @@ export async function handleBuild(request: IRequest, env: Env): Promise<Response
   // Decoded leniently: a malformed %-escape is a key that is not one (404), not a failure.
   const key = decodeParam(request.params.key);
   if (!isImageKey(key)) {
-    return errorResponse(request.method, 404, "NAME_UNKNOWN", `"${key}" is not an image key (64 lower-case hex characters)`, { key }, NO_STORE);
+    return errorResponse(
+      request.method,
+      404,
+      "NAME_UNKNOWN",
+      `"${key}" is not an image key (64 lower-case hex characters)`,
+      { key },
+      NO_STORE,
+    );
   }
   const found = await viewOf(r2Storage(env.REGISTRY_BUCKET), key);
-  if (!found) return errorResponse(request.method, 404, "NAME_UNKNOWN", `no build of image ${key} is known`, { key }, NO_STORE);
+  if (!found)
+    return errorResponse(request.method, 404, "NAME_UNKNOWN", `no build of image ${key} is known`, { key }, NO_STORE);
   return jsonResponse(request.method, 200, found, NO_STORE);
 }
 

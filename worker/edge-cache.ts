@@ -11,7 +11,15 @@
 // R2, as without this layer).
 import { blobKey, imageRecordKey, isImageRecord, manifestKey, resolutionKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
-import { isStoredResolution, type ImageRecord, type ObjectInfo, type RegistryStorage, type StoredBlob, type StoredManifest, type StoredResolution } from "./storage.ts";
+import {
+  isStoredResolution,
+  type ImageRecord,
+  type ObjectInfo,
+  type RegistryStorage,
+  type StoredBlob,
+  type StoredManifest,
+  type StoredResolution,
+} from "./storage.ts";
 
 /** Cloudflare's cache keeps objects up to 512 MB on the Free, Pro and Business plans (5 GB on Enterprise). */
 export const DEFAULT_EDGE_CACHE_MAX_BYTES = 500 * 1000 * 1000;
@@ -26,7 +34,7 @@ export interface EdgeCacheOptions {
   /** The worker's origin (scheme and host), under which cache keys are made. */
   origin: string;
   /** Keeps the cache writes going after the response is sent (ExecutionContext.waitUntil). */
-  waitUntil(promise: Promise<unknown>): void;
+  waitUntil: (promise: Promise<unknown>) => void;
   /** Larger blobs are streamed from R2 every time. */
   maxBytes: number;
   /** Seconds a resolution may still be reused from now: null for forever, 0 or less for not at all. */
@@ -42,7 +50,8 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
 
 /** What a cached object says about itself; Content-Range's total for a ranged match. */
 function infoOf(response: Response): ObjectInfo | null {
-  const total = /\/(\d+)$/.exec(response.headers.get("Content-Range") ?? "")?.[1] ?? response.headers.get("Content-Length");
+  const total =
+    /\/(\d+)$/.exec(response.headers.get("Content-Range") ?? "")?.[1] ?? response.headers.get("Content-Length");
   if (total === null) return null;
   return { size: Number(total), contentType: response.headers.get("Content-Type") ?? undefined };
 }
@@ -102,13 +111,24 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
   const fillKeyOf = (key: string, fill: string) => `${key}/fill/${fill}`;
 
   /** Writes a blob's bytes from `body`, then its record; `whole` resolves true once every byte reached the cache. */
-  const storeBlob = async (key: string, body: ReadableStream, blob: ObjectInfo, whole: Promise<boolean>): Promise<void> => {
+  const storeBlob = async (
+    key: string,
+    body: ReadableStream,
+    blob: ObjectInfo,
+    whole: Promise<boolean>,
+  ): Promise<void> => {
     const fill = crypto.randomUUID();
     try {
-      await cache.put(keyOf(fillKeyOf(key, fill)), new Response(body, { headers: cacheHeaders(blob.size, blob.contentType) }));
+      await cache.put(
+        keyOf(fillKeyOf(key, fill)),
+        new Response(body, { headers: cacheHeaders(blob.size, blob.contentType) }),
+      );
       if (!(await whole)) return;
       const record: BlobRecord = { size: blob.size, contentType: blob.contentType, fill };
-      await cache.put(keyOf(key), new Response(JSON.stringify(record), { headers: cacheHeaders(0, "application/json") }));
+      await cache.put(
+        keyOf(key),
+        new Response(JSON.stringify(record), { headers: cacheHeaders(0, "application/json") }),
+      );
     } catch (error) {
       console.warn(JSON.stringify({ event: "edge-cache-incomplete", key, error: String(error) }));
     }
@@ -120,7 +140,11 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
     if (!cached) return null;
     const value = (await cached.json().catch(() => null)) as Partial<BlobRecord> | null;
     if (!value || typeof value.size !== "number" || typeof value.fill !== "string") return null;
-    return { size: value.size, contentType: typeof value.contentType === "string" ? value.contentType : undefined, fill: value.fill };
+    return {
+      size: value.size,
+      contentType: typeof value.contentType === "string" ? value.contentType : undefined,
+      fill: value.fill,
+    };
   };
 
   /**
@@ -172,7 +196,7 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
       }
     };
     const pump = async (): Promise<void> => {
-      const reader = blob.body.getReader();
+      const reader = (blob.body as ReadableStream<Uint8Array>).getReader();
       const client = toClient.writable.getWriter();
       try {
         for (;;) {
@@ -278,7 +302,8 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
       if (cached) {
         const bytes = new Uint8Array(await cached.arrayBuffer());
         // A few KiB: checked against the digest, so a copy the cache cut short is never served.
-        if ((await sha256Hex(bytes)) === hex) return { mediaType: cached.headers.get("Content-Type") ?? undefined, bytes };
+        if ((await sha256Hex(bytes)) === hex)
+          return { mediaType: cached.headers.get("Content-Type") ?? undefined, bytes };
       }
       const stored = await inner.getManifest(hex);
       if (stored) store(key, stored.bytes, cacheHeaders(stored.bytes.byteLength, stored.mediaType));
@@ -287,12 +312,22 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
 
     async getImage(imageKey): Promise<ImageRecord | null> {
       const key = imageRecordKey(imageKey);
-      return cachedRecord(key, isImageRecord, () => inner.getImage(imageKey), (record) => storeJson(key, record, FOREVER));
+      return cachedRecord(
+        key,
+        isImageRecord,
+        () => inner.getImage(imageKey),
+        (record) => storeJson(key, record, FOREVER),
+      );
     },
 
     async getResolution(tag) {
       const key = resolutionKey(tag);
-      return cachedRecord(key, isStoredResolution, () => inner.getResolution(tag), (resolution) => storeResolution(key, resolution));
+      return cachedRecord(
+        key,
+        isStoredResolution,
+        () => inner.getResolution(tag),
+        (resolution) => storeResolution(key, resolution),
+      );
     },
 
     async putResolution(tag, resolution) {
@@ -303,10 +338,15 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
   };
 
   /** A JSON record from the cache if it is there and well formed, else from the bucket (then kept). */
-  async function cachedRecord<T>(key: string, isValid: (value: unknown) => value is T, load: () => Promise<T | null>, keep: (value: T) => void): Promise<T | null> {
+  async function cachedRecord<T>(
+    key: string,
+    isValid: (value: unknown) => value is T,
+    load: () => Promise<T | null>,
+    keep: (value: T) => void,
+  ): Promise<T | null> {
     const cached = await match(key);
     if (cached) {
-      const value = (await cached.json().catch(() => null)) as unknown;
+      const value: unknown = await cached.json().catch(() => null);
       if (isValid(value)) return value;
     }
     const loaded = await load();

@@ -13,17 +13,27 @@ const WAIT_ROUND_MS = 20_000;
 export type BuildOutcome = { ok: true; image: ImageRecord } | { ok: false; failure: Failure };
 
 /** client: who asks (CF-Connecting-IP at the edge), for the quota of cold builds; null when unknown. */
-export async function awaitImage(env: Env, key: string, request: BuildRequest, client: string | null): Promise<BuildOutcome> {
+export async function awaitImage(
+  env: Env,
+  key: string,
+  request: BuildRequest,
+  client: string | null,
+): Promise<BuildOutcome> {
   const coordinator = env.BUILD_COORDINATOR.get(env.BUILD_COORDINATOR.idFromName(key));
   for (;;) {
     let answer: CoordinatorAnswer;
     try {
       // The RPC stub's inferred type drops members holding `unknown` (an error's detail), which is JSON here.
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion -- tsc needs the cast (see above); the linter cannot resolve the stub's type
       answer = (await coordinator.awaitImage(key, request, WAIT_ROUND_MS, client)) as CoordinatorAnswer;
     } catch (error) {
       return {
         ok: false,
-        failure: { kind: "internal", message: `waiting for the build of image ${key} failed`, reason: describeError(error) },
+        failure: {
+          kind: "internal",
+          message: `waiting for the build of image ${key} failed`,
+          reason: describeError(error),
+        },
       };
     }
     if (answer.state === "done") return { ok: true, image: answer.image };

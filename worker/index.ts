@@ -42,16 +42,28 @@ function v2Fallback(request: IRequest): Response {
     return errorResponse(method, 405, "UNSUPPORTED", PUSH_NOT_SUPPORTED, { method }, { Allow: "GET, HEAD" });
   }
   const path = new URL(request.url).pathname;
-  return errorResponse(method, 404, "UNSUPPORTED", `${path} is not an endpoint of this registry; it serves ${ENDPOINTS}`, {
-    path,
-  });
+  return errorResponse(
+    method,
+    404,
+    "UNSUPPORTED",
+    `${path} is not an endpoint of this registry; it serves ${ENDPOINTS}`,
+    {
+      path,
+    },
+  );
 }
 
 function notFound(request: IRequest): Response {
   const path = new URL(request.url).pathname;
-  return errorResponse(request.method, 404, "UNSUPPORTED", `nothing at ${path}; the registry API is under /v2/ (${ENDPOINTS})`, {
-    path,
-  });
+  return errorResponse(
+    request.method,
+    404,
+    "UNSUPPORTED",
+    `nothing at ${path}; the registry API is under /v2/ (${ENDPOINTS})`,
+    {
+      path,
+    },
+  );
 }
 
 const router = Router<IRequest, [Env, ExecutionContext]>();

@@ -11,7 +11,10 @@ const manifests = new LruMap<string, StoredManifest>(512);
 const images = new LruMap<string, ImageRecord>(1024);
 
 /** Bytes this layer hands out are shared between requests: callers get their own copy. */
-const copyOf = (manifest: StoredManifest): StoredManifest => ({ mediaType: manifest.mediaType, bytes: manifest.bytes.slice() });
+const copyOf = (manifest: StoredManifest): StoredManifest => ({
+  mediaType: manifest.mediaType,
+  bytes: manifest.bytes.slice(),
+});
 
 export function isolateCached(inner: RegistryStorage): RegistryStorage {
   return {

@@ -76,18 +76,34 @@ async function loadManifest(storage: RegistryStorage, method: string, digest: Di
   }
   const stored = await storage.getManifest(hex);
   if (!stored) return null;
-  return { digest, mediaType: mediaTypeOf(stored.mediaType, stored.bytes), size: stored.bytes.byteLength, bytes: stored.bytes };
+  return {
+    digest,
+    mediaType: mediaTypeOf(stored.mediaType, stored.bytes),
+    size: stored.bytes.byteLength,
+    bytes: stored.bytes,
+  };
 }
 
-async function manifestByDigest(request: Request, storage: RegistryStorage, name: string, reference: string): Promise<Response> {
+async function manifestByDigest(
+  request: Request,
+  storage: RegistryStorage,
+  name: string,
+  reference: string,
+): Promise<Response> {
   const digest = checkDigest(request.method, reference);
   if (!digest.ok) return digest.response;
   const manifest = await loadManifest(storage, request.method, digest.digest);
   if (!manifest) {
-    return errorResponse(request.method, 404, "MANIFEST_UNKNOWN", `manifest ${digest.digest} is not known to this registry`, {
-      name,
-      digest: digest.digest,
-    });
+    return errorResponse(
+      request.method,
+      404,
+      "MANIFEST_UNKNOWN",
+      `manifest ${digest.digest} is not known to this registry`,
+      {
+        name,
+        digest: digest.digest,
+      },
+    );
   }
   return serveManifest(request, manifest, IMMUTABLE_CACHE_CONTROL, false);
 }
@@ -158,7 +174,12 @@ async function manifestByTag(
 
     // Cloudflare sets CF-Connecting-IP on every request at the edge (and Miniflare locally, to the client's address).
     const client = request.headers.get("CF-Connecting-IP");
-    const built = await awaitImage(env, key, { packages: image.packages, system: image.system, tag, revision: resolution.revision }, client);
+    const built = await awaitImage(
+      env,
+      key,
+      { packages: image.packages, system: image.system, tag, revision: resolution.revision },
+      client,
+    );
     if (!built.ok) {
       // The package set moved since the tag was resolved (409): resolve again, once.
       const moved = "status" in built.failure && built.failure.status === 409;

@@ -14,7 +14,9 @@ function maxBytes(env: Env): number {
   if (/^\d+$/.test(raw)) return Number(raw);
   if (!warnedMaxBytes) {
     warnedMaxBytes = true;
-    console.warn(`ignoring EDGE_CACHE_MAX_BYTES="${raw}": not a number of bytes; using ${DEFAULT_EDGE_CACHE_MAX_BYTES}`);
+    console.warn(
+      `ignoring EDGE_CACHE_MAX_BYTES="${raw}": not a number of bytes; using ${DEFAULT_EDGE_CACHE_MAX_BYTES}`,
+    );
   }
   return DEFAULT_EDGE_CACHE_MAX_BYTES;
 }

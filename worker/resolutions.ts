@@ -71,7 +71,13 @@ async function fetchResolution(env: Env, storage: RegistryStorage, tag: string):
           const first = outcome.body.errors[0];
           return {
             ok: false,
-            failure: { kind: "error", status: 404, code: "MANIFEST_UNKNOWN", message: first.message, detail: first.detail ?? { tag } },
+            failure: {
+              kind: "error",
+              status: 404,
+              code: "MANIFEST_UNKNOWN",
+              message: first.message,
+              detail: first.detail ?? { tag },
+            },
           };
         }
         return { ok: false, failure: { kind: "relay", status: outcome.status, bodyText: outcome.bodyText } };
@@ -114,7 +120,9 @@ export async function resolveTagCached(
   ctx.waitUntil(pending); // keep the shared call alive even if the request that started it goes away
   const outcome = await pending;
   if (!outcome.ok && outcome.failure.kind === "unavailable" && cached) {
-    console.warn(`builder unreachable (${outcome.failure.reason}); using the stale resolution of tag ${tag} from ${cached.fetchedAt}`);
+    console.warn(
+      `builder unreachable (${outcome.failure.reason}); using the stale resolution of tag ${tag} from ${cached.fetchedAt}`,
+    );
     return { ok: true, resolution: cached };
   }
   return outcome;

@@ -18,12 +18,7 @@ function baseHeaders(extra: HeaderMap | undefined): Headers {
 }
 
 /** A response whose body is a small in-memory byte string; Content-Length is always set, HEAD gets no body. */
-export function bytesResponse(
-  method: string,
-  status: number,
-  body: Uint8Array,
-  headers: HeaderMap,
-): Response {
+export function bytesResponse(method: string, status: number, body: Uint8Array, headers: HeaderMap): Response {
   const h = baseHeaders(headers);
   h.set("Content-Length", String(body.byteLength));
   return new Response(method === "HEAD" ? null : body, { status, headers: h });
@@ -56,7 +51,12 @@ export function errorResponse(
 }
 
 /** An error body produced by the builder, passed on byte for byte with its status. */
-export function relayedErrorResponse(method: string, status: number, bodyText: string, headers: HeaderMap = {}): Response {
+export function relayedErrorResponse(
+  method: string,
+  status: number,
+  bodyText: string,
+  headers: HeaderMap = {},
+): Response {
   return bytesResponse(method, status, encoder.encode(bodyText), { "Content-Type": "application/json", ...headers });
 }
 
@@ -110,9 +110,17 @@ export function builderUnavailableResponse(method: string, reason: string): Resp
 }
 
 /** A 500 UNKNOWN: `message` is for the client, `details` (an error, a builder's answer) for the log, under an id. */
-export function internalErrorResponse(method: string, message: string, details: unknown, detail: Record<string, unknown> = {}): Response {
+export function internalErrorResponse(
+  method: string,
+  message: string,
+  details: unknown,
+  detail: Record<string, unknown> = {},
+): Response {
   const id = logIncident("error", message, details);
-  return errorResponse(method, 500, "UNKNOWN", `${message} (the registry's log has the details under id ${id})`, { ...detail, id });
+  return errorResponse(method, 500, "UNKNOWN", `${message} (the registry's log has the details under id ${id})`, {
+    ...detail,
+    id,
+  });
 }
 
 /** Makes sure a finished response carries the API version header and has no body for HEAD. */
@@ -160,7 +168,14 @@ export function describeError(error: unknown): string {
 export type Failure =
   /** A registry error body from the builder, relayed byte for byte with its status (and its Retry-After, if any). */
   | { kind: "relay"; status: number; bodyText: string; retryAfterSeconds?: number }
-  | { kind: "error"; status: number; code: RegistryErrorCode; message: string; detail?: unknown; retryAfterSeconds?: number }
+  | {
+      kind: "error";
+      status: number;
+      code: RegistryErrorCode;
+      message: string;
+      detail?: unknown;
+      retryAfterSeconds?: number;
+    }
   /** The builder could not be reached; `reason` names it, so it is logged, not shown. */
   | { kind: "unavailable"; reason: string }
   /** A 500 on the registry's side: `message` is for the client, `reason` (hosts, buckets, R2's errors) for the log. */

@@ -131,8 +131,12 @@ export function r2Storage(bucket: R2Bucket): RegistryStorage {
     },
 
     async recentJobs(limit) {
-      const page: R2Objects = await attempt("list", RECENT_JOBS_PREFIX, () => bucket.list({ prefix: RECENT_JOBS_PREFIX, limit }));
-      const keys = page.objects.map((object) => imageKeyOfRecentJob(object.key)).filter((key): key is string => key !== null);
+      const page: R2Objects = await attempt("list", RECENT_JOBS_PREFIX, () =>
+        bucket.list({ prefix: RECENT_JOBS_PREFIX, limit }),
+      );
+      const keys = page.objects
+        .map((object) => imageKeyOfRecentJob(object.key))
+        .filter((key): key is string => key !== null);
       return [...new Set(keys)];
     },
 

@@ -18,7 +18,9 @@ export class S3Error extends Error {
 
   /** Whether this is a configuration problem (credentials, permissions, bucket) rather than an outage. */
   get isConfiguration(): boolean {
-    return this.status === 401 || this.status === 403 || this.code === "NoSuchBucket" || this.code === "InvalidBucketName";
+    return (
+      this.status === 401 || this.status === 403 || this.code === "NoSuchBucket" || this.code === "InvalidBucketName"
+    );
   }
 }
 
@@ -74,7 +76,8 @@ export function answerError(target: S3Target, request: FailedRequest, status: nu
     hint = "the server received other bytes than were sent (checksum mismatch)";
   }
   const detail = [code, said?.message].filter(Boolean).join(": ") || text.trim().slice(0, 200) || "no details";
-  const retryable = TRANSIENT_STATUSES.has(status) || (code !== null && (TRANSIENT_CODES.has(code) || CHANGED_ON_THE_WAY.has(code)));
+  const retryable =
+    TRANSIENT_STATUSES.has(status) || (code !== null && (TRANSIENT_CODES.has(code) || CHANGED_ON_THE_WAY.has(code)));
   return new S3Error(
     `${what} failed with ${status} (${detail})${hint ? `: ${hint}` : ""}`,
     request.operation,
@@ -94,7 +97,8 @@ export function networkError(target: Pick<S3Target, "endpoint">, request: Failed
   const make = (text: string, retryable: boolean) =>
     new S3Error(`${what} failed: ${text}`, request.operation, request.key, null, code, retryable);
   if (error instanceof SpoolReadError) return make(message, false);
-  if (code === "ENOTFOUND" || code === "EAI_AGAIN") return make(`cannot resolve the host of S3_ENDPOINT (${message})`, true);
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN")
+    return make(`cannot resolve the host of S3_ENDPOINT (${message})`, true);
   if (code === "ECONNREFUSED") return make(`nothing answers at S3_ENDPOINT (${message})`, true);
   // Socket errors (ECONNRESET, EPIPE, ETIMEDOUT, TLS errors, ...) carry a code; our own timeout is a NoAnswerError.
   const transient = error instanceof NoAnswerError || (code !== null && !code.startsWith("ERR_INVALID"));

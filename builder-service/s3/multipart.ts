@@ -52,10 +52,17 @@ export async function uploadMultipart(transport: S3Transport, log: Logger, uploa
   for (let start = 0, number = 1; start < size; start += partSize, number++) {
     plan.push({ number, start, length: Math.min(partSize, size - start) });
   }
-  if (plan.length !== partSha256.length) throw new Error(`internal: ${plan.length} parts planned, ${partSha256.length} hashed`);
+  if (plan.length !== partSha256.length)
+    throw new Error(`internal: ${plan.length} parts planned, ${partSha256.length} hashed`);
 
   const created = await transport.send(
-    { operation: "create multipart upload", method: "POST", key, query: { uploads: "" }, headers: { "content-type": upload.contentType } },
+    {
+      operation: "create multipart upload",
+      method: "POST",
+      key,
+      query: { uploads: "" },
+      headers: { "content-type": upload.contentType },
+    },
     [200],
   );
   const uploadId = parseUploadId(created.body.toString("utf8"));
@@ -77,13 +84,17 @@ export async function uploadMultipart(transport: S3Transport, log: Logger, uploa
         [200],
       );
       const etag = response.headers.etag;
-      if (typeof etag !== "string" || !etag) throw new Error(`upload part ${part.number} of ${key}: the answer has no ETag`);
+      if (typeof etag !== "string" || !etag)
+        throw new Error(`upload part ${part.number} of ${key}: the answer has no ETag`);
       return etag;
     });
     await complete(transport, key, uploadId, size, etags);
   } catch (error) {
     try {
-      await transport.send({ operation: "abort multipart upload", method: "DELETE", key, query: { uploadId } }, [200, 204, 404]);
+      await transport.send(
+        { operation: "abort multipart upload", method: "DELETE", key, query: { uploadId } },
+        [200, 204, 404],
+      );
       log.warn("s3-multipart-aborted", { digest, key, uploadId, reason: (error as Error).message });
     } catch (abortError) {
       // The bucket should also have a lifecycle rule that aborts stale uploads (see deploy/README.md).
@@ -93,12 +104,22 @@ export async function uploadMultipart(transport: S3Transport, log: Logger, uploa
   }
   const stored = await transport.head("verify upload", key);
   if (stored?.size !== size) {
-    await transport.send({ operation: "delete wrong upload", method: "DELETE", key }, [200, 204, 404]).catch(() => undefined);
-    throw new Error(`multipart upload of ${key}: the object has ${stored?.size ?? "no"} bytes after completion, expected ${size}`);
+    await transport
+      .send({ operation: "delete wrong upload", method: "DELETE", key }, [200, 204, 404])
+      .catch(() => undefined);
+    throw new Error(
+      `multipart upload of ${key}: the object has ${stored?.size ?? "no"} bytes after completion, expected ${size}`,
+    );
   }
 }
 
-async function complete(transport: S3Transport, key: string, uploadId: string, size: number, etags: string[]): Promise<void> {
+async function complete(
+  transport: S3Transport,
+  key: string,
+  uploadId: string,
+  size: number,
+  etags: string[],
+): Promise<void> {
   try {
     await transport.send(
       {

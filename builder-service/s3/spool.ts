@@ -43,7 +43,7 @@ export class Spool extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    for (let offset = 0; offset < chunk.length; ) {
+    for (let offset = 0; offset < chunk.length;) {
       // Slice by slice, so that the whole hash stands at the first part's end when that part closes.
       const take = Math.min(this.partSize - this.partBytes, chunk.length - offset);
       const slice = chunk.subarray(offset, offset + take);

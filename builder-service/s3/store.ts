@@ -16,7 +16,13 @@ import type { Readable } from "node:stream";
 import { finished } from "node:stream/promises";
 import { blobKey, BUILDER_CACHE_PREFIX, manifestKey } from "../../common/bucket-layout.ts";
 import { sha256Hex, type Digest } from "../../common/digest.ts";
-import { assertBuilderWritable, type BlobInfo, type BlobStore, type ByteRange, type StagedBlob } from "../blob-store.ts";
+import {
+  assertBuilderWritable,
+  type BlobInfo,
+  type BlobStore,
+  type ByteRange,
+  type StagedBlob,
+} from "../blob-store.ts";
 import { MAX_SINGLE_PUT_BYTES, MIN_PART_SIZE_BYTES, type S3StoreConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { partCount, uploadMultipart } from "./multipart.ts";
@@ -43,7 +49,9 @@ export class S3BlobStore implements BlobStore {
 
   constructor(private readonly options: S3BlobStoreOptions) {
     if (options.partSizeBytes < MIN_PART_SIZE_BYTES) {
-      throw new Error(`the part size ${options.partSizeBytes} is below the ${MIN_PART_SIZE_BYTES}-byte minimum of R2 and S3`);
+      throw new Error(
+        `the part size ${options.partSizeBytes} is below the ${MIN_PART_SIZE_BYTES}-byte minimum of R2 and S3`,
+      );
     }
     if (options.multipartThresholdBytes > MAX_SINGLE_PUT_BYTES) {
       throw new Error(
@@ -110,7 +118,8 @@ export class S3BlobStore implements BlobStore {
         try {
           if (!spool.writableFinished) await finished(spool);
           const spooled = spool.spooled();
-          if (spooled.size !== size) throw new Error(`staged blob ${digest} has ${spooled.size} bytes, expected ${size}`);
+          if (spooled.size !== size)
+            throw new Error(`staged blob ${digest} has ${spooled.size} bytes, expected ${size}`);
           if (spooled.digest !== digest) {
             throw new Error(`staged blob's bytes hash to ${spooled.digest}, not to ${digest}; not uploading it`);
           }
@@ -145,10 +154,17 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** A small content-addressed object: hashed once, to check the digest, which is then its signed payload hash. */
-  private async putDigested(operation: string, key: string, digest: Digest, bytes: Uint8Array, contentType: string): Promise<void> {
+  private async putDigested(
+    operation: string,
+    key: string,
+    digest: Digest,
+    bytes: Uint8Array,
+    contentType: string,
+  ): Promise<void> {
     const buffer = asBuffer(bytes);
     const sha256 = await sha256Hex(buffer);
-    if (`sha256:${sha256}` !== digest) throw new Error(`${operation}: the bytes hash to sha256:${sha256}, not to ${digest}`);
+    if (`sha256:${sha256}` !== digest)
+      throw new Error(`${operation}: the bytes hash to sha256:${sha256}, not to ${digest}`);
     const existing = await this.transport.head("stat", key);
     if (existing?.size === buffer.length) return;
     await this.transport.put(operation, key, contentType, bufferBody(buffer, sha256));

@@ -60,7 +60,9 @@ export class S3Transport {
 
   constructor(private readonly options: S3TransportOptions) {
     const secure = options.endpoint.startsWith("https:");
-    this.agent = secure ? new https.Agent({ keepAlive: true, maxSockets: 32 }) : new http.Agent({ keepAlive: true, maxSockets: 32 });
+    this.agent = secure
+      ? new https.Agent({ keepAlive: true, maxSockets: 32 })
+      : new http.Agent({ keepAlive: true, maxSockets: 32 });
   }
 
   close(): void {
@@ -159,11 +161,15 @@ export class S3Transport {
     else if (request.method === "PUT" || request.method === "POST") outgoing["content-length"] = "0";
     const transport = url.protocol === "https:" ? https : http;
     return new Promise<IncomingMessage>((resolve, reject) => {
-      const req = transport.request(signed.url, { method: request.method, headers: outgoing, agent: this.agent }, (response) => {
-        // A blob streamed on to a slow client may pause for long; only whole-answer reads keep the idle timeout.
-        if (streaming) req.setTimeout(0);
-        resolve(response);
-      });
+      const req = transport.request(
+        signed.url,
+        { method: request.method, headers: outgoing, agent: this.agent },
+        (response) => {
+          // A blob streamed on to a slow client may pause for long; only whole-answer reads keep the idle timeout.
+          if (streaming) req.setTimeout(0);
+          resolve(response);
+        },
+      );
       req.setTimeout(idleTimeoutMs, () => req.destroy(new NoAnswerError(`no answer for ${idleTimeoutMs / 1000} s`)));
       req.on("error", reject);
       if (!request.body) {

@@ -33,7 +33,7 @@ function childText(document: Record<string, unknown> | null, root: string, name:
   const element = document?.[root];
   if (typeof element !== "object" || element === null) return null;
   const value = (element as Record<string, unknown>)[name];
-  const first = Array.isArray(value) ? value[0] : value;
+  const first: unknown = Array.isArray(value) ? (value as unknown[])[0] : value;
   return typeof first === "string" ? first : null;
 }
 
@@ -53,5 +53,5 @@ export function parseUploadId(body: string): string | null {
 export function completeMultipartBody(etags: readonly string[]): string {
   return builder.build({
     CompleteMultipartUpload: { Part: etags.map((etag, index) => ({ PartNumber: index + 1, ETag: etag })) },
-  }) as string;
+  });
 }

@@ -35,7 +35,9 @@ export class ChannelSource implements PackageSource {
     const kind = classifyTag(tag);
     if (!kind) return null;
     if (kind.kind === "commit") {
-      return (await this.archiveMissing(kind.commit)) ? null : { revision: kind.commit, source: this.description, ttlSeconds: 0 };
+      return (await this.archiveMissing(kind.commit))
+        ? null
+        : { revision: kind.commit, source: this.description, ttlSeconds: 0 };
     }
     const channel = kind.kind === "latest" ? this.options.defaultChannel : kind.ref;
     if (!CHANNEL_NAME.test(channel)) return null;
@@ -55,9 +57,13 @@ export class ChannelSource implements PackageSource {
       revision = (await readAtMost(response, MAX_REVISION_BYTES, url)).trim();
     } catch (error) {
       if (error instanceof Error && error.name === "TimeoutError") {
-        throw new Error(`the channel service at ${url} did not answer within its time limit of ${this.timeoutMs / 1000} s`);
+        throw new Error(
+          `the channel service at ${url} did not answer within its time limit of ${this.timeoutMs / 1000} s`,
+          { cause: error },
+        );
       }
-      if (error instanceof TypeError) throw new Error(`cannot reach the channel service at ${url}: ${describeFetchError(error)}`);
+      if (error instanceof TypeError)
+        throw new Error(`cannot reach the channel service at ${url}: ${describeFetchError(error)}`, { cause: error });
       throw error;
     }
     if (!/^[0-9a-f]{40}$/.test(revision)) throw new Error(`the channel service returned no commit for ${channel}`);
@@ -79,7 +85,11 @@ export class ChannelSource implements PackageSource {
    */
   private async archiveMissing(commit: string): Promise<boolean> {
     try {
-      const response = await fetch(this.archiveOf(commit), { method: "HEAD", redirect: "follow", signal: AbortSignal.timeout(this.timeoutMs) });
+      const response = await fetch(this.archiveOf(commit), {
+        method: "HEAD",
+        redirect: "follow",
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
       return response.status === 404 || response.status === 410;
     } catch {
       return false;
@@ -90,7 +100,7 @@ export class ChannelSource implements PackageSource {
 /** The body as text, refused once it is longer than `limit` bytes. */
 async function readAtMost(response: Response, limit: number, url: string): Promise<string> {
   if (!response.body) return "";
-  const reader = response.body.getReader();
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
@@ -99,7 +109,9 @@ async function readAtMost(response: Response, limit: number, url: string): Promi
     size += value.byteLength;
     if (size > limit) {
       await reader.cancel();
-      throw new Error(`the channel service's answer for ${url} is longer than ${limit} bytes; a git-revision is 40 hex digits`);
+      throw new Error(
+        `the channel service's answer for ${url} is longer than ${limit} bytes; a git-revision is 40 hex digits`,
+      );
     }
     chunks.push(value);
   }

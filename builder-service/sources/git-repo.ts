@@ -136,7 +136,8 @@ export class GitRepoSource implements PackageSource {
   }
 
   async nixSource(revision: string): Promise<NixSource> {
-    if (!COMMIT.test(revision)) throw new RevisionUnavailableError(`${revision} is not a commit of ${this.description}`);
+    if (!COMMIT.test(revision))
+      throw new RevisionUnavailableError(`${revision} is not a commit of ${this.description}`);
     await this.init();
     const path = await this.exports.run(revision, () => this.exportTree(revision));
     return { kind: "path", path };
@@ -161,7 +162,9 @@ export class GitRepoSource implements PackageSource {
         await rename(partial, this.mirror);
       } catch (error) {
         await rm(partial, { recursive: true, force: true });
-        throw new Error(`cannot clone NIXERY_PKGS_REPO=${this.description}: ${(error as Error).message}`);
+        throw new Error(`cannot clone NIXERY_PKGS_REPO=${this.description}: ${(error as Error).message}`, {
+          cause: error,
+        });
       }
       log.info("git-cloned", { repo: this.description, ms: Math.round(performance.now() - started) });
     }
@@ -256,11 +259,17 @@ export class GitRepoSource implements PackageSource {
         setting: "NIX_TIMEOUT",
         maxStdoutBytes: 1024 * 1024,
       });
-      if (added.code !== 0) throw new Error(`nix-store --add of commit ${commit} failed: ${added.stderr.trim().slice(-1000)}`);
+      if (added.code !== 0)
+        throw new Error(`nix-store --add of commit ${commit} failed: ${added.stderr.trim().slice(-1000)}`);
       const storePath = added.stdout.trim();
       if (!storePath.startsWith("/nix/store/")) throw new Error(`nix-store --add printed no store path for ${commit}`);
       await writeFile(record, `${storePath}\n`);
-      this.options.log.info("git-export", { repo: this.description, commit, storePath, ms: Math.round(performance.now() - started) });
+      this.options.log.info("git-export", {
+        repo: this.description,
+        commit,
+        storePath,
+        ms: Math.round(performance.now() - started),
+      });
       return storePath;
     } finally {
       await rm(work, { recursive: true, force: true });
@@ -282,7 +291,12 @@ export class GitRepoSource implements PackageSource {
       throw new GitError(`git ${args[0]} failed: ${(error as Error).message}`);
     }
     if (result.code !== 0) {
-      const reason = result.stderr.split("\n").map((line) => line.trim()).filter(Boolean).join(" ").slice(0, 600);
+      const reason = result.stderr
+        .split("\n")
+        .map((line) => line.trim())
+        .filter(Boolean)
+        .join(" ")
+        .slice(0, 600);
       throw new GitError(`git ${args[0]} failed: ${redactUrl(reason || `exit code ${result.code}`)}`);
     }
     return result.stdout;
@@ -295,12 +309,16 @@ export class GitRepoSource implements PackageSource {
  */
 const GIT_ENV: NodeJS.ProcessEnv = (() => {
   const env: NodeJS.ProcessEnv = { ...process.env, GIT_TERMINAL_PROMPT: "0", GCM_INTERACTIVE: "never", LC_ALL: "C" };
-  for (const name of ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_NAMESPACE"]) delete env[name];
+  for (const name of ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_NAMESPACE"])
+    delete env[name];
   return env;
 })();
 
 async function isValidStorePath(path: string): Promise<boolean> {
   if (!path.startsWith("/nix/store/")) return false;
-  const { code } = await runCommand("nix-store", ["--check-validity", path], { label: "nix-store --check-validity", timeoutMs: QUICK_COMMAND_TIMEOUT_MS });
+  const { code } = await runCommand("nix-store", ["--check-validity", path], {
+    label: "nix-store --check-validity",
+    timeoutMs: QUICK_COMMAND_TIMEOUT_MS,
+  });
   return code === 0;
 }

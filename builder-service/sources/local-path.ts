@@ -26,7 +26,9 @@ export class LocalPathSource implements PackageSource {
     try {
       await access(join(this.path, "default.nix"));
     } catch {
-      throw new Error(`NIXERY_PKGS_PATH=${this.path} holds no default.nix; point it at a package set such as package-sets/test-pkgs`);
+      throw new Error(
+        `NIXERY_PKGS_PATH=${this.path} holds no default.nix; point it at a package set such as package-sets/test-pkgs`,
+      );
     }
   }
 
@@ -45,7 +47,11 @@ export class LocalPathSource implements PackageSource {
     // A folder has no history: only its current state is served, under `latest`.
     if (tag !== "latest") return null;
     const storePath = await this.snapshot();
-    return { revision: storePath.slice("/nix/store/".length, "/nix/store/".length + 32), source: this.description, ttlSeconds: this.ttlSeconds };
+    return {
+      revision: storePath.slice("/nix/store/".length, "/nix/store/".length + 32),
+      source: this.description,
+      ttlSeconds: this.ttlSeconds,
+    };
   }
 
   async nixSource(revision: string): Promise<NixSource> {

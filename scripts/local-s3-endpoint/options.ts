@@ -100,9 +100,12 @@ function bundleWorker(): Promise<string> {
 /** Miniflare's options for the local S3 endpoint worker. */
 export async function localS3EndpointWorker(options: LocalS3EndpointOptions): Promise<LocalS3EndpointWorker> {
   const { credentials, bucket } = options;
-  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new Error(`${bucket} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')`);
-  if (!credentials.accessKeyId || !credentials.secretAccessKey) throw new Error("the local S3 endpoint needs an access key id and a secret");
-  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) throw new Error(`port ${options.port} is not a TCP port`);
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket))
+    throw new Error(`${bucket} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')`);
+  if (!credentials.accessKeyId || !credentials.secretAccessKey)
+    throw new Error("the local S3 endpoint needs an access key id and a secret");
+  if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535)
+    throw new Error(`port ${options.port} is not a TCP port`);
   const script = await bundleWorker();
   const workerOptions: WorkerOptions = {
     name: options.name ?? LOCAL_S3_WORKER_NAME,
@@ -119,6 +122,7 @@ export async function localS3EndpointWorker(options: LocalS3EndpointOptions): Pr
     r2Buckets: { [LOCAL_S3_BUCKET_BINDING]: bucket },
     unsafeDirectSockets: [{ host: options.host ?? "127.0.0.1", port: options.port }],
   };
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-assignment -- tsc resolves miniflare's WorkerOptions; the linter's program does not
   return { options: workerOptions, dispose: async () => undefined };
 }
 
@@ -128,7 +132,11 @@ export async function s3EndpointUrl(miniflare: Miniflare, workerName: string = L
 }
 
 /** The builder's environment for writing into the endpoint (BUILDER_STORE=s3 and the S3_ settings). */
-export function builderS3Environment(options: { endpoint: string; bucket: string; credentials: LocalS3Credentials }): Record<string, string> {
+export function builderS3Environment(options: {
+  endpoint: string;
+  bucket: string;
+  credentials: LocalS3Credentials;
+}): Record<string, string> {
   return {
     BUILDER_STORE: "s3",
     S3_ENDPOINT: options.endpoint,

@@ -75,11 +75,18 @@ class S3Failure extends Error {
 }
 
 const notImplemented = (what: string) =>
-  new S3Failure(501, "NotImplemented", `${what} is not implemented by this local S3 endpoint (it serves what the builder uses)`);
+  new S3Failure(
+    501,
+    "NotImplemented",
+    `${what} is not implemented by this local S3 endpoint (it serves what the builder uses)`,
+  );
 
 function requestId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("").toUpperCase();
+  return [...bytes]
+    .map((b) => b.toString(16).padStart(2, "0"))
+    .join("")
+    .toUpperCase();
 }
 
 function xmlResponse(status: number, xml: string, headers: Headers = new Headers()): Response {
@@ -98,12 +105,6 @@ function errorResponse(method: string, failure: S3Failure): Response {
 }
 
 // --- encodings ---------------------------------------------------------------------------------------------------
-
-function hexToBytes(hex: string): Uint8Array {
-  const bytes = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  return bytes;
-}
 
 function bytesToHex(bytes: ArrayBuffer | Uint8Array): string {
   return [...new Uint8Array(bytes)].map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -124,9 +125,17 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 
 // --- authentication ----------------------------------------------------------------------------------------------
 
-const AUTHORIZATION = /^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-f]{64})$/;
+const AUTHORIZATION =
+  /^AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-f]{64})$/;
 /** The parameters of a presigned URL (query-string authentication), as S3 names them when one is missing. */
-const QUERY_AUTH_PARAMS = ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders", "X-Amz-Expires"];
+const QUERY_AUTH_PARAMS = [
+  "X-Amz-Algorithm",
+  "X-Amz-Credential",
+  "X-Amz-Signature",
+  "X-Amz-Date",
+  "X-Amz-SignedHeaders",
+  "X-Amz-Expires",
+];
 /** S3's longest validity of a presigned URL (seven days). */
 const MAX_PRESIGNED_EXPIRES_SECONDS = 604_800;
 
@@ -157,7 +166,11 @@ async function authenticate(request: Request, url: URL, env: Env): Promise<void>
     return authenticateQuery(request, url, env);
   }
   if (authorization === null) {
-    throw new S3Failure(403, "AccessDenied", "Access Denied: the request is not signed (SigV4 in the Authorization header or a presigned URL)");
+    throw new S3Failure(
+      403,
+      "AccessDenied",
+      "Access Denied: the request is not signed (SigV4 in the Authorization header or a presigned URL)",
+    );
   }
   const match = AUTHORIZATION.exec(authorization.trim());
   if (!match) {
@@ -174,7 +187,11 @@ async function authenticate(request: Request, url: URL, env: Env): Promise<void>
   const signedAt = parseAmzDate(amzDate);
   checkScopeDate(signed, "AuthorizationHeaderMalformed");
   if (Math.abs(Date.now() - signedAt) > MAX_CLOCK_SKEW_MS) {
-    throw new S3Failure(403, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large.");
+    throw new S3Failure(
+      403,
+      "RequestTimeTooSkewed",
+      "The difference between the request time and the current time is too large.",
+    );
   }
   checkNoUnsignedAmzHeaders(request, signedHeadersText);
   if (!request.headers.has("x-amz-content-sha256")) {
@@ -284,27 +301,42 @@ function checkScope(
     throw new S3Failure(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.");
   }
   if (service !== "s3" || terminator !== "aws4_request") {
-    throw new S3Failure(400, malformed, `The credential scope ${scope.slice(1).join("/")} is not <date>/<region>/s3/aws4_request`);
+    throw new S3Failure(
+      400,
+      malformed,
+      `The credential scope ${scope.slice(1).join("/")} is not <date>/<region>/s3/aws4_request`,
+    );
   }
   if (!R2_REGIONS.has(region)) {
-    const what = malformed === "AuthorizationHeaderMalformed" ? "The authorization header is malformed" : "Error parsing the X-Amz-Credential parameter";
+    const what =
+      malformed === "AuthorizationHeaderMalformed"
+        ? "The authorization header is malformed"
+        : "Error parsing the X-Amz-Credential parameter";
     throw new S3Failure(400, malformed, `${what}; the region '${region}' is wrong; expecting 'auto'`);
   }
   return { accessKeyId, region };
 }
 
 /** The scope's date must be the signature's (x-amz-date or X-Amz-Date). */
-function checkScopeDate(signed: SignedRequest, malformed: "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError"): void {
+function checkScopeDate(
+  signed: SignedRequest,
+  malformed: "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError",
+): void {
   const scopeDate = signed.credential.split("/")[1];
   if (signed.amzDate.slice(0, 8) !== scopeDate) {
-    throw new S3Failure(400, malformed, `Invalid credential date ${scopeDate}: it must be the date of x-amz-date ${signed.amzDate}`);
+    throw new S3Failure(
+      400,
+      malformed,
+      `Invalid credential date ${scopeDate}: it must be the date of x-amz-date ${signed.amzDate}`,
+    );
   }
 }
 
 /** An x-amz-date value (20060102T150405Z) as milliseconds since the epoch. */
 function parseAmzDate(amzDate: string | null): number {
   const dateMatch = amzDate === null ? null : /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
-  if (dateMatch === null) throw new S3Failure(403, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header");
+  if (dateMatch === null)
+    throw new S3Failure(403, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header");
   const [, y, mo, d, h, mi, s] = dateMatch.map(Number);
   return Date.UTC(y, mo - 1, d, h, mi, s);
 }
@@ -312,9 +344,15 @@ function parseAmzDate(amzDate: string | null): number {
 /** S3 refuses x-amz-* headers that the signature does not cover. */
 function checkNoUnsignedAmzHeaders(request: Request, signedHeadersText: string): void {
   const signedHeaders = signedHeadersText.split(";");
-  const unsigned = [...request.headers.keys()].filter((name) => name.startsWith("x-amz-") && !signedHeaders.includes(name));
+  const unsigned = [...request.headers.keys()].filter(
+    (name) => name.startsWith("x-amz-") && !signedHeaders.includes(name),
+  );
   if (unsigned.length > 0) {
-    throw new S3Failure(403, "AccessDenied", `There were headers present in the request which were not signed: ${unsigned.join(", ")}`);
+    throw new S3Failure(
+      403,
+      "AccessDenied",
+      `There were headers present in the request which were not signed: ${unsigned.join(", ")}`,
+    );
   }
 }
 
@@ -331,7 +369,10 @@ function signedHeaderValues(request: Request, signedHeadersText: string): Header
 async function compareSignatures(signer: AwsV4Signer, signed: SignedRequest): Promise<void> {
   const expected = await signer.signature();
   const encoder = new TextEncoder();
-  if (signer.signedHeaders !== signed.signedHeadersText || !equalBytes(encoder.encode(expected), encoder.encode(signed.signature))) {
+  if (
+    signer.signedHeaders !== signed.signedHeadersText ||
+    !equalBytes(encoder.encode(expected), encoder.encode(signed.signature))
+  ) {
     throw new S3Failure(
       403,
       "SignatureDoesNotMatch",
@@ -344,10 +385,17 @@ async function compareSignatures(signer: AwsV4Signer, signed: SignedRequest): Pr
 
 function contentLength(request: Request, limit: number): number {
   const header = request.headers.get("content-length");
-  if (header === null) throw new S3Failure(411, "MissingContentLength", "You must provide the Content-Length HTTP header.");
-  if (!/^\d+$/.test(header)) throw new S3Failure(400, "InvalidArgument", `Content-Length ${header} is not a number of bytes`);
+  if (header === null)
+    throw new S3Failure(411, "MissingContentLength", "You must provide the Content-Length HTTP header.");
+  if (!/^\d+$/.test(header))
+    throw new S3Failure(400, "InvalidArgument", `Content-Length ${header} is not a number of bytes`);
   const length = Number(header);
-  if (length > limit) throw new S3Failure(400, "EntityTooLarge", `Your proposed upload of ${length} bytes exceeds the maximum allowed size (${limit} bytes).`);
+  if (length > limit)
+    throw new S3Failure(
+      400,
+      "EntityTooLarge",
+      `Your proposed upload of ${length} bytes exceeds the maximum allowed size (${limit} bytes).`,
+    );
   return length;
 }
 
@@ -364,24 +412,38 @@ function claimedHashes(request: Request): ClaimedHashes {
   if (sha256.startsWith("STREAMING-")) throw notImplemented(`x-amz-content-sha256: ${sha256} (aws-chunked bodies)`);
   if (sha256 !== "UNSIGNED-PAYLOAD") {
     if (!/^[0-9a-fA-F]{64}$/.test(sha256)) {
-      throw new S3Failure(400, "InvalidArgument", `x-amz-content-sha256 must be UNSIGNED-PAYLOAD or a SHA-256 in hex, not ${sha256}`);
+      throw new S3Failure(
+        400,
+        "InvalidArgument",
+        `x-amz-content-sha256 must be UNSIGNED-PAYLOAD or a SHA-256 in hex, not ${sha256}`,
+      );
     }
     claimed.sha256 = sha256.toLowerCase();
   }
   const md5 = request.headers.get("content-md5");
   if (md5 !== null) {
     const bytes = base64ToBytes(md5.trim());
-    if (bytes === null || bytes.byteLength !== 16) throw new S3Failure(400, "InvalidDigest", "The Content-MD5 you specified is not valid.");
+    if (bytes === null || bytes.byteLength !== 16)
+      throw new S3Failure(400, "InvalidDigest", "The Content-MD5 you specified is not valid.");
     claimed.md5 = bytes;
   }
   return claimed;
 }
 
 const sha256Mismatch = () =>
-  new S3Failure(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.");
-const md5Mismatch = () => new S3Failure(400, "BadDigest", "The Content-MD5 you specified did not match what we received.");
+  new S3Failure(
+    400,
+    "XAmzContentSHA256Mismatch",
+    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+  );
+const md5Mismatch = () =>
+  new S3Failure(400, "BadDigest", "The Content-MD5 you specified did not match what we received.");
 const incompleteBody = () =>
-  new S3Failure(400, "IncompleteBody", "You did not provide the number of bytes specified by the Content-Length HTTP header.");
+  new S3Failure(
+    400,
+    "IncompleteBody",
+    "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+  );
 
 /** The HTTP metadata R2 keeps with an object, from a PutObject's or CreateMultipartUpload's headers. */
 function objectMetadata(headers: Headers): { httpMetadata: R2HTTPMetadata; customMetadata: Record<string, string> } {
@@ -440,7 +502,10 @@ function r2Code(error: unknown): number | null {
  * The S3 error for an R2 binding error, or null when it isn't one. `operation` adjusts for Miniflare: its R2
  * answers an unknown upload id with InternalError (10001) on complete and abort, where R2 says NoSuchUpload.
  */
-function fromR2Error(error: unknown, operation: "put" | "get" | "part" | "complete" | "abort" | "other"): S3Failure | null {
+function fromR2Error(
+  error: unknown,
+  operation: "put" | "get" | "part" | "complete" | "abort" | "other",
+): S3Failure | null {
   const code = r2Code(error);
   const message = String((error as Error | null)?.message ?? error);
   switch (code) {
@@ -453,11 +518,23 @@ function fromR2Error(error: unknown, operation: "put" | "get" | "part" | "comple
     case 10024:
       return new S3Failure(404, "NoSuchUpload", "The specified multipart upload does not exist.");
     case 10025:
-      return new S3Failure(400, "InvalidPart", "One or more of the specified parts could not be found or its ETag did not match.");
+      return new S3Failure(
+        400,
+        "InvalidPart",
+        "One or more of the specified parts could not be found or its ETag did not match.",
+      );
     case 10048:
-      return new S3Failure(400, "InvalidPart", "All parts but the last must be of the same size, and the last no larger.");
+      return new S3Failure(
+        400,
+        "InvalidPart",
+        "All parts but the last must be of the same size, and the last no larger.",
+      );
     case 10011:
-      return new S3Failure(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.");
+      return new S3Failure(
+        400,
+        "EntityTooSmall",
+        "Your proposed upload is smaller than the minimum allowed object size.",
+      );
     case 100100:
       return new S3Failure(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.");
     case 10012:
@@ -470,7 +547,11 @@ function fromR2Error(error: unknown, operation: "put" | "get" | "part" | "comple
       if (operation === "complete" || operation === "abort") {
         return new S3Failure(404, "NoSuchUpload", "The specified multipart upload does not exist.");
       }
-      return new S3Failure(500, "InternalError", `We encountered an internal error. Please try again. (R2: ${message})`);
+      return new S3Failure(
+        500,
+        "InternalError",
+        `We encountered an internal error. Please try again. (R2: ${message})`,
+      );
     default:
       return new S3Failure(500, "InternalError", `R2 failed: ${message}`);
   }
@@ -499,7 +580,8 @@ class CheckedBody extends TransformStream<Uint8Array, Uint8Array> {
     super({
       async transform(chunk, controller) {
         state.bytes += chunk.byteLength;
-        if (state.bytes > length) fail(new S3Failure(400, "IncompleteBody", "The body is longer than its Content-Length."));
+        if (state.bytes > length)
+          fail(new S3Failure(400, "IncompleteBody", "The body is longer than its Content-Length."));
         for (const writer of writers) await writer.write(chunk);
         if (held !== null) controller.enqueue(held);
         held = chunk;
@@ -527,7 +609,11 @@ class CheckedBody extends TransformStream<Uint8Array, Uint8Array> {
 }
 
 /** The body as a stream of exactly `length` bytes (what R2 needs to know its length), checked on the way. */
-function checkedStream(request: Request, length: number, claimed: ClaimedHashes): { stream: ReadableStream; check: CheckedBody } {
+function checkedStream(
+  request: Request,
+  length: number,
+  claimed: ClaimedHashes,
+): { stream: ReadableStream; check: CheckedBody } {
   const check = new CheckedBody(length, claimed);
   const source = request.body ?? new Response(new Uint8Array(0)).body!;
   const stream = source.pipeThrough(check).pipeThrough(new FixedLengthStream(length));
@@ -541,7 +627,11 @@ function bodyFailure(error: unknown, check: CheckedBody, length: number, operati
   if (fromR2) return fromR2;
   // Bytes went in and then stopped: the client went away mid-body. (An error before any byte is ours.)
   if (check.bytes > 0 && check.bytes < length) return incompleteBody();
-  return new S3Failure(500, "InternalError", `storing the body failed: ${String((error as Error | null)?.message ?? error)}`);
+  return new S3Failure(
+    500,
+    "InternalError",
+    `storing the body failed: ${String((error as Error | null)?.message ?? error)}`,
+  );
 }
 
 // --- operations --------------------------------------------------------------------------------------------------
@@ -551,7 +641,8 @@ async function putObject(request: Request, bucket: R2Bucket, key: string): Promi
   const claimed = claimedHashes(request);
   // R2's put checks one hash (BadDigest, 10037; it refuses to be given two): the signed sha256 when there is
   // one, else the md5. The md5 next to a sha256 is checked on the way, by CheckedBody.
-  const forR2 = claimed.sha256 !== undefined ? { sha256: claimed.sha256 } : claimed.md5 !== undefined ? { md5: claimed.md5 } : {};
+  const forR2 =
+    claimed.sha256 !== undefined ? { sha256: claimed.sha256 } : claimed.md5 !== undefined ? { md5: claimed.md5 } : {};
   const { stream, check } = checkedStream(request, length, claimed.sha256 !== undefined ? { md5: claimed.md5 } : {});
   let object: R2Object;
   try {
@@ -597,7 +688,12 @@ async function deleteObject(bucket: R2Bucket, key: string): Promise<Response> {
   return new Response(null, { status: 204 });
 }
 
-async function createMultipartUpload(request: Request, bucket: R2Bucket, bucketName: string, key: string): Promise<Response> {
+async function createMultipartUpload(
+  request: Request,
+  bucket: R2Bucket,
+  bucketName: string,
+  key: string,
+): Promise<Response> {
   let upload: R2MultipartUpload;
   try {
     upload = await bucket.createMultipartUpload(key, objectMetadata(request.headers));
@@ -611,9 +707,19 @@ async function createMultipartUpload(request: Request, bucket: R2Bucket, bucketN
   );
 }
 
-async function uploadPart(request: Request, bucket: R2Bucket, key: string, partNumberText: string, uploadId: string): Promise<Response> {
+async function uploadPart(
+  request: Request,
+  bucket: R2Bucket,
+  key: string,
+  partNumberText: string,
+  uploadId: string,
+): Promise<Response> {
   if (!/^\d+$/.test(partNumberText) || Number(partNumberText) < 1 || Number(partNumberText) > MAX_PART_NUMBER) {
-    throw new S3Failure(400, "InvalidArgument", `Part number must be an integer between 1 and ${MAX_PART_NUMBER}, inclusive`);
+    throw new S3Failure(
+      400,
+      "InvalidArgument",
+      `Part number must be an integer between 1 and ${MAX_PART_NUMBER}, inclusive`,
+    );
   }
   const partNumber = Number(partNumberText);
   const length = contentLength(request, MAX_PUT_BYTES);
@@ -643,7 +749,11 @@ async function uploadPart(request: Request, bucket: R2Bucket, key: string, partN
 /** The parts of a CompleteMultipartUpload body, in the order given. */
 function parseCompleteBody(xml: string): R2UploadedPart[] {
   if (!/<CompleteMultipartUpload[\s>]/.test(xml)) {
-    throw new S3Failure(400, "MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.");
+    throw new S3Failure(
+      400,
+      "MalformedXML",
+      "The XML you provided was not well-formed or did not validate against our published schema.",
+    );
   }
   const parts: R2UploadedPart[] = [];
   for (const [, inner] of xml.matchAll(/<Part>([\s\S]*?)<\/Part>/g)) {
@@ -652,12 +762,21 @@ function parseCompleteBody(xml: string): R2UploadedPart[] {
     if (number === undefined || etag === undefined) {
       throw new S3Failure(400, "MalformedXML", "Every Part needs a PartNumber and an ETag.");
     }
-    parts.push({ partNumber: Number(number), etag: decodeXml(etag).trim().replace(/^"(.*)"$/, "$1") });
+    parts.push({
+      partNumber: Number(number),
+      etag: decodeXml(etag)
+        .trim()
+        .replace(/^"(.*)"$/, "$1"),
+    });
   }
   if (parts.length === 0) throw new S3Failure(400, "MalformedXML", "The XML you provided names no parts.");
   for (let i = 1; i < parts.length; i++) {
     if (parts[i].partNumber <= parts[i - 1].partNumber) {
-      throw new S3Failure(400, "InvalidPartOrder", "The list of parts was not in ascending order. Parts must be ordered by part number.");
+      throw new S3Failure(
+        400,
+        "InvalidPartOrder",
+        "The list of parts was not in ascending order. Parts must be ordered by part number.",
+      );
     }
   }
   return parts;
@@ -676,8 +795,10 @@ async function completeMultipartUpload(
   const claimed = claimedHashes(request);
   const body = new Uint8Array(await request.arrayBuffer());
   if (body.byteLength !== length) throw incompleteBody();
-  if (claimed.sha256 !== undefined && bytesToHex(await crypto.subtle.digest("SHA-256", body)) !== claimed.sha256) throw sha256Mismatch();
-  if (claimed.md5 !== undefined && !equalBytes(new Uint8Array(await crypto.subtle.digest("MD5", body)), claimed.md5)) throw md5Mismatch();
+  if (claimed.sha256 !== undefined && bytesToHex(await crypto.subtle.digest("SHA-256", body)) !== claimed.sha256)
+    throw sha256Mismatch();
+  if (claimed.md5 !== undefined && !equalBytes(new Uint8Array(await crypto.subtle.digest("MD5", body)), claimed.md5))
+    throw md5Mismatch();
   const parts = parseCompleteBody(new TextDecoder().decode(body));
   let object: R2Object;
   try {
@@ -713,7 +834,11 @@ async function handle(request: Request, env: Env): Promise<Response> {
     });
   }
   if (!env.S3_ACCESS_KEY_ID || !env.S3_SECRET_ACCESS_KEY || !env.S3_BUCKET) {
-    throw new S3Failure(500, "InternalError", "the endpoint is not configured: S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and S3_BUCKET must be bound");
+    throw new S3Failure(
+      500,
+      "InternalError",
+      "the endpoint is not configured: S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and S3_BUCKET must be bound",
+    );
   }
   await authenticate(request, url, env);
 
@@ -731,7 +856,9 @@ async function handle(request: Request, env: Env): Promise<Response> {
 
   // x-id is the operation's name some SDKs add for logs, and X-Amz-* the authentication of a presigned URL: neither
   // changes the operation.
-  const params = [...new Set(url.searchParams.keys())].filter((name) => name !== "x-id" && !name.startsWith("X-Amz-")).sort();
+  const params = [...new Set(url.searchParams.keys())]
+    .filter((name) => name !== "x-id" && !name.startsWith("X-Amz-"))
+    .sort();
   const query = params.join("&");
   const uploadId = url.searchParams.get("uploadId") ?? "";
   if (request.headers.has("x-amz-copy-source")) throw notImplemented("CopyObject / UploadPartCopy (x-amz-copy-source)");
@@ -765,7 +892,11 @@ export default {
       const failure =
         error instanceof S3Failure
           ? error
-          : new S3Failure(500, "InternalError", `We encountered an internal error: ${String((error as Error | null)?.message ?? error)}`);
+          : new S3Failure(
+              500,
+              "InternalError",
+              `We encountered an internal error: ${String((error as Error | null)?.message ?? error)}`,
+            );
       response = errorResponse(request.method, failure);
     }
     // Responses made here have mutable headers; an R2 body's response too.

@@ -8,6 +8,8 @@ import { PROJECT_ROOT } from "../../scripts/local-stack.ts";
 let built: Promise<unknown> | undefined;
 
 export function buildBuilder(): Promise<unknown> {
-  built ??= promisify(execFile)(process.execPath, [join(PROJECT_ROOT, "scripts/build-builder.mjs")], { cwd: PROJECT_ROOT });
+  built ??= promisify(execFile)(process.execPath, [join(PROJECT_ROOT, "scripts/build-builder.mjs")], {
+    cwd: PROJECT_ROOT,
+  });
   return built;
 }

@@ -20,7 +20,13 @@ export async function startHttpFront(
   const server = http.createServer((incoming, response) => {
     const forward: Forward = (onAnswered) => {
       const forwarded = http.request(
-        { host: upstream.hostname, port: Number(upstream.port), method: incoming.method, path: incoming.url, headers: incoming.headers },
+        {
+          host: upstream.hostname,
+          port: Number(upstream.port),
+          method: incoming.method,
+          path: incoming.url,
+          headers: incoming.headers,
+        },
         (answer) => {
           response.writeHead(answer.statusCode ?? 502, answer.headers);
           answer.pipe(response);

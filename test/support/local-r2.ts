@@ -5,8 +5,15 @@ import { Miniflare } from "miniflare";
 
 /** The part of the R2 binding the tests use. */
 export interface LocalR2 {
-  put(key: string, value: ArrayBuffer | string, options?: { httpMetadata?: { contentType?: string } }): Promise<unknown>;
-  list(options: { prefix?: string; cursor?: string }): Promise<{ objects: { key: string }[]; truncated: boolean; cursor?: string }>;
+  put(
+    key: string,
+    value: ArrayBuffer | string,
+    options?: { httpMetadata?: { contentType?: string } },
+  ): Promise<unknown>;
+  list(options: {
+    prefix?: string;
+    cursor?: string;
+  }): Promise<{ objects: { key: string }[]; truncated: boolean; cursor?: string }>;
 }
 
 export async function withWorkerR2<T>(workerStateDir: string, use: (bucket: LocalR2) => Promise<T>): Promise<T> {

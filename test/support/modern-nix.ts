@@ -60,23 +60,34 @@ export function prepareModernNix(): Promise<ModernNix> {
 
 async function prepare(): Promise<ModernNix> {
   // Not our own wrappers, should this process already run under them.
-  const hostPath = (process.env.PATH ?? "").split(":").filter((dir) => dir !== join(MODERN_NIX_CACHE, "bin")).join(":");
+  const hostPath = (process.env.PATH ?? "")
+    .split(":")
+    .filter((dir) => dir !== join(MODERN_NIX_CACHE, "bin"))
+    .join(":");
   const hostVersion = await nixVersion("nix-build", { ...process.env, PATH: hostPath });
   if (hostVersion && atLeast(hostVersion, MIN_NIX_VERSION)) {
     return { version: hostVersion, bootstrapped: false, env: {}, commandPrefix: [], nixDir: "/nix" };
   }
   if (process.getuid?.() !== 0) {
-    throw new Error(`this machine's Nix is ${hostVersion ?? "missing"} (< ${MIN_NIX_VERSION}); running Debian 13's Nix instead needs root`);
+    throw new Error(
+      `this machine's Nix is ${hostVersion ?? "missing"} (< ${MIN_NIX_VERSION}); running Debian 13's Nix instead needs root`,
+    );
   }
-  for (const [tool, pkg] of [["bwrap", "bubblewrap"], ["unshare", "util-linux"], ["mount", "mount"]]) {
-    if (!(await commandExists(tool))) throw new Error(`${tool} is missing: apt-get install ${pkg} (.ci/run installs it)`);
+  for (const [tool, pkg] of [
+    ["bwrap", "bubblewrap"],
+    ["unshare", "util-linux"],
+    ["mount", "mount"],
+  ]) {
+    if (!(await commandExists(tool)))
+      throw new Error(`${tool} is missing: apt-get install ${pkg} (.ci/run installs it)`);
   }
   const root = join(MODERN_NIX_CACHE, "trixie-root");
   const nixDir = join(MODERN_NIX_CACHE, "nix");
   const home = join(MODERN_NIX_CACHE, "home");
   const bin = join(MODERN_NIX_CACHE, "bin");
   if (!existsSync(join(root, "usr/bin/nix-build"))) {
-    if (existsSync(root)) throw new Error(`${root} has no usr/bin/nix-build; remove it (rm -rf --one-file-system) to bootstrap it again`);
+    if (existsSync(root))
+      throw new Error(`${root} has no usr/bin/nix-build; remove it (rm -rf --one-file-system) to bootstrap it again`);
     await bootstrapTrixie(root);
   }
   await mkdir(nixDir, { recursive: true });
@@ -87,13 +98,29 @@ async function prepare(): Promise<ModernNix> {
 
   const env: Record<string, string> = {
     PATH: `${bin}:${hostPath || "/usr/bin:/bin"}`,
-    MODERN_NIX_BINDS: [PROJECT_ROOT.replace(/\/$/, ""), tmpdir(), ...(existsSync(FOREIGN_BUSYBOX_DIR) ? [FOREIGN_BUSYBOX_DIR] : [])].join(":"),
+    MODERN_NIX_BINDS: [
+      PROJECT_ROOT.replace(/\/$/, ""),
+      tmpdir(),
+      ...(existsSync(FOREIGN_BUSYBOX_DIR) ? [FOREIGN_BUSYBOX_DIR] : []),
+    ].join(":"),
   };
   // `mount --bind` in a private mount namespace: only this process and its children see the store at /nix.
-  const commandPrefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$1" /nix && shift && exec "$@"', "sh", nixDir];
+  const commandPrefix = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$1" /nix && shift && exec "$@"',
+    "sh",
+    nixDir,
+  ];
   const version = await nixVersion(join(bin, "nix-build"), { ...process.env, ...env });
   if (!version || !atLeast(version, MIN_NIX_VERSION)) {
-    throw new Error(`the Nix in ${root} is ${version ?? "not working"}, not >= ${MIN_NIX_VERSION}; remove ${root} to bootstrap it again`);
+    throw new Error(
+      `the Nix in ${root} is ${version ?? "not working"}, not >= ${MIN_NIX_VERSION}; remove ${root} to bootstrap it again`,
+    );
   }
   return { version, bootstrapped: true, env, commandPrefix, nixDir, root };
 }
@@ -101,7 +128,9 @@ async function prepare(): Promise<ModernNix> {
 /** Builds the root in a temporary folder and renames it into place, so a killed run never leaves half a root. */
 async function bootstrapTrixie(root: string): Promise<void> {
   if (!(await commandExists("mmdebstrap"))) {
-    throw new Error("mmdebstrap is missing: apt-get install mmdebstrap (.ci/run installs it); it bootstraps Debian 13 for its Nix 2.26");
+    throw new Error(
+      "mmdebstrap is missing: apt-get install mmdebstrap (.ci/run installs it); it bootstraps Debian 13 for its Nix 2.26",
+    );
   }
   await mkdir(MODERN_NIX_CACHE, { recursive: true });
   await removeAbandonedPartials(root);
@@ -114,17 +143,30 @@ async function bootstrapTrixie(root: string): Promise<void> {
     const dieWithParent = (await setprivHasPdeathsig()) ? ["setpriv", "--pdeathsig", "KILL", "--"] : [];
     const [command, ...args] = [
       ...dieWithParent,
-      "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-      "mmdebstrap", "--variant=essential", "--include=nix-bin,busybox-static,ca-certificates",
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "--pid",
+      "--fork",
+      "--kill-child",
+      "mmdebstrap",
+      "--variant=essential",
+      "--include=nix-bin,busybox-static,ca-certificates",
       '--aptopt=Acquire::Check-Valid-Until "false"',
-      "trixie", partial, MIRROR,
+      "trixie",
+      partial,
+      MIRROR,
     ];
     await execFileAsync(command, args, { timeout: 15 * 60_000, maxBuffer: 64 * 1024 * 1024 });
   } catch (error) {
     await removeTree(partial);
     const e = error as { stderr?: string; stdout?: string; message: string };
     const output = `${e.stderr ?? ""}${e.stdout ?? ""}`.trimEnd().split("\n").slice(-15).join("\n");
-    throw new Error(`bootstrapping Debian 13 (for Nix >= ${MIN_NIX_VERSION}) from ${MIRROR} failed; is the Debian archive reachable? (MODERN_NIX_MIRROR picks another)\n${output || e.message}`);
+    throw new Error(
+      `bootstrapping Debian 13 (for Nix >= ${MIN_NIX_VERSION}) from ${MIRROR} failed; is the Debian archive reachable? (MODERN_NIX_MIRROR picks another)\n${output || e.message}`,
+      { cause: error },
+    );
   }
   try {
     await rename(partial, root);

@@ -67,9 +67,11 @@ export class ChannelService {
   ) {}
 
   static async start(scratch: string): Promise<ChannelService> {
-    let service: ChannelService | undefined;
-    const server = createServer((request, response) => service!.handle(request.method ?? "GET", request.url ?? "/", response));
-    service = new ChannelService(server, scratch);
+    // Requests come only after listen(), by which time the service below exists.
+    const server = createServer((request, response) =>
+      service.handle(request.method ?? "GET", request.url ?? "/", response),
+    );
+    const service = new ChannelService(server, scratch);
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     return service;
   }
@@ -132,12 +134,18 @@ export interface FetchedManifest {
 export async function getManifest(registryUrl: string, name: string, tag: string): Promise<FetchedManifest> {
   const response = await fetch(`${registryUrl}/v2/${name}/manifests/${tag}`, { headers: { accept: OCI_MANIFEST } });
   const body = (await response.json()) as ImageManifest & { errors?: FetchedManifest["error"][] };
-  return { status: response.status, digest: response.headers.get("docker-content-digest"), manifest: body, error: body.errors?.[0] };
+  return {
+    status: response.status,
+    digest: response.headers.get("docker-content-digest"),
+    manifest: body,
+    error: body.errors?.[0],
+  };
 }
 
 /** The image config a manifest names. */
 export async function getConfig(registryUrl: string, name: string, manifest: ImageManifest): Promise<ImageConfig> {
   const response = await fetch(`${registryUrl}/v2/${name}/blobs/${manifest.config.digest}`);
-  if (response.status !== 200) throw new Error(`config ${manifest.config.digest}: ${response.status} ${await response.text()}`);
+  if (response.status !== 200)
+    throw new Error(`config ${manifest.config.digest}: ${response.status} ${await response.text()}`);
   return (await response.json()) as ImageConfig;
 }

@@ -75,7 +75,10 @@ export function rawRequest(
       else reject(outcome.error);
     };
     const shown = () => JSON.stringify(received.subarray(0, 300).toString("latin1"));
-    const timer = setTimeout(() => finish({ error: new Error(`no complete answer within ${options.timeoutMs} ms; received ${shown()}`) }), options.timeoutMs);
+    const timer = setTimeout(
+      () => finish({ error: new Error(`no complete answer within ${options.timeoutMs} ms; received ${shown()}`) }),
+      options.timeoutMs,
+    );
 
     /** Whether `received` holds a whole response (closed: the server has closed the connection). */
     const tryParse = (closed: boolean) => {
@@ -100,7 +103,8 @@ export function rawRequest(
           const body = dechunk(rest);
           if (body === "malformed") return finish({ error: new Error(`malformed chunked answer: ${shown()}`) });
           if (body) return answer(body);
-          if (closed) return finish({ error: new Error(`the connection closed in the middle of a chunked answer: ${shown()}`) });
+          if (closed)
+            return finish({ error: new Error(`the connection closed in the middle of a chunked answer: ${shown()}`) });
           return;
         }
         const declared = head.headers["content-length"];
@@ -108,7 +112,10 @@ export function rawRequest(
           const length = Number(declared);
           if (!/^\d+$/.test(declared)) return finish({ error: new Error(`malformed Content-Length ${declared}`) });
           if (rest.length >= length) return answer(rest.subarray(0, length));
-          if (closed) return finish({ error: new Error(`the connection closed after ${rest.length} of ${length} bytes of body: ${shown()}`) });
+          if (closed)
+            return finish({
+              error: new Error(`the connection closed after ${rest.length} of ${length} bytes of body: ${shown()}`),
+            });
           return;
         }
         if (closed) return answer(rest);

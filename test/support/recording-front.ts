@@ -68,7 +68,9 @@ export function startRecordingFront(registryUrl: string): Promise<RecordingFront
         host: `127.0.0.1:${port}`,
         requests,
         manifestRequests: (userAgentPrefix) =>
-          requests.filter((r) => r.path.includes("/manifests/") && (!userAgentPrefix || r.userAgent?.startsWith(userAgentPrefix))),
+          requests.filter(
+            (r) => r.path.includes("/manifests/") && (!userAgentPrefix || r.userAgent?.startsWith(userAgentPrefix)),
+          ),
         close: () =>
           new Promise<void>((done) => {
             server.closeAllConnections();

@@ -91,7 +91,7 @@ export async function startTestS3(options: { bucket?: string } = {}): Promise<Te
     directory,
     configureBuckets: [{ name: bucket }],
   });
-  const backend = (await s3rver.run()) as AddressInfo;
+  const backend = await s3rver.run();
   const requests: RecordedRequest[] = [];
   const faults: Fault[] = [];
 
@@ -102,7 +102,12 @@ export async function startTestS3(options: { bucket?: string } = {}): Promise<Te
     return fault.action;
   };
 
-  const forward = (incoming: IncomingMessage, body: Buffer, response: ServerResponse, after?: (status: number) => boolean) =>
+  const forward = (
+    incoming: IncomingMessage,
+    body: Buffer,
+    response: ServerResponse,
+    after?: (status: number) => boolean,
+  ) =>
     new Promise<number>((resolve, reject) => {
       const headers = { ...incoming.headers, "content-length": String(body.length) };
       delete headers["transfer-encoding"];
@@ -157,7 +162,12 @@ export async function startTestS3(options: { bucket?: string } = {}): Promise<Te
         if (typeof signedHash === "string" && /^[0-9a-f]{64}$/.test(signedHash)) {
           if (createHash("sha256").update(body).digest("hex") !== signedHash) {
             record.outcome = 400;
-            s3Error(response, 400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.");
+            s3Error(
+              response,
+              400,
+              "XAmzContentSHA256Mismatch",
+              "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            );
             return;
           }
         }

@@ -119,7 +119,8 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
     jobsStarted: () => logEvents("job-started").length,
     builds: () => logEvents("build").length,
     builderRequests(path: string) {
-      return logEvents("request").filter((entry) => typeof entry.path === "string" && entry.path.startsWith(path)).length;
+      return logEvents("request").filter((entry) => typeof entry.path === "string" && entry.path.startsWith(path))
+        .length;
     },
     r2Keys(prefix = "") {
       return withWorkerR2(workerStateDir, async (bucket) => {
@@ -151,12 +152,18 @@ export async function run(command: string, args: string[], timeoutMs = 120_000):
     return { stdout, stderr };
   } catch (error) {
     const e = error as { stdout?: string; stderr?: string; message: string };
-    throw new Error(`${command} ${args.join(" ")} failed: ${e.message}\n${e.stderr ?? ""}${e.stdout ?? ""}`);
+    throw new Error(`${command} ${args.join(" ")} failed: ${e.message}\n${e.stderr ?? ""}${e.stdout ?? ""}`, {
+      cause: error,
+    });
   }
 }
 
 /** Runs a command and returns its output whether it fails or not (for error-path assertions). */
-export async function runAllowingFailure(command: string, args: string[], timeoutMs = 120_000): Promise<CommandOutput & { code: number }> {
+export async function runAllowingFailure(
+  command: string,
+  args: string[],
+  timeoutMs = 120_000,
+): Promise<CommandOutput & { code: number }> {
   try {
     const { stdout, stderr } = await execFileAsync(command, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 });
     return { stdout, stderr, code: 0 };
@@ -181,12 +188,19 @@ export async function pullAndUnpack(registryHost: string, image: string, into: s
  */
 export async function runInRootfs(rootfs: string, command: string[]): Promise<CommandOutput> {
   return run("bwrap", [
-    "--bind", rootfs, "/",
-    "--dev", "/dev",
-    "--proc", "/proc",
+    "--bind",
+    rootfs,
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
     "--clearenv",
-    "--setenv", "PATH", "/bin:/usr/bin:/sbin:/usr/sbin",
-    "--chdir", "/",
+    "--setenv",
+    "PATH",
+    "/bin:/usr/bin:/sbin:/usr/sbin",
+    "--chdir",
+    "/",
     "--",
     ...command,
   ]);
@@ -197,7 +211,16 @@ export async function runInRootfs(rootfs: string, command: string[]): Promise<Co
  * runroot longer than 50 characters: keep `dir` short.
  */
 export function podmanStorage(dir: string): string[] {
-  return ["--root", join(dir, "root"), "--runroot", join(dir, "runroot"), "--tmpdir", join(dir, "tmp"), "--storage-driver", "vfs"];
+  return [
+    "--root",
+    join(dir, "root"),
+    "--runroot",
+    join(dir, "runroot"),
+    "--tmpdir",
+    join(dir, "tmp"),
+    "--storage-driver",
+    "vfs",
+  ];
 }
 
 /** `podman run` of an image with runc, storage under `dir`, no network; `command` empty runs the image's Cmd. */

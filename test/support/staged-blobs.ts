@@ -12,7 +12,11 @@ export function* chunks(bytes: Buffer, size: number): Generator<Buffer> {
   for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size);
 }
 
-export async function writeBlob(store: Pick<BlobStore, "stage">, bytes: Buffer, digest = digestOf(bytes)): Promise<Digest> {
+export async function writeBlob(
+  store: Pick<BlobStore, "stage">,
+  bytes: Buffer,
+  digest = digestOf(bytes),
+): Promise<Digest> {
   const staged = await store.stage();
   try {
     await pipeline(Readable.from(chunks(bytes, 64 * 1024)), staged.sink);

@@ -21,9 +21,15 @@ function logTail(build: BuildView): string | null {
 
 function phases(build: BuildView): Html {
   const started = Date.parse(build.startedAt);
-  return html`<ol class="phases">${build.phases.map(
-    (entry) => html`<li><span class="phase phase-${entry.phase}">${entry.phase}</span> <span class="muted">at ${formatDuration(Date.parse(entry.at) - started)}</span></li>`,
-  )}</ol>`;
+  return html`<ol class="phases">
+    ${build.phases.map(
+      (entry) =>
+        html`<li>
+          <span class="phase phase-${entry.phase}">${entry.phase}</span>
+          <span class="muted">at ${formatDuration(Date.parse(entry.at) - started)}</span>
+        </li>`,
+    )}
+  </ol>`;
 }
 
 export function buildSection(build: BuildView, host: string): Html {
@@ -32,29 +38,50 @@ export function buildSection(build: BuildView, host: string): Html {
   const tail = logTail(build);
   const finished = build.phase === "done" || build.phase === "failed";
   return html`<h1>Build of <code>${name}</code></h1>
-<dl class="facts">
-<dt>Status</dt><dd><span class="phase phase-${build.phase}" data-field="phase">${build.phase}</span></dd>
-<dt>Progress</dt><dd data-field="summary" aria-live="polite">${build.summary}</dd>
-<dt>Packages</dt><dd>${build.packages.join(", ")} (${build.system})</dd>
-<dt>Revision</dt><dd><code>${build.revision}</code> (tag <code>${build.tag}</code>)</dd>
-<dt>Started</dt><dd><time datetime="${build.startedAt}">${build.startedAt}</time></dd>
-</dl>
-<h2>Phases</h2>
-${phases(build)}
-${
-  build.error
-    ? html`<section class="failure" aria-labelledby="failure-title">
-<h2 id="failure-title">Why it failed</h2>
-<p><code>${build.error.code}</code>: ${build.error.message}</p>
-${tail ? html`<h3>The end of Nix's log</h3><pre class="log" tabindex="0" aria-label="The end of Nix's log">${tail}</pre>` : ""}
-<p>The next pull of this image starts a new build.</p>
-</section>`
-    : ""
-}
-${build.image ? html`<p><a href="/images/${build.imageKey}">The image: its layers, config and manifests</a></p>` : ""}
-<h2>Pull it</h2>
-<div class="command"><code>docker pull ${reference}</code><button type="button" class="copy" data-copy="docker pull ${reference}" aria-label="Copy the docker pull command" hidden>Copy</button></div>
-${finished ? "" : html`<p class="muted" data-live-build="${build.imageKey}">This page follows the build as it runs.</p>`}`;
+    <dl class="facts">
+      <dt>Status</dt>
+      <dd><span class="phase phase-${build.phase}" data-field="phase">${build.phase}</span></dd>
+      <dt>Progress</dt>
+      <dd data-field="summary" aria-live="polite">${build.summary}</dd>
+      <dt>Packages</dt>
+      <dd>${build.packages.join(", ")} (${build.system})</dd>
+      <dt>Revision</dt>
+      <dd><code>${build.revision}</code> (tag <code>${build.tag}</code>)</dd>
+      <dt>Started</dt>
+      <dd><time datetime="${build.startedAt}">${build.startedAt}</time></dd>
+    </dl>
+    <h2>Phases</h2>
+    ${phases(build)}
+    ${
+      build.error
+        ? html`<section class="failure" aria-labelledby="failure-title">
+            <h2 id="failure-title">Why it failed</h2>
+            <p><code>${build.error.code}</code>: ${build.error.message}</p>
+            ${
+              tail
+                ? html`<h3>The end of Nix's log</h3>
+                    <pre class="log" tabindex="0" aria-label="The end of Nix's log">${tail}</pre>`
+                : ""
+            }
+            <p>The next pull of this image starts a new build.</p>
+          </section>`
+        : ""
+    }
+    ${build.image ? html`<p><a href="/images/${build.imageKey}">The image: its layers, config and manifests</a></p>` : ""}
+    <h2>Pull it</h2>
+    <div class="command">
+      <code>docker pull ${reference}</code
+      ><button
+        type="button"
+        class="copy"
+        data-copy="docker pull ${reference}"
+        aria-label="Copy the docker pull command"
+        hidden
+      >
+        Copy
+      </button>
+    </div>
+    ${finished ? "" : html`<p class="muted" data-live-build="${build.imageKey}">This page follows the build as it runs.</p>`}`;
 }
 
 export async function handleBuildPage(request: IRequest, env: Env, ctx: ExecutionContext): Promise<Response> {
@@ -62,7 +89,18 @@ export async function handleBuildPage(request: IRequest, env: Env, ctx: Executio
   const storage = await registryStorage(request, env, ctx);
   const build = isImageKey(key) ? await viewOf(storage, key) : null;
   if (!build) {
-    return pageResponse(request.method, 404, "No such build", html`<h1>No such build</h1><p>No build of image <code>${key}</code> is known. <a href="/">Back to the front page</a>.</p>`);
+    return pageResponse(
+      request.method,
+      404,
+      "No such build",
+      html`<h1>No such build</h1>
+        <p>No build of image <code>${key}</code> is known. <a href="/">Back to the front page</a>.</p>`,
+    );
   }
-  return pageResponse(request.method, 200, `Build of ${imageName(build)}`, buildSection(build, new URL(request.url).host));
+  return pageResponse(
+    request.method,
+    200,
+    `Build of ${imageName(build)}`,
+    buildSection(build, new URL(request.url).host),
+  );
 }

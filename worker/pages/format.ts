@@ -29,9 +29,12 @@ export function progressSummary(phase: JobPhase, progress: JobProgress): string 
     parts.push(`${progress.derivations.done} of ${progress.derivations.total} derivations built`);
   }
   if (progress.fetched && progress.fetched.total > 0) {
-    parts.push(`${progress.fetched.done} of ${progress.fetched.total} paths fetched (${formatBytes(progress.fetched.downloadBytes)})`);
+    parts.push(
+      `${progress.fetched.done} of ${progress.fetched.total} paths fetched (${formatBytes(progress.fetched.downloadBytes)})`,
+    );
   }
-  if (progress.layers && progress.layers.total > 0) parts.push(`${progress.layers.done} of ${progress.layers.total} layers written`);
+  if (progress.layers && progress.layers.total > 0)
+    parts.push(`${progress.layers.done} of ${progress.layers.total} layers written`);
   if (progress.upload && progress.upload.total > 0) {
     parts.push(`${formatBytes(progress.upload.done)} of ${formatBytes(progress.upload.total)} uploaded`);
   }

@@ -30,22 +30,32 @@ function usageText(host: string): string {
 
 /** A command with a button that copies it (the button appears with JavaScript; the text is selectable anyway). */
 function command(text: string, label: string): Html {
-  return html`<div class="command"><code>${text}</code><button type="button" class="copy" data-copy="${text}" aria-label="Copy the ${label} command" hidden>Copy</button></div>`;
+  return html`<div class="command">
+    <code>${text}</code
+    ><button type="button" class="copy" data-copy="${text}" aria-label="Copy the ${label} command" hidden>Copy</button>
+  </div>`;
 }
 
 /** The composer's answer to a submitted form: the reference and the commands, or why the name is not one. */
 function composed(host: string, packages: string, system: string, tag: string): Html {
-  const words = packages.trim().toLowerCase().split(/[\s,/]+/).filter(Boolean);
+  const words = packages
+    .trim()
+    .toLowerCase()
+    .split(/[\s,/]+/)
+    .filter(Boolean);
   if (words.length === 0) return html``;
   const name = [...(system === "aarch64-linux" ? ["arm64"] : []), ...words].join("/");
   const parsed = parseImageName(name);
   if (!parsed.ok) return html`<p class="problem" role="alert">${parsed.reason}</p>`;
   const reference = `${host}/${name}${tag && tag !== "latest" ? `:${tag}` : ""}`;
   return html`<dl class="composed">
-<dt>Image</dt><dd><code>${reference}</code> with ${parsed.image.packages.join(", ")} (${parsed.image.system})</dd>
-<dt>Docker</dt><dd>${command(`docker run --rm -it ${reference} bash`, "docker run")}</dd>
-<dt>Podman</dt><dd>${command(`podman run --rm -it ${reference} bash`, "podman run")}</dd>
-</dl>`;
+    <dt>Image</dt>
+    <dd><code>${reference}</code> with ${parsed.image.packages.join(", ")} (${parsed.image.system})</dd>
+    <dt>Docker</dt>
+    <dd>${command(`docker run --rm -it ${reference} bash`, "docker run")}</dd>
+    <dt>Podman</dt>
+    <dd>${command(`podman run --rm -it ${reference} bash`, "podman run")}</dd>
+  </dl>`;
 }
 
 async function latestRevision(env: Env, storage: RegistryStorage, ctx: ExecutionContext): Promise<Html> {
@@ -59,13 +69,22 @@ function duration(build: BuildView): string {
   return formatDuration(end - Date.parse(build.startedAt));
 }
 
-async function imageFigures(storage: RegistryStorage, build: BuildView): Promise<{ layers: number; bytes: number } | null> {
+async function imageFigures(
+  storage: RegistryStorage,
+  build: BuildView,
+): Promise<{ layers: number; bytes: number } | null> {
   if (!build.image) return null;
   const manifest = await storage.getManifest(build.image.oci.slice("sha256:".length)).catch(() => null);
   if (!manifest) return null;
   try {
-    const parsed = JSON.parse(new TextDecoder().decode(manifest.bytes)) as { config: { size: number }; layers: { size: number }[] };
-    return { layers: parsed.layers.length, bytes: parsed.config.size + parsed.layers.reduce((sum, layer) => sum + layer.size, 0) };
+    const parsed = JSON.parse(new TextDecoder().decode(manifest.bytes)) as {
+      config: { size: number };
+      layers: { size: number }[];
+    };
+    return {
+      layers: parsed.layers.length,
+      bytes: parsed.config.size + parsed.layers.reduce((sum, layer) => sum + layer.size, 0),
+    };
   } catch {
     return null;
   }
@@ -77,19 +96,32 @@ async function buildRows(storage: RegistryStorage, builds: BuildView[]): Promise
   const rows = builds.map((build, i) => {
     const figure = figures[i];
     return html`<tr>
-<td><a href="/builds/${build.imageKey}">${imageName(build)}</a></td>
-<td><code title="${build.revision}">${build.revision.slice(0, 12)}</code></td>
-<td><span class="phase phase-${build.phase}">${build.phase}</span></td>
-<td>${duration(build)}</td>
-<td>${figure ? figure.layers : ""}</td>
-<td>${figure ? formatBytes(figure.bytes) : ""}</td>
-</tr>`;
+      <td><a href="/builds/${build.imageKey}">${imageName(build)}</a></td>
+      <td><code title="${build.revision}">${build.revision.slice(0, 12)}</code></td>
+      <td><span class="phase phase-${build.phase}">${build.phase}</span></td>
+      <td>${duration(build)}</td>
+      <td>${figure ? figure.layers : ""}</td>
+      <td>${figure ? formatBytes(figure.bytes) : ""}</td>
+    </tr>`;
   });
   return html`<table class="builds">
-<caption>The ${builds.length} most recent builds</caption>
-<thead><tr><th scope="col">Image</th><th scope="col">Revision</th><th scope="col">Status</th><th scope="col">Duration</th><th scope="col">Layers</th><th scope="col">Size</th></tr></thead>
-<tbody>${rows}</tbody>
-</table>`;
+    <caption>
+      The ${builds.length} most recent builds
+    </caption>
+    <thead>
+      <tr>
+        <th scope="col">Image</th>
+        <th scope="col">Revision</th>
+        <th scope="col">Status</th>
+        <th scope="col">Duration</th>
+        <th scope="col">Layers</th>
+        <th scope="col">Size</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${rows}
+    </tbody>
+  </table>`;
 }
 
 /** GET /compose?packages=&system=&tag=: the composer's answer alone, which the page's script asks for as you type. */
@@ -119,37 +151,55 @@ export async function handleHome(request: IRequest, env: Env, ctx: ExecutionCont
   ]);
   const shell = META_PACKAGES.shell.join(", ");
   const main = html`<section aria-labelledby="compose-title">
-<h1 id="compose-title">Compose an image</h1>
-<p>Name the nixpkgs packages you want; the registry builds the image on its first pull and serves it from the cache after.</p>
-<form method="get" action="/" class="composer" id="composer">
-<label for="packages">Packages</label>
-<input id="packages" name="packages" value="${packages}" placeholder="shell curl jq" autocomplete="off" spellcheck="false" aria-describedby="packages-help">
-<p id="packages-help" class="help">Separated by spaces. <code>shell</code> adds ${shell}.</p>
-<label for="system">System</label>
-<select id="system" name="system">
-<option value="x86_64-linux"${system === "x86_64-linux" ? html` selected` : ""}>x86_64-linux (amd64)</option>
-<option value="aarch64-linux"${system === "aarch64-linux" ? html` selected` : ""}>aarch64-linux (arm64)</option>
-</select>
-<label for="tag">Tag</label>
-<input id="tag" name="tag" value="${tag}" spellcheck="false" aria-describedby="tag-help">
-<p id="tag-help" class="help"><code>latest</code>, a channel or branch name, or a 40-hex nixpkgs commit.</p>
-<button type="submit">Show the pull command</button>
-</form>
-<div id="composed" aria-live="polite">${composed(host, packages, system, tag)}</div>
-</section>
-<section aria-labelledby="usage-title">
-<h2 id="usage-title">How names work</h2>
-<ul>
-<li>Every path component of an image name is a nixpkgs package: <code>${host}/curl/jq</code> has curl and jq.</li>
-<li><code>shell</code> is a meta-package: ${shell}. <code>arm64</code> builds for aarch64-linux.</li>
-<li>The tag picks the package set: <code>latest</code> is ${revision}; a 40-hex commit pins one.</li>
-<li>The first pull of a combination builds it (its progress shows below); every later pull is served from the cache.</li>
-</ul>
-${command(`docker pull ${host}/shell/hello`, "example pull")}
-</section>
-<section aria-labelledby="builds-title">
-<h2 id="builds-title">Recent builds</h2>
-<div id="builds">${await buildRows(storage, builds)}</div>
-</section>`;
+      <h1 id="compose-title">Compose an image</h1>
+      <p>
+        Name the nixpkgs packages you want; the registry builds the image on its first pull and serves it from the cache
+        after.
+      </p>
+      <form method="get" action="/" class="composer" id="composer">
+        <label for="packages">Packages</label>
+        <input
+          id="packages"
+          name="packages"
+          value="${packages}"
+          placeholder="shell curl jq"
+          autocomplete="off"
+          spellcheck="false"
+          aria-describedby="packages-help"
+        />
+        <p id="packages-help" class="help">Separated by spaces. <code>shell</code> adds ${shell}.</p>
+        <label for="system">System</label>
+        <select id="system" name="system">
+          <option value="x86_64-linux" ${system === "x86_64-linux" ? html` selected` : ""}>x86_64-linux (amd64)</option>
+          <option value="aarch64-linux" ${system === "aarch64-linux" ? html` selected` : ""}>
+            aarch64-linux (arm64)
+          </option>
+        </select>
+        <label for="tag">Tag</label>
+        <input id="tag" name="tag" value="${tag}" spellcheck="false" aria-describedby="tag-help" />
+        <p id="tag-help" class="help"><code>latest</code>, a channel or branch name, or a 40-hex nixpkgs commit.</p>
+        <button type="submit">Show the pull command</button>
+      </form>
+      <div id="composed" aria-live="polite">${composed(host, packages, system, tag)}</div>
+    </section>
+    <section aria-labelledby="usage-title">
+      <h2 id="usage-title">How names work</h2>
+      <ul>
+        <li>
+          Every path component of an image name is a nixpkgs package: <code>${host}/curl/jq</code> has curl and jq.
+        </li>
+        <li><code>shell</code> is a meta-package: ${shell}. <code>arm64</code> builds for aarch64-linux.</li>
+        <li>The tag picks the package set: <code>latest</code> is ${revision}; a 40-hex commit pins one.</li>
+        <li>
+          The first pull of a combination builds it (its progress shows below); every later pull is served from the
+          cache.
+        </li>
+      </ul>
+      ${command(`docker pull ${host}/shell/hello`, "example pull")}
+    </section>
+    <section aria-labelledby="builds-title">
+      <h2 id="builds-title">Recent builds</h2>
+      <div id="builds">${await buildRows(storage, builds)}</div>
+    </section>`;
   return pageResponse(request.method, 200, "nix-edge-registry: container images from nixpkgs", main);
 }

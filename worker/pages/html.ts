@@ -13,15 +13,18 @@ export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
 }
 
-function render(value: unknown): string {
+/** What a template may interpolate: text and numbers (escaped), Html (as it is), nothing, or a list of these. */
+export type HtmlValue = Html | string | number | boolean | null | undefined | readonly HtmlValue[];
+
+function render(value: HtmlValue): string {
   if (value === null || value === undefined || value === false) return "";
   if (value instanceof Html) return value.text;
-  if (Array.isArray(value)) return value.map(render).join("");
+  if (Array.isArray(value)) return (value as readonly HtmlValue[]).map(render).join("");
   return escapeHtml(String(value));
 }
 
 /** A template whose interpolations are escaped (Html and arrays of Html are inserted as they are). */
-export function html(strings: TemplateStringsArray, ...values: unknown[]): Html {
+export function html(strings: TemplateStringsArray, ...values: HtmlValue[]): Html {
   let out = strings[0];
   for (let i = 0; i < values.length; i++) out += render(values[i]) + strings[i + 1];
   return new Html(out);
@@ -34,30 +37,37 @@ export function fragmentResponse(method: string, fragment: Html): Response {
   const bytes = encoder.encode(fragment.text);
   return new Response(method === "HEAD" ? null : bytes, {
     status: 200,
-    headers: { "Content-Type": "text/html; charset=utf-8", "Content-Length": String(bytes.byteLength), "Cache-Control": "no-store" },
+    headers: {
+      "Content-Type": "text/html; charset=utf-8",
+      "Content-Length": String(bytes.byteLength),
+      "Cache-Control": "no-store",
+    },
   });
 }
 
 /** A whole page: the shell every page shares, with its own title and main content. */
 export function pageResponse(method: string, status: number, title: string, main: Html): Response {
   const body = html`<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${title}</title>
-<link rel="stylesheet" href="/static/style.css">
-<script type="module" src="/static/app.js"></script>
-</head>
-<body>
-<header class="site"><a href="/" class="brand">nix-edge-registry</a><span class="tagline">container images built from nixpkgs on the first pull</span></header>
-<main id="main">
-${main}
-</main>
-<footer class="site"><a href="/api/builds">/api/builds</a> · <a href="/v2/">/v2/</a> · built images are served from R2, at Cloudflare's edge</footer>
-</body>
-</html>
-`;
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <title>${title}</title>
+        <link rel="stylesheet" href="/static/style.css" />
+        <script type="module" src="/static/app.js"></script>
+      </head>
+      <body>
+        <header class="site">
+          <a href="/" class="brand">nix-edge-registry</a
+          ><span class="tagline">container images built from nixpkgs on the first pull</span>
+        </header>
+        <main id="main">${main}</main>
+        <footer class="site">
+          <a href="/api/builds">/api/builds</a> · <a href="/v2/">/v2/</a> · built images are served from R2, at
+          Cloudflare's edge
+        </footer>
+      </body>
+    </html> `;
   const bytes = encoder.encode(body.text);
   return new Response(method === "HEAD" ? null : bytes, {
     status,

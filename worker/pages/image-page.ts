@@ -24,7 +24,10 @@ async function manifestOf(storage: RegistryStorage, digest: string): Promise<Ima
   }
 }
 
-async function configOf(storage: RegistryStorage, digest: string): Promise<{ text: string; config: ImageConfig } | null> {
+async function configOf(
+  storage: RegistryStorage,
+  digest: string,
+): Promise<{ text: string; config: ImageConfig } | null> {
   const blob = await storage.getBlob(digest.slice("sha256:".length)).catch(() => null);
   if (!blob) return null;
   const text = await new Response(blob.body).text();
@@ -36,9 +39,14 @@ async function configOf(storage: RegistryStorage, digest: string): Promise<{ tex
 }
 
 /** Which recent images (by name) hold each layer digest. */
-async function sharing(storage: RegistryStorage, selfKey: string): Promise<Map<string, { name: string; key: string }[]>> {
+async function sharing(
+  storage: RegistryStorage,
+  selfKey: string,
+): Promise<Map<string, { name: string; key: string }[]>> {
   const holders = new Map<string, { name: string; key: string }[]>();
-  const builds = (await recentBuilds(storage, SHARING_WINDOW).catch(() => [])).filter((b) => b.image && b.imageKey !== selfKey);
+  const builds = (await recentBuilds(storage, SHARING_WINDOW).catch(() => [])).filter(
+    (b) => b.image && b.imageKey !== selfKey,
+  );
   const manifests = await Promise.all(builds.map((build) => manifestOf(storage, build.image!.oci)));
   builds.forEach((build, i) => {
     for (const layer of manifests[i]?.layers ?? []) {
@@ -55,14 +63,23 @@ function storePaths(comment: string | undefined): { kind: string; names: string[
   if (!comment) return { kind: "", names: [] };
   const match = /^(store paths|root filesystem: links to):?\s*(.*)$/.exec(comment);
   if (!match) return { kind: "", names: [comment] };
-  return { kind: match[1] === "store paths" ? "store paths" : "root filesystem, with links to", names: match[2].split(", ").filter(Boolean) };
+  return {
+    kind: match[1] === "store paths" ? "store paths" : "root filesystem, with links to",
+    names: match[2].split(", ").filter(Boolean),
+  };
 }
 
 export async function handleImagePage(request: IRequest, env: Env, ctx: ExecutionContext): Promise<Response> {
   const key = decodeParam(request.params.key);
   const storage = await registryStorage(request, env, ctx);
   const notFound = () =>
-    pageResponse(request.method, 404, "No such image", html`<h1>No such image</h1><p>No image <code>${key}</code> has been built. <a href="/">Back to the front page</a>.</p>`);
+    pageResponse(
+      request.method,
+      404,
+      "No such image",
+      html`<h1>No such image</h1>
+        <p>No image <code>${key}</code> has been built. <a href="/">Back to the front page</a>.</p>`,
+    );
   if (!isImageKey(key)) return notFound();
   const [image, build] = await Promise.all([storage.getImage(key), viewOf(storage, key)]);
   if (!image) return notFound();
@@ -76,35 +93,66 @@ export async function handleImagePage(request: IRequest, env: Env, ctx: Executio
     const paths = storePaths(history[i]?.comment);
     const others = shared.get(layer.digest) ?? [];
     return html`<tr>
-<td>${i + 1}</td>
-<td>${formatBytes(layer.size)}</td>
-<td>${paths.kind ? html`<span class="muted">${paths.kind}:</span> ` : ""}${paths.names.join(", ")}</td>
-<td>${
-      others.length > 0
-        ? html`<span class="shared">${others.length}</span> ${others.slice(0, 5).map((o, j) => html`${j > 0 ? ", " : ""}<a href="/images/${o.key}">${o.name}</a>`)}${others.length > 5 ? ` and ${others.length - 5} more` : ""}`
-        : html`<span class="muted">none of the recent images</span>`
-    }</td>
-<td><code title="${layer.digest}">${layer.digest.slice(7, 19)}</code></td>
-</tr>`;
+      <td>${i + 1}</td>
+      <td>${formatBytes(layer.size)}</td>
+      <td>${paths.kind ? html`<span class="muted">${paths.kind}:</span> ` : ""}${paths.names.join(", ")}</td>
+      <td>
+        ${
+          others.length > 0
+            ? html`<span class="shared">${others.length}</span>
+                ${others.slice(0, 5).map((o, j) => html`${j > 0 ? ", " : ""}<a href="/images/${o.key}">${o.name}</a>`)}${others.length > 5 ? ` and ${others.length - 5} more` : ""}`
+            : html`<span class="muted">none of the recent images</span>`
+        }
+      </td>
+      <td><code title="${layer.digest}">${layer.digest.slice(7, 19)}</code></td>
+    </tr>`;
   });
   const host = new URL(request.url).host;
   const main = html`<h1>Image <code>${name}</code></h1>
-<dl class="facts">
-<dt>Revision</dt><dd><code>${image.revision}</code></dd>
-<dt>Built</dt><dd><time datetime="${image.builtAt}">${image.builtAt}</time></dd>
-<dt>OCI manifest</dt><dd><code>${image.oci}</code></dd>
-<dt>Docker manifest</dt><dd><code>${image.docker}</code></dd>
-<dt>Size</dt><dd>${formatBytes(total)} in ${manifest.layers.length} layers</dd>
-</dl>
-<div class="command"><code>docker pull ${host}/${name}@${image.oci}</code><button type="button" class="copy" data-copy="docker pull ${host}/${name}@${image.oci}" aria-label="Copy the pull command by digest" hidden>Copy</button></div>
-<h2>Layers</h2>
-<table class="layers">
-<caption>Each layer, with the store paths in it and the recent images that share it</caption>
-<thead><tr><th scope="col">#</th><th scope="col">Size</th><th scope="col">Contents</th><th scope="col">Shared with</th><th scope="col">Digest</th></tr></thead>
-<tbody>${rows}</tbody>
-</table>
-<h2>Config</h2>
-${config ? html`<pre class="config" tabindex="0" aria-label="The image's config">${JSON.stringify(config.config, null, 2)}</pre>` : html`<p class="muted">The config blob could not be read.</p>`}
-${build ? html`<p><a href="/builds/${key}">Its build</a></p>` : ""}`;
+    <dl class="facts">
+      <dt>Revision</dt>
+      <dd><code>${image.revision}</code></dd>
+      <dt>Built</dt>
+      <dd><time datetime="${image.builtAt}">${image.builtAt}</time></dd>
+      <dt>OCI manifest</dt>
+      <dd><code>${image.oci}</code></dd>
+      <dt>Docker manifest</dt>
+      <dd><code>${image.docker}</code></dd>
+      <dt>Size</dt>
+      <dd>${formatBytes(total)} in ${manifest.layers.length} layers</dd>
+    </dl>
+    <div class="command">
+      <code>docker pull ${host}/${name}@${image.oci}</code
+      ><button
+        type="button"
+        class="copy"
+        data-copy="docker pull ${host}/${name}@${image.oci}"
+        aria-label="Copy the pull command by digest"
+        hidden
+      >
+        Copy
+      </button>
+    </div>
+    <h2>Layers</h2>
+    <table class="layers">
+      <caption>
+        Each layer, with the store paths in it and the recent images that share it
+      </caption>
+      <thead>
+        <tr>
+          <th scope="col">#</th>
+          <th scope="col">Size</th>
+          <th scope="col">Contents</th>
+          <th scope="col">Shared with</th>
+          <th scope="col">Digest</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${rows}
+      </tbody>
+    </table>
+    <h2>Config</h2>
+    ${config ? html`<pre class="config" tabindex="0" aria-label="The image's config">${JSON.stringify(config.config, null, 2)}</pre>` : html`<p class="muted">The config blob could not be read.</p>`}
+    ${build ? html`<p><a href="/builds/${key}">Its build</a></p>` : ""}`;
   return pageResponse(request.method, 200, `Image ${name}`, main);
 }

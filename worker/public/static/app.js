@@ -19,7 +19,9 @@ for (const button of document.querySelectorAll("button.copy")) {
 function enableCopy(root) {
   for (const button of root.querySelectorAll("button.copy")) {
     button.hidden = false;
-    button.addEventListener("click", () => navigator.clipboard.writeText(button.dataset.copy ?? "").then(() => (button.textContent = "Copied")));
+    button.addEventListener("click", () =>
+      navigator.clipboard.writeText(button.dataset.copy ?? "").then(() => (button.textContent = "Copied")),
+    );
   }
 }
 
