@@ -8,5 +8,6 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 180_000,
     reporters: ["default"],
+    setupFiles: ["test/support/stale-connection-retry.ts"],
   },
 });

@@ -32,8 +32,8 @@
 // header (the worker sets it on every answer): a 400, 431 or 501 ("unrecognized request method") for a request its
 // HTTP parser refuses. At Cloudflare's edge such requests never reach a worker. Left out altogether are the shapes
 // for which local workerd answers a bare 500 of its own, never calling the worker: CONNECT, a request target that is
-// not a path (`*`, absolute URLs), a malformed or repeated Content-Length, an unknown Transfer-Encoding, and a Host
-// header that is no host name or is repeated.
+// not a path (`*`, absolute URLs), a malformed or repeated Content-Length, an unknown Transfer-Encoding, a Host
+// header that is no host name or is repeated, and thousands of headers.
 import { createHash, randomInt } from "node:crypto";
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -766,7 +766,10 @@ function rawCase(r: Rng, target: Target, base: ClientCase): RawCase {
         mayCloseSilently = true;
         break;
       case 12:
-        for (let k = r.pick([100, 1000, 3000]); k > 0; k--) lines.push(`X-${k}: y`);
+        // At most about 1000: with some thousands, local Miniflare answers a bare 500 itself (workerd's
+        // "header count exceeds maximum" between its entry worker and ours); Cloudflare's edge bounds request
+        // headers by size (128 KB).
+        for (let k = r.pick([100, 500, 1000]); k > 0; k--) lines.push(`X-${k}: y`);
         break;
       case 13:
         path += `%00${r.pick(["", "\u0000"])}`;
