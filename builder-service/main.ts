@@ -10,6 +10,7 @@ import { BuildJobs } from "./jobs.ts";
 import { jsonLogger, type Logger } from "./log.ts";
 import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
+import { PackageIndex } from "./package-index.ts";
 import { nixConfig, NixSettingsError, probeNix, probeNixSandbox, sandboxReport } from "./nix-settings.ts";
 import { loadPopularity, PopularityError, type LoadedPopularity } from "./popularity.ts";
 import { cachedReadiness } from "./readiness.ts";
@@ -271,6 +272,7 @@ async function main(): Promise<void> {
     source: compatibility.watch(withResolutionLog(source, log)),
     builder,
     jobs,
+    packages: new PackageIndex(nix, source),
     log,
     readiness,
   });

@@ -241,6 +241,22 @@ export class NixRunner {
     return system ? [...args, "--argstr", "system", system] : args;
   }
 
+  /** An attribute of build-image.nix evaluated strictly, as JSON (`index`, `renamed`: see package-index.ts). */
+  async evaluate(
+    attribute: "index" | "renamed",
+    packages: readonly string[],
+    source: NixSource,
+    system: NixSystem,
+  ): Promise<unknown> {
+    const result = await run(
+      "nix-instantiate",
+      ["--eval", "--strict", "--json", ...this.args(packages, source, system, attribute)],
+      this.options,
+    );
+    this.throwOnFailure(result, `reading the package set's ${attribute}`);
+    return JSON.parse(result.stdout) as unknown;
+  }
+
   /** The Nix the package set needs and the one here; evaluates lib/minver.nix only (the set is not imported). */
   async requirements(source: NixSource): Promise<NixRequirements> {
     const result = await run(

@@ -1,14 +1,17 @@
 // The builder's HTTP API (see common/builder-api.ts): /health and /ready, open to anyone and saying no more than
 // "up" and "ready or not"; GET /status, signed, for operators (why not ready, the bucket, counters); and the signed
-// endpoints the worker calls: POST /resolve and POST /jobs (start a build job, or report on it; answered at once).
+// endpoints the worker calls: POST /resolve, POST /jobs (start a build job, or report on it; answered at once) and
+// POST /packages (what names are in the package set, for the front page).
 import { IttyRouter, type IRequest } from "itty-router";
 import { randomUUID } from "node:crypto";
+import * as v from "valibot";
 import {
   NONCE_HEADER,
   SeenNonces,
   SIGNATURE_HEADER,
   TIMESTAMP_HEADER,
   verifyRequest,
+  PackageCheckRequestSchema,
   type BuilderStatus,
 } from "../common/builder-api.ts";
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
@@ -17,6 +20,7 @@ import type { BlobStore } from "./blob-store.ts";
 import { parseResolveRequest, validateJobRequest } from "./build-request.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { BuildJobs } from "./jobs.ts";
+import type { PackageIndex } from "./package-index.ts";
 import type { Logger } from "./log.ts";
 import type { PackageSource } from "./sources/package-source.ts";
 
@@ -26,6 +30,8 @@ export interface BuilderServerDeps {
   source: PackageSource;
   builder: ImageBuilder;
   jobs: BuildJobs;
+  /** The front page's name checks (POST /packages). */
+  packages: PackageIndex;
   log: Logger;
   /** Checks that Nix and the store work, for /ready and /status: cheap to call often (readiness.ts caches it). */
   readiness: () => Promise<string | null>;
@@ -121,6 +127,12 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
         );
       }
       return json(200, resolved);
+    })
+    .post("/packages", authenticate, async (request) => {
+      const parsed = v.safeParse(PackageCheckRequestSchema, parseJson<unknown>((request as SignedRequest).rawBody));
+      if (!parsed.success) return fail(400, "NAME_INVALID", parsed.issues[0].message);
+      const { revision, system, packages } = parsed.output;
+      return json(200, { revision, packages: await deps.packages.check(revision, system, packages) });
     })
     .post("/jobs", authenticate, async (request) => {
       const checked = validateJobRequest(parseJson<unknown>((request as SignedRequest).rawBody));

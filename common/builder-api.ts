@@ -69,6 +69,32 @@ const buildRequestEntries = {
 export const BuildRequestSchema = fieldsObject(buildRequestEntries, "the build request is not a JSON object");
 export type BuildRequest = v.InferOutput<typeof BuildRequestSchema>;
 
+/** POST /packages: what each name is in the package set at `revision` (the front page's composer asks). */
+export const PackageCheckRequestSchema = fieldsObject(
+  {
+    packages: buildRequestEntries.packages,
+    system: buildRequestEntries.system,
+    revision: buildRequestEntries.revision,
+  },
+  "the package check is not a JSON object",
+);
+export type PackageCheckRequest = v.InferOutput<typeof PackageCheckRequestSchema>;
+
+export const PackageCheckSchema = v.object({
+  name: v.string(),
+  /** found: the set has it (attribute: where; aliasOf: the package an alias stands for); unknown: it has not
+   * (suggestions: the closest names); removed or refused: the set's own reason (message). */
+  status: v.picklist(["found", "unknown", "removed", "refused"]),
+  attribute: v.optional(v.string()),
+  aliasOf: v.optional(v.string()),
+  suggestions: v.optional(v.array(v.string())),
+  message: v.optional(v.string()),
+});
+export type PackageCheck = v.InferOutput<typeof PackageCheckSchema>;
+
+export const PackageCheckAnswerSchema = v.object({ revision: v.string(), packages: v.array(PackageCheckSchema) });
+export type PackageCheckAnswer = v.InferOutput<typeof PackageCheckAnswerSchema>;
+
 const WAIT_SECONDS = `waitSeconds is a number of seconds from 0 to ${MAX_JOB_WAIT_SECONDS}`;
 const JOB_ID = "the job request needs a jobId of 1 to 64 letters, digits and dashes";
 

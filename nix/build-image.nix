@@ -1,10 +1,13 @@
 # What the builder service asks Nix: the Nix a package set needs (`requirements`), which packages a
-# name means (`resolve`, `explain`), and the image's closure and metadata, built (`image`). See
+# name means (`resolve`, `explain`), the set's names for the front page's checks (`index`, `renamed`), and
+# the image's closure and metadata, built (`image`). See
 # README.md in this folder for the contract. The root filesystem is the builder's (root-filesystem.ts).
 #
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A requirements ARGS
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A resolve ARGS
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A explain ARGS
+#   nix-instantiate --eval --strict --json nix/build-image.nix -A index ARGS      (the set's names and aliases)
+#   nix-instantiate --eval --strict --json nix/build-image.nix -A renamed ARGS    (what each alias stands for)
 #   nix-build nix/build-image.nix -A image --no-out-link ARGS
 #   ARGS = --argstr packages '["hello","tools.greet"]'
 #          --argstr source '{"kind":"path","path":"/abs/dir"}'
@@ -177,6 +180,32 @@ let
     let found = walkName (head requested);
     in if found == null then fail "no such attribute" else builtins.seq found.value.drvPath "evaluates";
 
+  # ---- the package index (the front page's name checks) ---------------------------------------
+
+  # The same set without its aliases (nixpkgs reads config.allowAliases; a set that ignores it has none), for
+  # telling an alias from a package. Imported only by `index` and `renamed`.
+  plainPkgs = import srcPath { system = targetSystem; config = { allowAliases = false; }; overlays = [ ]; };
+  plainNames = let r = tryEval (attrNames plainPkgs); in if r.success then r.value else attrNames pkgs;
+  plainSet = listToAttrs (map (n: { name = n; value = true; }) plainNames);
+
+  # The top-level names of the set (sorted, as attrNames gives them), and those of them that are aliases.
+  index = assert argumentsOk; {
+    names = plainNames;
+    aliases = filter (n: !(plainSet ? ${n})) (attrNames pkgs);
+  };
+
+  # For each requested top-level name that is an alias of a package: the package's name, when one of the
+  # plain names matching the alias's package name (pname) has the same derivation; else null.
+  aliasTarget = name:
+    let
+      drv = tryEval (pkgs.${name}.drvPath);
+      pname = tryEval (pkgs.${name}.pname or (builtins.parseDrvName pkgs.${name}.name).name);
+      candidates = if pname.success && isString pname.value then filter (a: lower a == lower pname.value) plainNames else [ ];
+      same = filter (a: let d = tryEval plainPkgs.${a}.drvPath; in drv.success && d.success && d.value == drv.value) candidates;
+    in
+    if pkgs ? ${name} && !(plainSet ? ${name}) && same != [ ] then head same else null;
+  renamed = assert argumentsOk; listToAttrs (map (name: { inherit name; value = aliasTarget name; }) requested);
+
   # ---- image -----------------------------------------------------------------------------------
 
   alwaysAdded = filter (n: pkgs ? ${n} && isDerivation pkgs.${n}) [ "cacert" "iana-etc" ];
@@ -254,5 +283,5 @@ let
     };
 in
 {
-  inherit requirements resolve explain image;
+  inherit requirements resolve explain index renamed image;
 }

@@ -6,6 +6,7 @@ import { assertBuilderWritable } from "../builder-service/blob-store.ts";
 import { NixBuildProgress } from "../builder-service/nix-progress.ts";
 import { rankBuilders } from "../common/builder-ranking.ts";
 import { builderUrls } from "../worker/builder-pool.ts";
+import { editDistance, suggestions } from "../builder-service/package-index.ts";
 import { attributeRefusal, DEFAULT_ATTRIBUTE_POLICY, type AttributePolicy } from "../common/attribute-policy.ts";
 import { AdmissionError, BuildAdmission, BuildSlots, describeBytes } from "../builder-service/admission.ts";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
@@ -307,5 +308,23 @@ describe("build admission", () => {
       expect((error as Error).message).toContain("BUILDER_MAX_BUILDS=0 is not a whole number from 1 to 1024");
       expect((error as Error).message).toContain('NIXERY_DENY_ATTRIBUTES: "a..b" is not an attribute path');
     }
+  });
+});
+
+describe("the package index's suggestions for a name the set lacks", () => {
+  const names = ["hello", "help2man", "jq", "python3", "python312", "python3Packages", "ripgrep", "curl", "curlie"];
+
+  it("gives the closest names by edit distance, then names that start with it", () => {
+    expect(suggestions("helo", names)).toEqual(["hello"]);
+    expect(suggestions("Python3", names)).toEqual(["python3", "python312", "python3Packages"]);
+    expect(suggestions("curl", names)).toEqual(["curl", "curlie"]);
+    expect(suggestions("rpgrep", names)).toEqual(["ripgrep"]);
+    expect(suggestions("pyth", names)).toEqual(["python3", "python312", "python3Packages"]);
+  });
+
+  it("gives nothing close for a name like no other, and stops early on long distances", () => {
+    expect(suggestions("zzzzzz", names)).toEqual([]);
+    expect(editDistance("kitten", "sitting", 3)).toBe(3);
+    expect(editDistance("kitten", "sitting", 1)).toBe(2);
   });
 });

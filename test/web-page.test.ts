@@ -64,9 +64,10 @@ beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "web-page-"));
   const pkgsPath = join(scratch, "pkgs");
   await mkdir(pkgsPath);
+  // test-pkgs, a slow package, and an alias (nixpkgs' way: present unless config.allowAliases is false).
   await writeFile(
     join(pkgsPath, "default.nix"),
-    `{ system ? builtins.currentSystem, ... }@args:\nlet base = import ${TEST_PKGS} args;\nin base // {${slowProgram("slowtool", SLOW_SECONDS, String(Date.now()))}\n}\n`,
+    `{ system ? builtins.currentSystem, config ? {}, ... }@args:\nlet base = import ${TEST_PKGS} args;\nin base // {${slowProgram("slowtool", SLOW_SECONDS, String(Date.now()))}\n} // (if config.allowAliases or true then { greeter = base.greeting; } else { })\n`,
   );
   await mkdir(SCREENSHOTS, { recursive: true });
   stack = await startTestStack({ pkgsPath });
@@ -109,7 +110,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     await checked.close();
   });
 
-  it("composes as you type, for arm64 and a pinned tag too, with a copy button that copies", async () => {
+  it("composes as you type: names checked against the package set, arm64 and a pinned tag, a copy button that copies", async () => {
     const context = await browser.newContext({ permissions: ["clipboard-read", "clipboard-write"] });
     const page = await context.newPage();
     await page.goto(`${stack.registryUrl}/`);
@@ -121,6 +122,28 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     await expect
       .poll(() => composed.textContent(), { timeout: 10_000 })
       .toContain(`${stack.registryHost}/arm64/shell/hello:0123456789abcdef0123456789abcdef01234567`);
+    // Each package is checked against the package set: an unknown name is flagged with the closest names, an alias
+    // names the package it stands for.
+    await page.getByLabel("System").selectOption("x86_64-linux");
+    await page.getByLabel("Tag").fill("latest");
+    await page.getByLabel("Packages").fill("hello helo greeter");
+    const checks = composed.locator("ul.checks");
+    const checksText = async () => ((await checks.textContent()) ?? "").replace(/\s+/g, " ");
+    await expect.poll(checksText, { timeout: 20_000 }).toContain("helo is not in the package set; did you mean hello?");
+    expect(await checksText()).toContain("greeter is an alias of greeting");
+    expect(await checks.locator("li.found").allTextContents()).toEqual(
+      expect.arrayContaining([expect.stringContaining("hello")]),
+    );
+    await screenshot(page, "front-page-name-checks");
+    expect(await accessibilityProblems(page)).toEqual([]);
+    // The same answer as JSON, for scripts.
+    const api = (await (await fetch(`${stack.registryUrl}/api/packages?packages=helo+greeter`)).json()) as {
+      packages: { name: string; status: string; suggestions?: string[]; aliasOf?: string }[];
+    };
+    expect(api.packages).toEqual([
+      { name: "greeter", status: "found", attribute: "greeter", aliasOf: "greeting" },
+      { name: "helo", status: "unknown", suggestions: ["hello"] },
+    ]);
     // Names that are not repository names are flagged as such.
     await page.getByLabel("Packages").fill("Hello World!");
     await expect

@@ -3,7 +3,7 @@ import * as v from "valibot";
 import { describe, expect, it } from "vitest";
 import { ResolveResultSchema } from "../common/builder-api.ts";
 import { isImageRecord, isJobRecord, isStoredResolution } from "../common/bucket-layout.ts";
-import { LruMap } from "../worker/lru-map.ts";
+import { LruMap } from "../common/lru-map.ts";
 
 describe("the isolate's LRU", () => {
   it("forgets the least recently used entry past its limit", () => {

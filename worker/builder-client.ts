@@ -3,9 +3,12 @@
 import * as v from "valibot";
 import {
   MAX_JOB_WAIT_SECONDS,
+  PackageCheckAnswerSchema,
   ResolveResultSchema,
   signRequest,
   type JobRequest,
+  type PackageCheckAnswer,
+  type PackageCheckRequest,
   type ResolveRequest,
   type ResolveResult,
 } from "../common/builder-api.ts";
@@ -105,7 +108,7 @@ async function postJson<T>(
   env: Env,
   base: string,
   path: string,
-  request: JobRequest | ResolveRequest,
+  request: JobRequest | ResolveRequest | PackageCheckRequest,
   expected: ExpectedAnswer<T>,
   timeoutMs: number,
 ): Promise<BuilderOutcome<T>> {
@@ -175,6 +178,26 @@ export async function resolveTag(env: Env, tag: string): Promise<BuilderOutcome<
   let outcome: BuilderOutcome<ResolveResult> | null = null;
   for (const base of await rankBuilders(builderUrls(env.BUILDER_URL), `resolve\n${tag}`)) {
     outcome = await postJson(env, base, "/resolve", request, RESOLVE_ANSWER, RESOLVE_TIMEOUT_MS);
+    if (outcome.kind !== "unavailable" && !isBuilderBusy(outcome)) return outcome;
+  }
+  return outcome!;
+}
+
+const PACKAGES_ANSWER: ExpectedAnswer<PackageCheckAnswer> = {
+  schema: PackageCheckAnswerSchema,
+  otherwise: "not a package check",
+};
+/** A package check may read the set's names from Nix the first time a revision is asked about. */
+const PACKAGES_TIMEOUT_MS = 25_000;
+
+/** What each name is in the package set (the front page's composer), from the builders ranked for the revision. */
+export async function checkPackages(
+  env: Env,
+  request: PackageCheckRequest,
+): Promise<BuilderOutcome<PackageCheckAnswer>> {
+  let outcome: BuilderOutcome<PackageCheckAnswer> | null = null;
+  for (const base of await rankBuilders(builderUrls(env.BUILDER_URL), `packages\n${request.revision}`)) {
+    outcome = await postJson(env, base, "/packages", request, PACKAGES_ANSWER, PACKAGES_TIMEOUT_MS);
     if (outcome.kind !== "unavailable" && !isBuilderBusy(outcome)) return outcome;
   }
   return outcome!;

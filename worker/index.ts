@@ -7,6 +7,7 @@
 //   GET|HEAD /v2/<name>/referrers/<digest>         referrers.ts (always an empty index)
 //   other methods on /v2/...                       405 UNSUPPORTED (no push, no delete)
 //   GET|HEAD /api/builds[/<image key>]            builds-api.ts (build progress as JSON)
+//   GET|HEAD /api/packages?packages=&system=&tag=  package-checks.ts (names checked against the package set)
 //   GET|HEAD /                                     pages/home.ts: the front page (plain text for curl)
 //   GET|HEAD /builds/<image key>, /images/<key>   pages/: a build's progress, a built image's layers
 //   /static/...                                    worker/public/static: the pages' CSS and script (static assets)
@@ -19,6 +20,7 @@ import { handleBlob } from "./blobs.ts";
 import { handleBuild, handleBuildList } from "./builds-api.ts";
 import type { Env } from "./env.ts";
 import { handleManifest } from "./manifests.ts";
+import { handlePackageChecks } from "./package-checks.ts";
 import { handleBuildPage } from "./pages/build-page.ts";
 import { handleCompose, handleHome } from "./pages/home.ts";
 import { handleImagePage } from "./pages/image-page.ts";
@@ -80,6 +82,7 @@ getAndHead("/v2/:name+/tags/list", handleTagsList);
 getAndHead("/v2/:name+/referrers/:digest", handleReferrers);
 router.all("/v2/*", v2Fallback);
 getAndHead("/api/builds", handleBuildList);
+getAndHead("/api/packages", handlePackageChecks);
 getAndHead("/api/builds/:key", handleBuild);
 getAndHead("/", handleHome);
 getAndHead("/compose", handleCompose);

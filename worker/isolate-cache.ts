@@ -3,7 +3,7 @@
 // would otherwise wait on two in a row; at the edge each is a round trip to the bucket's region.
 //
 // Memory lives as long as the isolate and is bounded; blobs and everything mutable (tags, markers) pass through.
-import { LruMap } from "./lru-map.ts";
+import { LruMap } from "../common/lru-map.ts";
 import type { ImageRecord, ObjectInfo, RegistryStorage, StoredManifest } from "./storage.ts";
 
 /** Manifests are a few KiB each: 512 of them stay well under a megabyte or two of an isolate's 128 MB. */

@@ -2,7 +2,7 @@
 import { SingleFlight } from "../common/single-flight.ts";
 import { resolveTag } from "./builder-client.ts";
 import type { Env } from "./env.ts";
-import { LruMap } from "./lru-map.ts";
+import { LruMap } from "../common/lru-map.ts";
 import { describeError, type Failure } from "./responses.ts";
 import type { RegistryStorage, StoredResolution } from "./storage.ts";
 

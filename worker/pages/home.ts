@@ -1,9 +1,10 @@
 // GET / : for a browser, the front page (how to pull, a composer for the pull command, the recent builds); for
 // anything else (curl), the same usage as plain text.
 import type { IRequest } from "itty-router";
-import { META_PACKAGES, parseImageName } from "../../common/image-name.ts";
+import { META_PACKAGES, parseImageName, type NixSystem } from "../../common/image-name.ts";
 import { recentBuilds, type BuildView } from "../builds-api.ts";
 import type { Env } from "../env.ts";
+import { checkNames, type ChecksOutcome } from "../package-checks.ts";
 import { registryStorage } from "../registry-storage.ts";
 import { resolveTagCached } from "../resolutions.ts";
 import { textResponse } from "../responses.ts";
@@ -36,8 +37,47 @@ function command(text: string, label: string): Html {
   </div>`;
 }
 
-/** The composer's answer to a submitted form: the reference and the commands, or why the name is not one. */
-function composed(host: string, packages: string, system: string, tag: string): Html {
+/** What the package set says of each package, as a list beside the composed image. */
+function checks(outcome: ChecksOutcome): Html {
+  if (!outcome.ok) return html`<p class="muted">The names were not checked: ${outcome.reason}.</p>`;
+  const items = outcome.answer.packages.map((check) => {
+    switch (check.status) {
+      case "found":
+        return html`<li class="found">
+          <span aria-hidden="true">✓</span> <code>${check.name}</code>${
+            check.aliasOf ? html` is an alias of <code>${check.aliasOf}</code>` : ""
+          }
+        </li>`;
+      case "unknown":
+        return html`<li class="unknown">
+          <span aria-hidden="true">✗</span> <code>${check.name}</code> is not in the package
+          set${
+            check.suggestions && check.suggestions.length > 0
+              ? html`; did you mean ${check.suggestions.map((s, i) => html`${i > 0 ? " or " : ""}<code>${s}</code>`)}?`
+              : ""
+          }
+        </li>`;
+      default:
+        return html`<li class="unknown">
+          <span aria-hidden="true">✗</span> <code>${check.name}</code>: ${check.message ?? check.status}
+        </li>`;
+    }
+  });
+  return html`<ul class="checks" aria-label="Each name checked against the package set">
+    ${items}
+  </ul>`;
+}
+
+/** The composer's answer to a submitted form: the reference, each package checked, and the commands. */
+async function composed(
+  request: Request,
+  env: Env,
+  ctx: ExecutionContext,
+  packages: string,
+  system: NixSystem,
+  tag: string,
+): Promise<Html> {
+  const host = new URL(request.url).host;
   const words = packages
     .trim()
     .toLowerCase()
@@ -48,9 +88,12 @@ function composed(host: string, packages: string, system: string, tag: string): 
   const parsed = parseImageName(name);
   if (!parsed.ok) return html`<p class="problem" role="alert">${parsed.reason}</p>`;
   const reference = `${host}/${name}${tag && tag !== "latest" ? `:${tag}` : ""}`;
+  const checked = await checkNames(request, env, ctx, parsed.image.packages, parsed.image.system, tag).catch(
+    (): ChecksOutcome => ({ ok: false, reason: "no builder answered" }),
+  );
   return html`<dl class="composed">
     <dt>Image</dt>
-    <dd><code>${reference}</code> with ${parsed.image.packages.join(", ")} (${parsed.image.system})</dd>
+    <dd><code>${reference}</code> (${parsed.image.system})${checks(checked)}</dd>
     <dt>Docker</dt>
     <dd>${command(`docker run --rm -it ${reference} bash`, "docker run")}</dd>
     <dt>Podman</dt>
@@ -125,10 +168,10 @@ async function buildRows(storage: RegistryStorage, builds: BuildView[]): Promise
 }
 
 /** GET /compose?packages=&system=&tag=: the composer's answer alone, which the page's script asks for as you type. */
-export function handleCompose(request: IRequest): Response {
+export async function handleCompose(request: IRequest, env: Env, ctx: ExecutionContext): Promise<Response> {
   const url = new URL(request.url);
   const { packages, system, tag } = composerInput(url);
-  return fragmentResponse(request.method, composed(url.host, packages, system, tag));
+  return fragmentResponse(request.method, await composed(request, env, ctx, packages, system, tag));
 }
 
 function composerInput(url: URL): { packages: string; system: "x86_64-linux" | "aarch64-linux"; tag: string } {
@@ -180,7 +223,7 @@ export async function handleHome(request: IRequest, env: Env, ctx: ExecutionCont
         <p id="tag-help" class="help"><code>latest</code>, a channel or branch name, or a 40-hex nixpkgs commit.</p>
         <button type="submit">Show the pull command</button>
       </form>
-      <div id="composed" aria-live="polite">${composed(host, packages, system, tag)}</div>
+      <div id="composed" aria-live="polite">${await composed(request, env, ctx, packages, system, tag)}</div>
     </section>
     <section aria-labelledby="usage-title">
       <h2 id="usage-title">How names work</h2>

@@ -1,29 +1,29 @@
 // The front page's script: copy buttons, the composer's answer as you type, and a running build followed live.
 // Everything it improves works without it: the form submits, the pages render on the server.
 
-/** Copy buttons: shown only where a script can copy. */
-for (const button of document.querySelectorAll("button.copy")) {
-  button.hidden = false;
-  button.addEventListener("click", async () => {
-    try {
-      await navigator.clipboard.writeText(button.dataset.copy ?? "");
-      button.textContent = "Copied";
-    } catch {
-      button.textContent = "Select and copy";
-    }
-    setTimeout(() => (button.textContent = "Copy"), 2000);
-  });
-}
-
-/** Re-binds copy buttons inside an element whose HTML was replaced. */
+/**
+ * Copy buttons, shown only where a script can copy. The button keeps its name; what happened is said beside it,
+ * in a status that screen readers announce.
+ */
 function enableCopy(root) {
   for (const button of root.querySelectorAll("button.copy")) {
     button.hidden = false;
-    button.addEventListener("click", () =>
-      navigator.clipboard.writeText(button.dataset.copy ?? "").then(() => (button.textContent = "Copied")),
-    );
+    const status = document.createElement("span");
+    status.className = "copy-status";
+    status.setAttribute("role", "status");
+    button.after(status);
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(button.dataset.copy ?? "");
+        status.textContent = "Copied";
+      } catch {
+        status.textContent = "Select the text and copy it";
+      }
+      setTimeout(() => (status.textContent = ""), 2000);
+    });
   }
 }
+enableCopy(document);
 
 /** The composer: the server renders its answer (/compose); the page asks for it as the fields change. */
 const composer = document.getElementById("composer");

@@ -1,4 +1,5 @@
-// The bound on what an isolate keeps in memory between requests (isolate-cache.ts, resolutions.ts).
+// The bound on what is kept in memory between requests: the worker's isolate caches (isolate-cache.ts,
+// resolutions.ts) and the builder's package indexes (package-index.ts).
 
 /** A Map that forgets its least recently used entries past a limit. */
 export class LruMap<K, V> {
@@ -12,6 +13,10 @@ export class LruMap<K, V> {
     this.entries.delete(key);
     this.entries.set(key, value);
     return value;
+  }
+
+  delete(key: K): void {
+    this.entries.delete(key);
   }
 
   set(key: K, value: V): void {
