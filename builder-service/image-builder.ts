@@ -6,6 +6,8 @@ import type { BuildRequest } from "../common/builder-api.ts";
 import {
   builderCacheKey,
   isLayerRecord,
+  LOG_LINE_CHARS,
+  LOG_TAIL_LINES,
   type JobPhase,
   type JobProgress,
   type LayerRecord,
@@ -104,8 +106,13 @@ export class ImageBuilder {
       checked = performance.now();
       report.phase("building");
       const nixProgress = new NixBuildProgress();
+      const logTail: string[] = [];
       const onLogLine = (line: string) => {
-        if (nixProgress.line(line)) report.progress(nixProgress.progress);
+        logTail.push(line.slice(0, LOG_LINE_CHARS));
+        if (logTail.length > LOG_TAIL_LINES) logTail.shift();
+        nixProgress.line(line);
+        // Every line: the job writes its record at most once a second whatever is reported.
+        report.progress({ ...nixProgress.progress, log: [...logTail] });
       };
       // The same limits on the plan the build announces, in case the caches changed since the dry run. With
       // NIX_MAX_JOBS=0 the plan allows one build, the image's metadata, which Nix builds only with a build slot.

@@ -121,7 +121,13 @@ const JobProgressSchema = v.object({
   layers: v.optional(CountSchema),
   /** Bytes of new blobs uploaded to the bucket, of those written so far. */
   upload: v.optional(CountSchema),
+  /** The last lines of Nix's log while it builds (at most LOG_TAIL_LINES), for the build's page. */
+  log: v.optional(v.array(v.string())),
 });
+
+/** Lines of Nix's log a running job's record carries, each cut to LOG_LINE_CHARS. */
+export const LOG_TAIL_LINES = 20;
+export const LOG_LINE_CHARS = 300;
 export type JobProgress = v.InferOutput<typeof JobProgressSchema>;
 
 /** Why a job failed, as the registry error a pull of the image gets. */

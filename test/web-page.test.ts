@@ -173,12 +173,20 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     await page.goto(`${stack.registryUrl}/builds/${build.imageKey}`);
     const seen: string[] = [];
     let shot = false;
+    let logSeen = "";
     await until(
       "the page to show the build done",
       async () => {
         const phase = (await page.locator('[data-field="phase"]').textContent())?.trim() ?? "";
         if (seen.at(-1) !== phase) seen.push(phase);
-        if (phase === "building" && !shot) {
+        if (phase === "building") {
+          logSeen =
+            (await page
+              .locator('[data-field="log"]')
+              .textContent()
+              .catch(() => null)) ?? logSeen;
+        }
+        if (phase === "building" && !shot && logSeen.includes("slowtool")) {
           shot = true;
           await screenshot(page, "build-running");
           expect(await accessibilityProblems(page)).toEqual([]);
@@ -190,6 +198,8 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     expect((await pull).status).toBe(200);
     // It moved on its own (the page polls /api/builds/<key>): from building to done, never backwards.
     expect(seen).toContain("building");
+    // While it built, the page showed the end of Nix's log, naming the derivation being built.
+    expect(logSeen).toMatch(/building '\/nix\/store\/[0-9a-z]{32}-slowtool-1\.0\.drv'/);
     expect(seen.at(-1)).toBe("done");
     const order = ["queued", "evaluating", "building", "layering", "uploading", "done"];
     const positions = seen.filter((p) => order.includes(p)).map((p) => order.indexOf(p));

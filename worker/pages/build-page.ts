@@ -53,6 +53,13 @@ export function buildSection(build: BuildView, host: string): Html {
     <h2>Phases</h2>
     ${phases(build)}
     ${
+      finished
+        ? ""
+        : html`<h2>Nix's log, as it builds</h2>
+            <pre class="log" tabindex="0" aria-label="The last lines of Nix's log" data-field="log">
+${(build.progress.log ?? []).join("\n")}</pre>`
+    }
+    ${
       build.error
         ? html`<section class="failure" aria-labelledby="failure-title">
             <h2 id="failure-title">Why it failed</h2>

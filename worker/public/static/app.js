@@ -53,6 +53,7 @@ if (live) {
   const key = live.getAttribute("data-live-build");
   const phase = document.querySelector('[data-field="phase"]');
   const summary = document.querySelector('[data-field="summary"]');
+  const log = document.querySelector('[data-field="log"]');
   const poll = async () => {
     const answer = await fetch(`/api/builds/${key}`).catch(() => null);
     if (answer?.ok) {
@@ -62,6 +63,7 @@ if (live) {
         phase.className = `phase phase-${build.phase}`;
       }
       if (summary) summary.textContent = build.summary;
+      if (log && build.progress.log) log.textContent = build.progress.log.join("\n");
       // Finished: the server renders the outcome (the failure and its log, or the image's link).
       if (build.phase === "done" || build.phase === "failed") return location.reload();
     }
