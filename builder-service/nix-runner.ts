@@ -243,7 +243,7 @@ export class NixRunner {
 
   /** An attribute of build-image.nix evaluated strictly, as JSON (`index`, `renamed`: see package-index.ts). */
   async evaluate(
-    attribute: "index" | "renamed",
+    attribute: "index" | "renamed" | "roots",
     packages: readonly string[],
     source: NixSource,
     system: NixSystem,
@@ -255,6 +255,25 @@ export class NixRunner {
     );
     this.throwOnFailure(result, `reading the package set's ${attribute}`);
     return JSON.parse(result.stdout) as unknown;
+  }
+
+  /**
+   * The unpacked size of the closure of `paths` when they are all in this builder's store, else null (nothing is
+   * built or fetched to find out).
+   */
+  async closureBytes(paths: readonly string[]): Promise<number | null> {
+    if (paths.length === 0) return null;
+    const invalid = await run("nix-store", ["--check-validity", "--print-invalid", ...paths], this.options);
+    if (invalid.code !== 0 || invalid.stdout.trim() !== "") return null;
+    const requisites = await run("nix-store", ["--query", "--requisites", ...paths], this.options);
+    if (requisites.code !== 0) return null;
+    const closure = requisites.stdout.split("\n").filter(Boolean);
+    const sizes = await run("nix-store", ["--query", "--size", ...closure], this.options);
+    if (sizes.code !== 0) return null;
+    return sizes.stdout
+      .split("\n")
+      .filter(Boolean)
+      .reduce((sum, size) => sum + Number(size), 0);
   }
 
   /** The Nix the package set needs and the one here; evaluates lib/minver.nix only (the set is not imported). */

@@ -5,7 +5,7 @@
 import type { NixSystem } from "../common/image-name.ts";
 import type { PackageCheck } from "../common/builder-api.ts";
 import { LruMap } from "../common/lru-map.ts";
-import { UnknownPackagesError, type NixRunner } from "./nix-runner.ts";
+import { UnknownPackagesError, type NixRunner, type NixSource } from "./nix-runner.ts";
 import type { PackageSource } from "./sources/package-source.ts";
 
 interface Index {
@@ -80,7 +80,11 @@ export class PackageIndex {
   }
 
   /** What each name is in the set at `revision`. */
-  async check(revision: string, system: NixSystem, names: readonly string[]): Promise<PackageCheck[]> {
+  async check(
+    revision: string,
+    system: NixSystem,
+    names: readonly string[],
+  ): Promise<{ packages: PackageCheck[]; closureBytes: number | null }> {
     const nixSource = await this.source.nixSource(revision);
     await this.nix.ensureNewEnough(nixSource, revision);
     let problems: UnknownPackagesError | null = null;
@@ -97,7 +101,7 @@ export class PackageIndex {
       aliases.length > 0
         ? ((await this.nix.evaluate("renamed", aliases, nixSource, system)) as Record<string, unknown>)
         : {};
-    return names.map((name): PackageCheck => {
+    const checks = names.map((name): PackageCheck => {
       const removed = problems?.removed.find((r) => r.name === name);
       if (removed) return { name, status: "removed", message: removed.message };
       const refused = problems?.refused.find((r) => r.name === name);
@@ -112,5 +116,17 @@ export class PackageIndex {
         ...(typeof target === "string" ? { aliasOf: target } : {}),
       };
     });
+    return { packages: checks, closureBytes: problems ? null : await this.closureBytes(names, nixSource, system) };
+  }
+
+  /** The image's closure size when this builder has every path of it already, else null. */
+  private async closureBytes(
+    names: readonly string[],
+    nixSource: NixSource,
+    system: NixSystem,
+  ): Promise<number | null> {
+    const roots = await this.nix.evaluate("roots", names, nixSource, system).catch(() => null);
+    if (!Array.isArray(roots) || !roots.every((r): r is string => typeof r === "string")) return null;
+    return this.nix.closureBytes(roots);
   }
 }

@@ -132,7 +132,7 @@ export function createBuilderHandler(deps: BuilderServerDeps): (request: Request
       const parsed = v.safeParse(PackageCheckRequestSchema, parseJson<unknown>((request as SignedRequest).rawBody));
       if (!parsed.success) return fail(400, "NAME_INVALID", parsed.issues[0].message);
       const { revision, system, packages } = parsed.output;
-      return json(200, { revision, packages: await deps.packages.check(revision, system, packages) });
+      return json(200, { revision, ...(await deps.packages.check(revision, system, packages)) });
     })
     .post("/jobs", authenticate, async (request) => {
       const checked = validateJobRequest(parseJson<unknown>((request as SignedRequest).rawBody));

@@ -92,7 +92,12 @@ export const PackageCheckSchema = v.object({
 });
 export type PackageCheck = v.InferOutput<typeof PackageCheckSchema>;
 
-export const PackageCheckAnswerSchema = v.object({ revision: v.string(), packages: v.array(PackageCheckSchema) });
+export const PackageCheckAnswerSchema = v.object({
+  revision: v.string(),
+  packages: v.array(PackageCheckSchema),
+  /** The image's unpacked closure size, when the builder already has every store path of it; else null. */
+  closureBytes: v.nullable(v.number()),
+});
 export type PackageCheckAnswer = v.InferOutput<typeof PackageCheckAnswerSchema>;
 
 const WAIT_SECONDS = `waitSeconds is a number of seconds from 0 to ${MAX_JOB_WAIT_SECONDS}`;

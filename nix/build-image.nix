@@ -8,6 +8,7 @@
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A explain ARGS
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A index ARGS      (the set's names and aliases)
 #   nix-instantiate --eval --strict --json nix/build-image.nix -A renamed ARGS    (what each alias stands for)
+#   nix-instantiate --eval --strict --json nix/build-image.nix -A roots ARGS      (the closure's roots, unbuilt)
 #   nix-build nix/build-image.nix -A image --no-out-link ARGS
 #   ARGS = --argstr packages '["hello","tools.greet"]'
 #          --argstr source '{"kind":"path","path":"/abs/dir"}'
@@ -283,5 +284,8 @@ let
     };
 in
 {
+  # The store paths the image's closure grows from (its packages' installed outputs, cacert, iana-etc), for the
+  # front page's size estimate: evaluated, never built.
+  roots = assert argumentsOk; topLevel;
   inherit requirements resolve explain index renamed image;
 }

@@ -99,6 +99,10 @@ describe.skipIf(!existsSync(CHROMIUM))("the front page in chromium", () => {
     expect(await page.locator("#composed").textContent()).toContain(
       `docker run --rm -it ${stack.registryHost}/shell/hello bash`,
     );
+    // Built already, so the builder knows its size.
+    expect(((await page.locator("#composed .size").textContent()) ?? "").replace(/\s+/g, " ").trim()).toMatch(
+      /^About \d+(\.\d)? (KiB|MiB) unpacked\.$/,
+    );
     // The copy buttons need a script: without one they stay hidden, and the commands are plain, selectable text.
     expect(await page.locator("button.copy:visible").count()).toBe(0);
     await screenshot(page, "front-page-without-javascript");

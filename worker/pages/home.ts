@@ -63,9 +63,16 @@ function checks(outcome: ChecksOutcome): Html {
         </li>`;
     }
   });
+  const allFound = outcome.answer.packages.every((check) => check.status === "found");
+  const size = !allFound
+    ? ""
+    : outcome.answer.closureBytes === null
+      ? html`<p class="muted">Its size is known once a builder has built or fetched all of it.</p>`
+      : html`<p class="size">About ${formatBytes(outcome.answer.closureBytes)} unpacked.</p>`;
   return html`<ul class="checks" aria-label="Each name checked against the package set">
-    ${items}
-  </ul>`;
+      ${items}
+    </ul>
+    ${size}`;
 }
 
 /** The composer's answer to a submitted form: the reference, each package checked, and the commands. */
