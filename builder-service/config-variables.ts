@@ -1,6 +1,8 @@
 // Every environment variable of the builder, each described once (environment-variables.ts says how): its check,
 // its value, what it does and its default. CONFIGURATION lists them in the order `builder-service --help` and the
 // README's configuration table do; config.ts makes the builder's configuration of them.
+//
+// Long because it is a table: many variables, each a few lines.
 import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";

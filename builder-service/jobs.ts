@@ -8,6 +8,8 @@
 //   at least every heartbeatSeconds while the job runs: a record that stops changing means a builder that stopped.
 // - Every unfinished job is journalled on local disk (<data>/jobs/<imageKey>.json). A builder that restarts finds
 //   them there and runs them again (the layers already uploaded are reused), so none stays "running" forever.
+//
+// Longer than most files here: a job's states, its record's writes and its journal change together.
 import { randomUUID } from "node:crypto";
 import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";

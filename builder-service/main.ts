@@ -1,5 +1,7 @@
 // The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
 // (see config.ts).
+//
+// Longer than most files here: the startup, in the order it happens.
 import { access, constants } from "node:fs/promises";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { BuildAdmission } from "./admission.ts";

@@ -1,5 +1,7 @@
 // Runs Nix: the package check (nix-instantiate --eval) and the image build (nix-build), with a time limit.
 // Package names reach Nix only as JSON through --argstr, never as Nix code.
+//
+// Longer than most files here: every Nix command the builder runs, beside the one runner that bounds and kills them.
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, readlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";

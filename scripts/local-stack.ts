@@ -2,6 +2,8 @@
 // wrangler dev runs it) with a local R2 kept on disk and its build coordinators (Durable Objects, kept beside it), a
 // local S3 endpoint onto that same R2 (scripts/local-s3-endpoint/), and the builder (or several) as child processes
 // writing into the bucket through it, as builders write into R2 in production. Used by `npm start` and the tests.
+//
+// Longer than most files here: the whole local topology (worker, endpoint, builders, front) in one place.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";

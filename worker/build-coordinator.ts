@@ -15,6 +15,8 @@
 //
 // Nothing here is the source of truth: the job's id and builder are kept in storage so that a coordinator that was
 // evicted in the middle goes on with the same builder, and the builders and the bucket hold the rest.
+//
+// Longer than most files here: one Durable Object's state machine (submit, poll, fail over, answer), read as a whole.
 import { DurableObject } from "cloudflare:workers";
 import { MAX_JOB_WAIT_SECONDS, type BuildRequest, type JobRequest } from "../common/builder-api.ts";
 import {

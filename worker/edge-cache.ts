@@ -9,6 +9,9 @@
 // repository name and every client shares one entry per object. Job records, recent builds and tag markers change
 // and pass through. The Cache API works on a custom domain; on workers.dev its calls do nothing (every read goes to
 // R2, as without this layer).
+//
+// Longer than most files here: a blob's fill (streamed, given up, refilled, recorded) is one protocol, read as a
+// whole.
 import { blobKey, imageRecordKey, isImageRecord, manifestKey, resolutionKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 import {

@@ -11,6 +11,8 @@
 //
 // A user's tag never reaches git as an option: it is used only inside refs/heads/<tag> and refs/tags/<tag>
 // (the tag grammar already refuses a leading '-'), after `--end-of-options` where git has it.
+//
+// Longer than most files here: the mirror's whole life (clone, fetch, export, resolve) in one place.
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";

@@ -32,6 +32,9 @@
 //     hashes are known to match, so R2 never receives the whole of a body that fails; a body shorter than its
 //     Content-Length is never stored either (400 IncompleteBody);
 //   - streams bodies both ways: nothing holds a whole object or part in memory.
+//
+// Long because it is a small S3 server (SigV4 in headers and query strings, objects, multipart, S3's XML errors) for
+// the local stack, never deployed.
 import { AwsV4Signer } from "aws4fetch";
 import { decodeXml, escapeXml } from "../../common/s3-xml.ts";
 
