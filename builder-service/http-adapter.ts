@@ -7,7 +7,7 @@ import { pipeline } from "node:stream/promises";
 import { errorBody } from "../common/registry-errors.ts";
 
 /** Request headers the builder reads (Node's default): the worker's signed requests use well under 1 KiB. */
-export const MAX_HEADER_BYTES = 16 * 1024;
+const MAX_HEADER_BYTES = 16 * 1024;
 
 export type FetchHandler = (request: Request) => Promise<Response>;
 

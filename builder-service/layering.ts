@@ -54,13 +54,13 @@ export function topologicalOrder(graph: readonly StorePathNode[]): StorePathNode
 }
 
 /** Past the budget, a path goes into the layer of a dependant that brings it to at least this share of its users. */
-export const CO_OCCURRENCE_SHARE = 0.75;
+const CO_OCCURRENCE_SHARE = 0.75;
 /** A path this big keeps a layer of its own past the budget: too many bytes to risk in a group. */
 export const OWN_LAYER_BYTES = 16 * 1024 * 1024;
 /** Paths used at least this share as widely as the closure's most used path (the C library) are the images' base. */
-export const BASE_SHARE = 0.5;
+const BASE_SHARE = 0.5;
 /** Base paths smaller than this share one layer; larger ones keep their own. */
-export const SMALL_BASE_BYTES = 1024 * 1024;
+const SMALL_BASE_BYTES = 1024 * 1024;
 
 /**
  * Groups store paths into at most `budget - 1` layers (the last layer of every image is its root filesystem).
@@ -122,7 +122,7 @@ export function planLayers(
  *   layer (few bytes, and a layer fewer for the groups that matter).
  * Without popularity data, each path is a group of its own.
  */
-export function coOccurrenceClasses(
+function coOccurrenceClasses(
   ordered: readonly StorePathNode[],
   popularity: Popularity | undefined,
 ): StorePathNode[][] {

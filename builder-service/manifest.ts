@@ -46,7 +46,7 @@ export interface ImageDescription {
 
 const CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt";
 
-export function imageConfig(image: ImageDescription): ImageConfig {
+function imageConfig(image: ImageDescription): ImageConfig {
   const paths = new Set(image.rootfs.map((entry) => entry.path));
   const env = ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"];
   if (paths.has(CA_BUNDLE)) env.push(`SSL_CERT_FILE=${CA_BUNDLE}`, `NIX_SSL_CERT_FILE=${CA_BUNDLE}`);

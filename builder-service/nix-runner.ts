@@ -188,7 +188,7 @@ const REQUIRED_SYSTEM =
   /a '([A-Za-z0-9_-]+)' with features \{[^}]*\} is required to build '\/nix\/store\/[0-9a-z]{32}-([^']+)\.drv', but I am a '([A-Za-z0-9_-]+)'/;
 
 /** The message for Nix's "a 'SYSTEM' ... is required to build" failure, or null for any other failure. */
-export function unsupportedSystemMessage(logTail: string): string | null {
+function unsupportedSystemMessage(logTail: string): string | null {
   const match = REQUIRED_SYSTEM.exec(logTail);
   if (!match) return null;
   const [, wanted, derivation, host] = match;

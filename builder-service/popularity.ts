@@ -12,7 +12,7 @@ export type Popularity = (storePathName: string) => number | undefined;
 export type LoadedPopularity = Popularity & { entries: number };
 
 /** How long a download of popularity data may take (Nixery's files for nixpkgs are a few MB). */
-export const POPULARITY_DOWNLOAD_MS = 60_000;
+const POPULARITY_DOWNLOAD_MS = 60_000;
 
 export class PopularityError extends Error {
   constructor(
@@ -91,7 +91,7 @@ export async function loadPopularity(source: string, fetchImpl: typeof fetch = f
  * Without popularity data: how many paths of this closure depend on each path, directly or not, plus one.
  * A path everything needs (the C library) scores high, a leaf only the image's own package needs scores 1.
  */
-export function closurePopularity(graph: readonly StorePathNode[]): Map<string, number> {
+function closurePopularity(graph: readonly StorePathNode[]): Map<string, number> {
   const references = new Map(graph.map((node) => [node.path, node.references.filter((r) => r !== node.path)]));
   const dependants = new Map<string, number>(graph.map((node) => [node.path, 1]));
   for (const node of graph) {

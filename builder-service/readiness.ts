@@ -5,7 +5,7 @@
 // each time it changes, and to /status, never to /ready.
 import type { Logger } from "./log.ts";
 
-export const READINESS_MAX_AGE_MS = 10_000;
+const READINESS_MAX_AGE_MS = 10_000;
 
 /** null when ready, else what is wrong. */
 export type ReadinessCheck = () => Promise<string | null>;

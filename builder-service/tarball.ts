@@ -28,7 +28,7 @@ export function compareBytes(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-export function sortEntries<T extends { name: string }>(entries: T[]): T[] {
+function sortEntries<T extends { name: string }>(entries: T[]): T[] {
   return entries.sort((a, b) => compareBytes(a.name, b.name));
 }
 

@@ -104,7 +104,7 @@ export type StoredResolution = v.InferOutput<typeof StoredResolutionSchema>;
 export const isStoredResolution = (value: unknown): value is StoredResolution => v.is(StoredResolutionSchema, value);
 
 /** A build job's phases, in the order a successful job passes them. */
-export const JOB_PHASES = ["queued", "evaluating", "building", "layering", "uploading", "done", "failed"] as const;
+const JOB_PHASES = ["queued", "evaluating", "building", "layering", "uploading", "done", "failed"] as const;
 export type JobPhase = (typeof JOB_PHASES)[number];
 
 export const isFinished = (phase: JobPhase): boolean => phase === "done" || phase === "failed";

@@ -12,7 +12,7 @@ export const SIGNATURE_HEADER = "x-builder-signature";
 export const TIMESTAMP_HEADER = "x-builder-timestamp";
 export const NONCE_HEADER = "x-builder-nonce";
 /** How old a signed request may be; a captured request is useless after this. */
-export const SIGNATURE_MAX_AGE_SECONDS = 60;
+const SIGNATURE_MAX_AGE_SECONDS = 60;
 /** Well inside the 100 s after which Cloudflare cuts a request to an origin that hasn't answered. */
 export const MAX_JOB_WAIT_SECONDS = 10;
 
@@ -80,7 +80,7 @@ export const PackageCheckRequestSchema = fieldsObject(
 );
 export type PackageCheckRequest = v.InferOutput<typeof PackageCheckRequestSchema>;
 
-export const PackageCheckSchema = v.object({
+const PackageCheckSchema = v.object({
   name: v.string(),
   /** found: the set has it (attribute: where; aliasOf: the package an alias stands for); unknown: it has not
    * (suggestions: the closest names); removed or refused: the set's own reason (message). */

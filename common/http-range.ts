@@ -59,15 +59,3 @@ export function satisfyRange(
   if (spec.length === 0 || size === 0) return null;
   return { start: Math.max(0, size - spec.length), end: size - 1 };
 }
-
-/** The spec back as a header value, to forward to the builder. */
-export function formatRange(
-  spec: { kind: "from"; first: number; last: number | null } | { kind: "suffix"; length: number },
-): string {
-  return spec.kind === "from" ? `bytes=${spec.first}-${spec.last ?? ""}` : `bytes=-${spec.length}`;
-}
-
-/** The byte range actually served, for Content-Range on a 206 (or `bytes *\/size` on a 416). */
-export function contentRange(range: { start: number; end: number } | null, size: number): string {
-  return range ? `bytes ${range.start}-${range.end}/${size}` : `bytes */${size}`;
-}

@@ -6,7 +6,7 @@ import type { NixSystem } from "./image-name.ts";
  * Bump when what an image holds or how it is laid out changes (layering, the config, which outputs are installed),
  * so old manifests are not served for new builds. 2: meta.outputsToInstall and meta.mainProgram.
  */
-export const IMAGE_FORMAT_VERSION = 2;
+const IMAGE_FORMAT_VERSION = 2;
 
 export async function imageKey(revision: string, system: NixSystem, packages: readonly string[]): Promise<string> {
   return sha256Hex(JSON.stringify({ v: IMAGE_FORMAT_VERSION, revision, system, packages: [...packages].sort() }));

@@ -5,7 +5,7 @@
 const NAME_GRAMMAR = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
 
 /** Long names are refused before they reach Nix; the OCI spec lets registries cap them. */
-export const MAX_NAME_LENGTH = 255;
+const MAX_NAME_LENGTH = 255;
 
 /** Most packages in one image, meta-packages expanded: the worker refuses more before asking any builder. */
 export const MAX_PACKAGES = 64;

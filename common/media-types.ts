@@ -14,8 +14,3 @@ export type ManifestMediaType = typeof OCI_MANIFEST | typeof DOCKER_MANIFEST;
 
 /** The two flavours of every image this registry builds: same config and layer bytes, different descriptors. */
 export type ManifestFlavour = "oci" | "docker";
-
-export const FLAVOUR_MEDIA_TYPE: Record<ManifestFlavour, ManifestMediaType> = {
-  oci: OCI_MANIFEST,
-  docker: DOCKER_MANIFEST,
-};

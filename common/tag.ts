@@ -1,7 +1,7 @@
 // Tags pick the package-set revision. Only a few kinds are served, so that no request for a made-up tag builds.
 
 /** The OCI distribution spec's tag length limit. */
-export const MAX_TAG_LENGTH = 128;
+const MAX_TAG_LENGTH = 128;
 const TAG_GRAMMAR = /^[a-zA-Z0-9_][a-zA-Z0-9._-]*$/;
 const COMMIT = /^[0-9a-f]{40}$/;
 

@@ -130,7 +130,7 @@ const SINGLE_USER_ROOT =
   process.getuid?.() === 0 &&
   !process.env.NIX_REMOTE &&
   !/^nixbld:/m.test(existsSync("/etc/group") ? readFileSync("/etc/group", "utf8") : "");
-export const LOCAL_NIX_CONFIG = SINGLE_USER_ROOT ? "build-users-group =" : "";
+const LOCAL_NIX_CONFIG = SINGLE_USER_ROOT ? "build-users-group =" : "";
 
 /** Nix without substituters: offline, every build would otherwise wait on DNS for the binary cache. */
 export const OFFLINE_NIX_CONFIG = ["substituters =", "experimental-features = nix-command", LOCAL_NIX_CONFIG]

@@ -22,7 +22,7 @@ interface Endpoint {
 }
 
 /** The front, on the calling thread. */
-export function servePlainHttpFront(target: Endpoint, listen: Endpoint): Promise<PlainHttpFront> {
+function servePlainHttpFront(target: Endpoint, listen: Endpoint): Promise<PlainHttpFront> {
   const sockets = new Set<net.Socket>();
   // Half-open connections are allowed so that a client that shuts down its sending side after the request still
   // gets the whole answer; each side's end is passed on by pipe().

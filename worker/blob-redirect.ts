@@ -49,9 +49,9 @@ export interface BlobRedirectEnv {
 }
 
 /** How long a presigned URL stays valid by default: time enough to follow the redirect, short enough to leak little. */
-export const DEFAULT_REDIRECT_TTL_SECONDS = 300;
+const DEFAULT_REDIRECT_TTL_SECONDS = 300;
 /** S3's (and R2's) longest validity of a SigV4 presigned URL: seven days. */
-export const MAX_REDIRECT_TTL_SECONDS = 604_800;
+const MAX_REDIRECT_TTL_SECONDS = 604_800;
 /** R2's signing region (us-east-1 and "" are its aliases). */
 const R2_REGION = "auto";
 

@@ -60,7 +60,7 @@ interface ActiveJob extends KeptJob {
   record: JobRecord | null;
 }
 
-export function staleSeconds(env: Env): number {
+function staleSeconds(env: Env): number {
   const raw = env.BUILDER_STALE_SECONDS?.trim();
   return raw && /^\d+$/.test(raw) && Number(raw) > 0 ? Number(raw) : DEFAULT_STALE_SECONDS;
 }

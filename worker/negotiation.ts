@@ -2,7 +2,7 @@
 import { DOCKER_MANIFEST, OCI_MANIFEST, type ManifestFlavour } from "../common/media-types.ts";
 
 /** The media ranges an Accept header lists with a non-zero quality, lower-cased, parameters dropped. */
-export function acceptedTypes(accept: string | null): string[] {
+function acceptedTypes(accept: string | null): string[] {
   if (!accept) return [];
   const types: string[] = [];
   // Several Accept headers arrive joined by ", "; each may list several types with parameters.

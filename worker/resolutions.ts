@@ -9,7 +9,7 @@ import type { RegistryStorage, StoredResolution } from "./storage.ts";
 export type ResolutionOutcome = { ok: true; resolution: StoredResolution } | { ok: false; failure: Failure };
 
 /** The TAG_CACHE_SECONDS override, or undefined when unset or not a non-negative integer. */
-export function tagCacheOverride(env: Env): number | undefined {
+function tagCacheOverride(env: Env): number | undefined {
   const raw = env.TAG_CACHE_SECONDS?.trim();
   if (!raw) return undefined;
   if (!/^\d+$/.test(raw)) {
@@ -28,7 +28,7 @@ export function reuseSeconds(env: Env, resolution: { ttlSeconds: number }): numb
   return tagCacheOverride(env) ?? resolution.ttlSeconds;
 }
 
-export function isFresh(env: Env, resolution: StoredResolution, now: number = Date.now()): boolean {
+function isFresh(env: Env, resolution: StoredResolution, now: number = Date.now()): boolean {
   const seconds = reuseSeconds(env, resolution);
   if (seconds === null) return true;
   const fetchedAt = Date.parse(resolution.fetchedAt);

@@ -1,8 +1,8 @@
 // Response helpers: the registry error format, JSON bodies, and the headers every response carries.
 import { errorBody, type RegistryErrorCode } from "../common/registry-errors.ts";
 
-export const API_VERSION_HEADER = "Docker-Distribution-API-Version";
-export const API_VERSION = "registry/2.0";
+const API_VERSION_HEADER = "Docker-Distribution-API-Version";
+const API_VERSION = "registry/2.0";
 
 /** Digest-addressed content never changes. */
 export const IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable";
@@ -51,7 +51,7 @@ export function errorResponse(
 }
 
 /** An error body produced by the builder, passed on byte for byte with its status. */
-export function relayedErrorResponse(
+function relayedErrorResponse(
   method: string,
   status: number,
   bodyText: string,
@@ -82,7 +82,7 @@ export function emptyResponse(status: number, headers: HeaderMap): Response {
   return new Response(null, { status, headers: baseHeaders(headers) });
 }
 
-export const BUILDER_RETRY_AFTER_SECONDS = 30;
+const BUILDER_RETRY_AFTER_SECONDS = 30;
 
 /**
  * Logs a failure's details under a fresh id and returns the id, which the client gets instead of the details: they
@@ -97,7 +97,7 @@ export function logIncident(level: "error" | "warn", summary: string, details: u
 }
 
 /** A 503 for a builder that can't be reached; why (its address, the fetch error) goes to the log only. */
-export function builderUnavailableResponse(method: string, reason: string): Response {
+function builderUnavailableResponse(method: string, reason: string): Response {
   const id = logIncident("warn", "the image builder can't be reached", reason);
   return errorResponse(
     method,

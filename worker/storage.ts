@@ -61,7 +61,7 @@ export interface RegistryStorage {
 const digestOf = (hex: string): Digest => `sha256:${hex}`;
 
 /** An R2 failure, naming the operation and key so a 500 says what failed. */
-export class StorageError extends Error {
+class StorageError extends Error {
   constructor(operation: string, key: string, cause: unknown) {
     super(`R2 ${operation} of ${key} failed: ${cause instanceof Error ? cause.message : String(cause)}`);
     this.name = "StorageError";

@@ -11,7 +11,7 @@ import { bufferBody, type S3Transport } from "./transport.ts";
 import { completeMultipartBody, parseUploadId } from "./xml.ts";
 
 /** S3's and R2's limit on parts per upload. */
-export const MAX_PARTS = 10_000;
+const MAX_PARTS = 10_000;
 
 export interface MultipartUpload {
   digest: Digest;

@@ -30,7 +30,7 @@ import { Spool, type SpooledBlob } from "./spool.ts";
 import { bufferBody, S3Transport } from "./transport.ts";
 
 /** Written at startup to prove the credentials may write to the bucket; HEADed by /ready. */
-export const CHECK_KEY = `${BUILDER_CACHE_PREFIX}startup-check`;
+const CHECK_KEY = `${BUILDER_CACHE_PREFIX}startup-check`;
 const BLOB_CONTENT_TYPE = "application/octet-stream";
 
 export interface S3BlobStoreOptions extends Omit<S3StoreConfig, "kind"> {

@@ -48,7 +48,7 @@ export interface GitRepoSourceOptions {
 const QUICK_COMMAND_TIMEOUT_MS = 60_000;
 
 /** The URL without user name and password, for labels and logs. */
-export function redactUrl(url: string): string {
+function redactUrl(url: string): string {
   return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1");
 }
 

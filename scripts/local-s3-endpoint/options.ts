@@ -17,13 +17,13 @@ import { fileURLToPath } from "node:url";
 import type { Miniflare, WorkerOptions } from "miniflare";
 
 /** The worker's name among Miniflare's workers (what unsafeGetDirectURL and getR2Bucket take). */
-export const LOCAL_S3_WORKER_NAME = "local-s3-endpoint";
+const LOCAL_S3_WORKER_NAME = "local-s3-endpoint";
 /** The binding the endpoint reaches R2 through: the registry worker's name for it (wrangler.toml). */
 export const LOCAL_S3_BUCKET_BINDING = "REGISTRY_BUCKET";
 /** The signing region the endpoint expects, as R2 does (us-east-1 and "" are accepted as aliases). */
-export const LOCAL_S3_REGION = "auto";
+const LOCAL_S3_REGION = "auto";
 /** The compatibility date the endpoint runs with: no later than the workerd build Miniflare ships. */
-export const LOCAL_S3_COMPATIBILITY_DATE = "2026-04-26";
+const LOCAL_S3_COMPATIBILITY_DATE = "2026-04-26";
 
 const WORKER_SOURCE = fileURLToPath(new URL("./worker.ts", import.meta.url));
 

@@ -32,7 +32,7 @@ function phases(build: BuildView): Html {
   </ol>`;
 }
 
-export function buildSection(build: BuildView, host: string): Html {
+function buildSection(build: BuildView, host: string): Html {
   const name = imageName(build);
   const reference = `${host}/${name}${build.tag && build.tag !== "latest" ? `:${build.tag}` : ""}`;
   const tail = logTail(build);
