@@ -122,10 +122,7 @@ export function planLayers(
  *   layer (few bytes, and a layer fewer for the groups that matter).
  * Without popularity data, each path is a group of its own.
  */
-function coOccurrenceClasses(
-  ordered: readonly StorePathNode[],
-  popularity: Popularity | undefined,
-): StorePathNode[][] {
+function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popularity | undefined): StorePathNode[][] {
   if (!popularity) return ordered.map((node) => [node]);
   const weights = popularityOf(ordered, popularity);
   const weight = (node: StorePathNode) => Math.max(1, weights.get(node.path)!);

@@ -51,12 +51,7 @@ export function errorResponse(
 }
 
 /** An error body produced by the builder, passed on byte for byte with its status. */
-function relayedErrorResponse(
-  method: string,
-  status: number,
-  bodyText: string,
-  headers: HeaderMap = {},
-): Response {
+function relayedErrorResponse(method: string, status: number, bodyText: string, headers: HeaderMap = {}): Response {
   return bytesResponse(method, status, encoder.encode(bodyText), { "Content-Type": "application/json", ...headers });
 }
 
