@@ -1315,12 +1315,22 @@ function judgeWorker(c: Case, answer: Answer): Verdict {
     if (typeof v.name === "string" && Array.isArray(v.tags) && v.tags.every((t) => typeof t === "string")) return null;
     if (Array.isArray(v.builds)) return null;
     if (typeof v.imageKey === "string" && typeof v.phase === "string") return null;
+    if (typeof v.revision === "string" && Array.isArray(v.packages)) return null; // /api/packages
     return `a 200 JSON answer of no route: ${answer.body.toString("utf8").slice(0, 200)}`;
   }
   if (type === "text/plain")
     return answer.body.toString("utf8").includes("container registry")
       ? null
       : "a text answer that is not the landing page";
+  // The front page and its parts (worker/pages/), for an Accept that names text/html.
+  if (type === "text/html") {
+    const text = answer.body.toString("utf8");
+    return text.startsWith("<!doctype html>") && text.includes("</html>")
+      ? null
+      : text.trim() === "" || text.trimStart().startsWith("<")
+        ? null
+        : "an HTML answer that is neither a page nor a part of one";
+  }
   return `a 200 of type ${type}`;
 }
 
