@@ -556,7 +556,7 @@ async function edgeFigures(scratch: string, pkgsPath: string): Promise<void> {
       await reset(far);
       results.farCold.push(await wirePull(stack.locationUrls[far], image, "latest"));
       readCounts.farCold.push((await reads(far)).length);
-      await new Promise((resolve) => setTimeout(resolve, 500)); // the cache writes that follow the responses
+      await new Promise((resolve) => setTimeout(resolve, 2_000)); // the cache writes that follow the responses, done
       await reset(far);
       let before = await workerdCpuSeconds();
       results.farWarm.push(await wirePull(stack.locationUrls[far], image, "latest"));
@@ -571,7 +571,7 @@ async function edgeFigures(scratch: string, pkgsPath: string): Promise<void> {
       cpu.r2 += (await workerdCpuSeconds()) - before;
       cpu.r2Bytes += bytes;
       readCounts.near.push((await reads(near)).length);
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
       results.nearWarm.push(await wirePull(stack.locationUrls[near], image, "latest"));
       const uncached = `uncached-${i}`;
       await wirePull(stack.locationUrls[uncached], image, "latest");
