@@ -10,6 +10,7 @@ import { EDGE_CACHE_NAME } from "./edge-cache.ts";
 import type { Env } from "./env.ts";
 import { edgeCacheEnabled, registryStorage } from "./registry-storage.ts";
 import { resolveTagCached } from "./resolutions.ts";
+import type { RegistryStorage } from "./storage.ts";
 import { errorResponse, jsonResponse } from "./responses.ts";
 import { tagProblem } from "../common/tag.ts";
 
@@ -21,13 +22,13 @@ export async function checkNames(
   request: Request,
   env: Env,
   ctx: ExecutionContext,
+  storage: RegistryStorage,
   packages: readonly string[],
   system: NixSystem,
   tag: string,
 ): Promise<ChecksOutcome> {
   const problem = tagProblem(tag);
   if (problem) return { ok: false, reason: problem };
-  const storage = await registryStorage(request, env, ctx);
   const resolved = await resolveTagCached(env, storage, ctx, tag);
   if (!resolved.ok) return { ok: false, reason: `tag ${tag} could not be resolved right now` };
   const revision = resolved.resolution.revision;
@@ -65,7 +66,7 @@ export async function handlePackageChecks(request: IRequest, env: Env, ctx: Exec
   if (packages.length === 0) {
     return errorResponse(request.method, 400, "NAME_INVALID", "name at least one package: ?packages=curl+jq", {});
   }
-  const outcome = await checkNames(request, env, ctx, packages, system, tag);
+  const outcome = await checkNames(request, env, ctx, await registryStorage(request, env, ctx), packages, system, tag);
   if (!outcome.ok) return errorResponse(request.method, 503, "BUILDER_UNAVAILABLE", outcome.reason, { tag });
   return jsonResponse(request.method, 200, outcome.answer, { "Cache-Control": "no-store" });
 }

@@ -3,8 +3,8 @@
 import type { Env } from "./env.ts";
 import { DEFAULT_EDGE_CACHE_MAX_BYTES, EDGE_CACHE_NAME, edgeCached } from "./edge-cache.ts";
 import { isolateCached } from "./isolate-cache.ts";
-import { reuseSeconds } from "./resolutions.ts";
-import { r2Storage, type RegistryStorage, type StoredResolution } from "./storage.ts";
+import { reuseLeftSeconds } from "./resolutions.ts";
+import { r2Storage, type RegistryStorage } from "./storage.ts";
 
 /** EDGE_CACHE_MAX_BYTES, or the default when unset or not a positive integer (said once per isolate). */
 let warnedMaxBytes = false;
@@ -21,14 +21,6 @@ function maxBytes(env: Env): number {
   return DEFAULT_EDGE_CACHE_MAX_BYTES;
 }
 
-/** Seconds a resolution may still be reused from now (null: forever). */
-function lifetimeOf(env: Env, resolution: StoredResolution): number | null {
-  const reuse = reuseSeconds(env, resolution);
-  if (reuse === null) return null;
-  const fetchedAt = Date.parse(resolution.fetchedAt);
-  return Number.isNaN(fetchedAt) ? 0 : reuse - (Date.now() - fetchedAt) / 1000;
-}
-
 export function edgeCacheEnabled(env: Env): boolean {
   return env.EDGE_CACHE?.trim().toLowerCase() !== "off";
 }
@@ -41,7 +33,7 @@ export async function registryStorage(request: Request, env: Env, ctx: Execution
     origin: new URL(request.url).origin,
     waitUntil: (promise) => ctx.waitUntil(promise),
     maxBytes: maxBytes(env),
-    resolutionLifetime: (resolution) => lifetimeOf(env, resolution),
+    resolutionLifetime: (resolution) => reuseLeftSeconds(env, resolution),
   });
   return isolateCached(edge);
 }

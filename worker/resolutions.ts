@@ -28,12 +28,17 @@ export function reuseSeconds(env: Env, resolution: { ttlSeconds: number }): numb
   return tagCacheOverride(env) ?? resolution.ttlSeconds;
 }
 
-function isFresh(env: Env, resolution: StoredResolution, now: number = Date.now()): boolean {
+/** Seconds a resolution may still be reused from `now`: null for forever, 0 or less for not any more. */
+export function reuseLeftSeconds(env: Env, resolution: StoredResolution, now: number = Date.now()): number | null {
   const seconds = reuseSeconds(env, resolution);
-  if (seconds === null) return true;
+  if (seconds === null) return null;
   const fetchedAt = Date.parse(resolution.fetchedAt);
-  if (Number.isNaN(fetchedAt)) return false;
-  return now - fetchedAt < seconds * 1000;
+  return Number.isNaN(fetchedAt) ? 0 : seconds - (now - fetchedAt) / 1000;
+}
+
+function isFresh(env: Env, resolution: StoredResolution): boolean {
+  const left = reuseLeftSeconds(env, resolution);
+  return left === null || left > 0;
 }
 
 /**

@@ -11,12 +11,10 @@ import { html, pageResponse, type Html } from "./html.ts";
 
 /** The lines of Nix's log a failed build's error carries, if any. */
 function logTail(build: BuildView): string | null {
+  // The builder's BUILD_FAILED detail carries it as `log` (builder-service/jobs.ts).
   const detail = build.error?.detail;
-  if (typeof detail !== "object" || detail === null) return null;
-  const tail = (detail as Record<string, unknown>).logTail ?? (detail as Record<string, unknown>).log;
-  if (typeof tail === "string") return tail;
-  if (Array.isArray(tail)) return tail.filter((line) => typeof line === "string").join("\n");
-  return null;
+  const tail = typeof detail === "object" && detail !== null ? (detail as { log?: unknown }).log : null;
+  return typeof tail === "string" ? tail : null;
 }
 
 function phases(build: BuildView): Html {

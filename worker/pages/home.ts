@@ -11,6 +11,7 @@ import { textResponse } from "../responses.ts";
 import type { RegistryStorage } from "../storage.ts";
 import { formatBytes, formatDuration, imageName } from "./format.ts";
 import { fragmentResponse, html, pageResponse, wantsHtml, type Html } from "./html.ts";
+import { imageBytes, manifestOf } from "./image-page.ts";
 
 const RECENT_BUILDS = 20;
 
@@ -80,6 +81,7 @@ async function composed(
   request: Request,
   env: Env,
   ctx: ExecutionContext,
+  storage: RegistryStorage,
   packages: string,
   system: NixSystem,
   tag: string,
@@ -95,7 +97,7 @@ async function composed(
   const parsed = parseImageName(name);
   if (!parsed.ok) return html`<p class="problem" role="alert">${parsed.reason}</p>`;
   const reference = `${host}/${name}${tag && tag !== "latest" ? `:${tag}` : ""}`;
-  const checked = await checkNames(request, env, ctx, parsed.image.packages, parsed.image.system, tag).catch(
+  const checked = await checkNames(request, env, ctx, storage, parsed.image.packages, parsed.image.system, tag).catch(
     (): ChecksOutcome => ({ ok: false, reason: "no builder answered" }),
   );
   return html`<dl class="composed">
@@ -123,21 +125,8 @@ async function imageFigures(
   storage: RegistryStorage,
   build: BuildView,
 ): Promise<{ layers: number; bytes: number } | null> {
-  if (!build.image) return null;
-  const manifest = await storage.getManifest(build.image.oci.slice("sha256:".length)).catch(() => null);
-  if (!manifest) return null;
-  try {
-    const parsed = JSON.parse(new TextDecoder().decode(manifest.bytes)) as {
-      config: { size: number };
-      layers: { size: number }[];
-    };
-    return {
-      layers: parsed.layers.length,
-      bytes: parsed.config.size + parsed.layers.reduce((sum, layer) => sum + layer.size, 0),
-    };
-  } catch {
-    return null;
-  }
+  const manifest = build.image ? await manifestOf(storage, build.image.oci) : null;
+  return manifest ? { layers: manifest.layers.length, bytes: imageBytes(manifest) } : null;
 }
 
 async function buildRows(storage: RegistryStorage, builds: BuildView[]): Promise<Html> {
@@ -178,7 +167,8 @@ async function buildRows(storage: RegistryStorage, builds: BuildView[]): Promise
 export async function handleCompose(request: IRequest, env: Env, ctx: ExecutionContext): Promise<Response> {
   const url = new URL(request.url);
   const { packages, system, tag } = composerInput(url);
-  return fragmentResponse(request.method, await composed(request, env, ctx, packages, system, tag));
+  const storage = await registryStorage(request, env, ctx);
+  return fragmentResponse(request.method, await composed(request, env, ctx, storage, packages, system, tag));
 }
 
 function composerInput(url: URL): { packages: string; system: "x86_64-linux" | "aarch64-linux"; tag: string } {
@@ -230,7 +220,7 @@ export async function handleHome(request: IRequest, env: Env, ctx: ExecutionCont
         <p id="tag-help" class="help"><code>latest</code>, a channel or branch name, or a 40-hex nixpkgs commit.</p>
         <button type="submit">Show the pull command</button>
       </form>
-      <div id="composed" aria-live="polite">${await composed(request, env, ctx, packages, system, tag)}</div>
+      <div id="composed" aria-live="polite">${await composed(request, env, ctx, storage, packages, system, tag)}</div>
     </section>
     <section aria-labelledby="usage-title">
       <h2 id="usage-title">How names work</h2>

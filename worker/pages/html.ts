@@ -1,5 +1,7 @@
 // HTML for the front page, made on the server: text is escaped unless it is already Html, so a package name or a
 // build's error message can never become markup.
+import { bytesResponse } from "../responses.ts";
+
 export class Html {
   constructor(readonly text: string) {}
   toString(): string {
@@ -34,14 +36,14 @@ const encoder = new TextEncoder();
 
 /** A piece of a page, for the script that updates the page in place. */
 export function fragmentResponse(method: string, fragment: Html): Response {
-  const bytes = encoder.encode(fragment.text);
-  return new Response(method === "HEAD" ? null : bytes, {
-    status: 200,
-    headers: {
-      "Content-Type": "text/html; charset=utf-8",
-      "Content-Length": String(bytes.byteLength),
-      "Cache-Control": "no-store",
-    },
+  return htmlResponse(method, 200, fragment);
+}
+
+/** HTML as it is made for each request: builds move by the second, and a page is cheap to make. */
+function htmlResponse(method: string, status: number, body: Html): Response {
+  return bytesResponse(method, status, encoder.encode(body.text), {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
   });
 }
 
@@ -68,16 +70,7 @@ export function pageResponse(method: string, status: number, title: string, main
         </footer>
       </body>
     </html> `;
-  const bytes = encoder.encode(body.text);
-  return new Response(method === "HEAD" ? null : bytes, {
-    status,
-    headers: {
-      "Content-Type": "text/html; charset=utf-8",
-      "Content-Length": String(bytes.byteLength),
-      // Builds move by the second; the page is cheap to make.
-      "Cache-Control": "no-store",
-    },
-  });
+  return htmlResponse(method, status, body);
 }
 
 /** Whether a request asks for a page rather than text or JSON (browsers send text/html first). */

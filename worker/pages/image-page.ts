@@ -14,7 +14,8 @@ import { html, pageResponse, type Html } from "./html.ts";
 /** Recent images looked at for layers shared with this one. */
 const SHARING_WINDOW = 50;
 
-async function manifestOf(storage: RegistryStorage, digest: string): Promise<ImageManifest | null> {
+/** An image's OCI manifest by digest, or null when it is missing or unreadable (the front page shows what it can). */
+export async function manifestOf(storage: RegistryStorage, digest: string): Promise<ImageManifest | null> {
   const stored = await storage.getManifest(digest.slice("sha256:".length)).catch(() => null);
   if (!stored) return null;
   try {
@@ -22,6 +23,11 @@ async function manifestOf(storage: RegistryStorage, digest: string): Promise<Ima
   } catch {
     return null;
   }
+}
+
+/** Bytes a pull fetches: the config and every layer, compressed. */
+export function imageBytes(manifest: ImageManifest): number {
+  return manifest.config.size + manifest.layers.reduce((sum, layer) => sum + layer.size, 0);
 }
 
 async function configOf(
@@ -88,7 +94,7 @@ export async function handleImagePage(request: IRequest, env: Env, ctx: Executio
   const [config, shared] = await Promise.all([configOf(storage, manifest.config.digest), sharing(storage, key)]);
   const history = config?.config.history ?? [];
   const name = build ? imageName(build) : key;
-  const total = manifest.config.size + manifest.layers.reduce((sum, layer) => sum + layer.size, 0);
+  const total = imageBytes(manifest);
   const rows: Html[] = manifest.layers.map((layer, i) => {
     const paths = storePaths(history[i]?.comment);
     const others = shared.get(layer.digest) ?? [];
