@@ -370,6 +370,36 @@ describe("tokens at the registry's routes", () => {
   });
 });
 
+describe("npm run smoke (scripts/smoke.ts)", () => {
+  const smoke = (env: Record<string, string>, ...args: string[]) =>
+    new Promise<{ code: number; output: string }>((resolve, reject) => {
+      const child = spawn(
+        join(PROJECT_ROOT, "node_modules/.bin/tsx"),
+        [join(PROJECT_ROOT, "scripts/smoke.ts"), stack.registryUrl, ...args],
+        { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] },
+      );
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      child.once("error", reject);
+      child.once("close", (code) => resolve({ code: code ?? 1, output }));
+    });
+
+  it("passes with a user's credentials, and says to give them when they are missing or wrong", async () => {
+    const [ok, missing, wrong] = await Promise.all([
+      smoke({ REGISTRY_CREDS: `${CI.user}:${CI.password}` }),
+      smoke({}),
+      smoke({}, "--creds", `${CI.user}:wrong-password-wrong-password`),
+    ]);
+    expect(ok.output).toMatch(/registry OK: .* built and served hello/);
+    expect(ok.code).toBe(0);
+    expect(missing.code).toBe(1);
+    expect(missing.output).toMatch(/needs credentials .* --creds USER:PASSWORD or REGISTRY_CREDS/);
+    expect(wrong.code).toBe(1);
+    expect(wrong.output).toMatch(/refused the credentials given; check the user and password against PULL_CREDENTIALS/);
+  });
+});
+
 describe("the pages and JSON APIs", () => {
   it("ask a browser for a user and password, and answer with them or with a token", async () => {
     for (const path of ["/", "/compose?packages=hello", "/api/builds", "/api/packages?packages=hello", "/builds/x"]) {
