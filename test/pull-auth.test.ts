@@ -152,6 +152,20 @@ describe("without credentials", () => {
     }
   });
 
+  it("answers a name outside the grammar 401 too, with no scope in the challenge, and 404 once authenticated", async () => {
+    for (const name of ["a%0d%0aSet-Cookie:%20x", "a%22b", "HELLO"]) {
+      const url = `${stack.registryUrl}/v2/${name}/manifests/latest`;
+      const response = await fetch(url);
+      expect({ name, status: response.status }).toEqual({ name, status: 401 });
+      expect(response.headers.get("www-authenticate")).toBe(
+        `Bearer realm="${stack.registryUrl}/token",service="${host}"`,
+      );
+      const authenticated = await fetch(url, { headers: { Authorization: basic(ALICE) } });
+      expect({ name, status: authenticated.status }).toEqual({ name, status: 404 });
+      expect(((await authenticated.json()) as { errors: { code: string }[] }).errors[0].code).toBe("NAME_INVALID");
+    }
+  });
+
   it("serves nothing a pull with credentials left in the location's cache or the isolate", async () => {
     const digest = manifest.layers[0].digest;
     const withCredentials = await fetch(`${stack.registryUrl}/v2/${IMAGE}/blobs/${digest}`, {

@@ -16,13 +16,24 @@
 import type { IRequest } from "itty-router";
 import { errorResponse, jsonResponse, type HeaderMap } from "./responses.ts";
 import { pullAuthOf, userOf, type PullAuth, type PullAuthEnv } from "./pull-credentials.ts";
-import { grantedAccess, issueToken, MAX_TOKEN_LENGTH, scopeString, verifyToken } from "./pull-tokens.ts";
+import {
+  grantedAccess,
+  isRepositoryName,
+  issueToken,
+  MAX_TOKEN_LENGTH,
+  scopeString,
+  verifyToken,
+} from "./pull-tokens.ts";
 
 export const TOKEN_PATH = "/token";
 /** The largest OAuth2 form read from a POST to /token. */
 const MAX_FORM_BYTES = 16 * 1024;
 
-/** The repository a route of the pull API reads, still percent-encoded as in the path; null for other paths. */
+/**
+ * The repository a route of the pull API reads, percent-decoded as params.ts decodes it; null for other paths. A
+ * name outside the grammar is never in a token, so a token never passes for it (Basic credentials do, and the route
+ * answers 404 NAME_INVALID).
+ */
 function repositoryOf(pathname: string): string | null {
   const match = /^\/v2\/(.+)\/(?:(?:manifests|blobs|referrers)\/[^/]+|tags\/list)$/.exec(pathname);
   if (!match) return null;
@@ -101,7 +112,8 @@ function unauthorized(request: Request, why: string, error?: "invalid_token" | "
   let detail: unknown;
   if (url.pathname.startsWith("/v2/") || url.pathname === "/v2") {
     challenge = `Bearer realm=${quoted(`${url.origin}${TOKEN_PATH}`)},service=${quoted(url.host)}`;
-    if (repository !== null) {
+    // Only a name of the grammar goes into the header (a decoded path may hold anything, line breaks included).
+    if (repository !== null && isRepositoryName(repository)) {
       challenge += `,scope=${quoted(`repository:${repository}:pull`)}`;
       detail = [{ Type: "repository", Name: repository, Action: "pull" }];
     }

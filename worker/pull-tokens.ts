@@ -25,6 +25,9 @@ const HEADER = base64url(new TextEncoder().encode(JSON.stringify({ alg: "HS256",
 /** A repository name as the distribution spec's grammar has it (path components of lower-case, digits, separators). */
 const REPOSITORY_NAME = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
 
+/** Whether a repository name can go into a scope (and into a challenge's header): the grammar, 255 characters. */
+export const isRepositoryName = (name: string): boolean => name.length <= 255 && REPOSITORY_NAME.test(name);
+
 const AccessSchema = v.object({
   type: v.literal("repository"),
   name: v.pipe(v.string(), v.maxLength(255)),
@@ -73,7 +76,7 @@ export function grantedAccess(scopes: string[]): Access[] {
     const type = scope.slice(0, first).replace(/\(.*\)$/, "");
     const name = scope.slice(first + 1, last);
     const actions = scope.slice(last + 1).split(",");
-    if (type !== "repository" || !REPOSITORY_NAME.test(name) || name.length > 255) continue;
+    if (type !== "repository" || !isRepositoryName(name)) continue;
     if (actions.includes("pull") || actions.includes("*")) names.add(name);
     if (names.size === MAX_SCOPES) break;
   }
