@@ -334,6 +334,37 @@ describe("tokens at the registry's routes", () => {
     }
   });
 
+  it("answers malformed Authorization headers 401 with a registry error, never a 500", async () => {
+    const b64 = (bytes: number[] | string) => Buffer.from(bytes as never).toString("base64");
+    const values = [
+      "Basic",
+      "Basic !!!",
+      `Basic ${b64("no-colon")}`,
+      `Basic ${b64([0xff, 0xfe, 0x3a, 0x80])}`,
+      `Basic ${b64(":")}`,
+      `Basic ${"A".repeat(20_000)}`,
+      "Bearer",
+      "Bearer ..",
+      "Bearer a.b.c",
+      `Bearer ${"x.".repeat(3000)}x`,
+      "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.%%%.abc",
+      "bearer    x y",
+      "Negotiate abc",
+      "=",
+    ];
+    for (const value of values) {
+      for (const path of ["/v2/", `/v2/${IMAGE}/manifests/latest`, "/api/builds"]) {
+        const response = await fetch(`${stack.registryUrl}${path}`, { headers: { Authorization: value } });
+        expect({ value: value.slice(0, 40), path, status: response.status }).toEqual({
+          value: value.slice(0, 40),
+          path,
+          status: 401,
+        });
+        expect(((await response.json()) as { errors: { code: string }[] }).errors[0].code).toBe("UNAUTHORIZED");
+      }
+    }
+  });
+
   it("takes Basic credentials on the registry's routes too (curl -u)", async () => {
     const { stdout } = await run("curl", [
       "-sf",
