@@ -10,6 +10,13 @@ const builderPort = Number(process.env.BUILDER_PORT ?? 8788);
 const pkgsPath = process.env.NIXERY_PKGS_PATH;
 // TLS=1: https from workerd itself with Miniflare's self-signed certificate, as the edge serves it.
 const tls = /^(1|true|yes)$/i.test(process.env.TLS ?? "");
+// Pull authentication, to try it locally: PULL_CREDENTIALS='alice:<16 characters or more>' npm start.
+const pullAuthVars = Object.fromEntries(
+  (["PULL_AUTH", "PULL_CREDENTIALS"] as const).flatMap((name) => {
+    const value = process.env[name];
+    return value === undefined ? [] : [[name, value]];
+  }),
+);
 
 const stack = await startStack({
   pkgsPath,
@@ -18,6 +25,7 @@ const stack = await startStack({
   builderDataDir: process.env.BUILDER_DATA_DIR ?? join(PROJECT_ROOT, ".data/builder"),
   workerStateDir: join(PROJECT_ROOT, ".wrangler/state"),
   secret: process.env.BUILDER_SECRET,
+  workerVars: pullAuthVars,
   onBuilderLog: (line) => console.log(`[builder] ${line}`),
   tls,
 }).catch((error: unknown) => {
@@ -48,6 +56,11 @@ Registry ready at ${stack.registryUrl} (builder at ${stack.builder.url}, package
 Any image name works: every path component is a package, e.g. ${stack.registryHost}/${pkgsPath ? "greeting/dataset" : "shell/git/python3"}.
 Ctrl-C stops both.
 `);
+if (Object.keys(pullAuthVars).length > 0) {
+  console.log(
+    `Pull authentication is on: log in first (podman login --tls-verify=false ${stack.registryHost}), or add --creds user:password (skopeo, podman), -u user:password (curl).\n`,
+  );
+}
 
 let stopping = false;
 // SIGHUP too: a closed terminal must not leave the builder and workerd running on their ports.

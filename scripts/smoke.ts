@@ -2,7 +2,10 @@
 // builds from the package source and writes into the bucket, and the image it serves is whole. Stops at the first
 // failure with what to fix.
 //
-//   npm run smoke -- https://registry.example.com [--image NAME] [--insecure]
+//   npm run smoke -- https://registry.example.com [--image NAME] [--insecure] [--creds USER:PASSWORD]
+//
+// With pull authentication on, --creds (or the variable REGISTRY_CREDS, which keeps the password out of `ps`) gives
+// a user of PULL_CREDENTIALS; it is sent as Basic credentials with every request, which the registry takes.
 import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
 import { isDigest } from "../common/digest.ts";
@@ -10,7 +13,10 @@ import { OCI_MANIFEST } from "../common/media-types.ts";
 import type { Descriptor, ImageManifest } from "../common/oci.ts";
 import { isRegistryErrorBody, type RegistryError } from "../common/registry-errors.ts";
 
-const USAGE = "usage: npm run smoke -- <registry URL> [--image NAME] [--insecure]";
+const USAGE = "usage: npm run smoke -- <registry URL> [--image NAME] [--insecure] [--creds USER:PASSWORD]";
+
+/** Sent with every request: Basic credentials from --creds or REGISTRY_CREDS, or nothing. */
+const credentialHeaders: Record<string, string> = {};
 
 /** A failed check: `message` says what to fix. */
 class CheckFailed extends Error {}
@@ -31,7 +37,7 @@ async function check<T>(name: string, run: () => Promise<T>): Promise<T> {
 /** fetch, with a network failure (DNS, refused, TLS) turned into a failed check naming the URL. */
 async function get(url: string, headers: Record<string, string> = {}): Promise<Response> {
   try {
-    return await fetch(url, { headers, signal: AbortSignal.timeout(300_000) });
+    return await fetch(url, { headers: { ...credentialHeaders, ...headers }, signal: AbortSignal.timeout(300_000) });
   } catch (error) {
     const cause = error instanceof Error && error.cause instanceof Error ? `: ${error.cause.message}` : "";
     const hint = /certificate/i.test(cause) ? " (a local stack's self-signed certificate: add --insecure)" : "";
@@ -43,6 +49,20 @@ async function checkApi(registry: string): Promise<void> {
   const url = `${registry}/v2/`;
   const response = await get(url);
   const version = response.headers.get("Docker-Distribution-API-Version");
+  if (version === "registry/2.0" && (response.status === 401 || response.status === 403)) {
+    const body: unknown = await response.json().catch(() => null);
+    const error = isRegistryErrorBody(body) ? body.errors[0] : undefined;
+    if (response.status === 403 && error?.code === "DENIED") {
+      throw new CheckFailed(
+        `GET ${url} answered 403: ${error.message}. Fix PULL_CREDENTIALS or PULL_AUTH (deploy/README.md#pull-authentication-optional)`,
+      );
+    }
+    throw new CheckFailed(
+      credentialHeaders.Authorization === undefined
+        ? `GET ${url} answered ${response.status}: the registry needs credentials (pull authentication is on); give a user of PULL_CREDENTIALS with --creds USER:PASSWORD or REGISTRY_CREDS`
+        : `GET ${url} answered ${response.status}: the registry refused the credentials given; check the user and password against PULL_CREDENTIALS`,
+    );
+  }
   await response.body?.cancel();
   if (response.status !== 200 || version !== "registry/2.0") {
     throw new CheckFailed(
@@ -158,8 +178,13 @@ async function main(): Promise<void> {
       image: { type: "string", default: "hello" },
       // For a local stack's self-signed certificate (TLS=1) only.
       insecure: { type: "boolean", default: false },
+      creds: { type: "string", default: process.env.REGISTRY_CREDS },
     },
   });
+  if (values.creds !== undefined) {
+    if (!values.creds.includes(":")) throw new CheckFailed(`--creds takes USER:PASSWORD\n${USAGE}`);
+    credentialHeaders.Authorization = `Basic ${Buffer.from(values.creds).toString("base64")}`;
+  }
   if (positionals.length !== 1 || !/^https?:\/\//.test(positionals[0])) throw new CheckFailed(USAGE);
   const registry = positionals[0].replace(/\/+$/, "");
   const image = values.image;

@@ -19,9 +19,14 @@
 // A half-configured redirect never breaks a pull: the settings are read once per isolate and, when they don't
 // make a working redirect, the problem is logged once (a JSON "incident" line, as the worker's other failures)
 // and blobs are served by the worker as if the redirect were off.
+//
+// With pull authentication on (pull-credentials.ts), a public domain of the bucket would hand every blob to anyone
+// who has its digest: BLOB_REDIRECT_URL is then refused (logged, and the worker serves the blobs); presigned URLs,
+// which the worker makes only for a client that passed the check and which end after BLOB_REDIRECT_TTL_SECONDS, stay.
 import { AwsClient } from "aws4fetch";
 import { blobKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
+import { pullAuthRequested, type PullAuthEnv } from "./pull-credentials.ts";
 import { emptyResponse, logIncident } from "./responses.ts";
 
 /** The redirect's settings, part of the worker's environment (worker/env.ts). */
@@ -87,7 +92,7 @@ function baseUrl(name: string, value: string): { url: string } | { problem: stri
  * The redirect the settings describe. Pure: no logging, no caching (settingsOf does both). Messages name the
  * variables, never their values (a value may be a key).
  */
-export function parseBlobRedirect(env: BlobRedirectEnv): ParsedBlobRedirect {
+export function parseBlobRedirect(env: BlobRedirectEnv & PullAuthEnv): ParsedBlobRedirect {
   const off = (problems: string[]): ParsedBlobRedirect => ({ redirect: { kind: "off" }, problems });
   const rawMin = env.BLOB_REDIRECT_MIN_BYTES?.trim() ?? "";
   if (rawMin === "") return off([]);
@@ -98,6 +103,11 @@ export function parseBlobRedirect(env: BlobRedirectEnv): ParsedBlobRedirect {
   if (minBytes === 0) return off([]);
 
   if (isSet(env.BLOB_REDIRECT_URL)) {
+    if (pullAuthRequested(env)) {
+      return off([
+        "BLOB_REDIRECT_URL would publish every blob while pull authentication is on (PULL_AUTH, PULL_CREDENTIALS); unset it to have blobs redirected to presigned URLs (the R2_S3_ settings) or served by the worker",
+      ]);
+    }
     const base = baseUrl("BLOB_REDIRECT_URL", env.BLOB_REDIRECT_URL);
     return "problem" in base
       ? off([base.problem])
@@ -167,8 +177,9 @@ export async function redirectLocation(
 /** The settings of this isolate, read again only when the environment's values change. */
 let current: { fingerprint: string; redirect: BlobRedirect } | undefined;
 
-function settingsOf(env: BlobRedirectEnv): BlobRedirect {
+function settingsOf(env: BlobRedirectEnv & PullAuthEnv): BlobRedirect {
   const fingerprint = JSON.stringify([
+    pullAuthRequested(env),
     env.BLOB_REDIRECT_MIN_BYTES,
     env.BLOB_REDIRECT_URL,
     env.BLOB_REDIRECT_TTL_SECONDS,
@@ -196,7 +207,7 @@ function settingsOf(env: BlobRedirectEnv): BlobRedirect {
  */
 export async function blobRedirect(
   request: Request,
-  env: BlobRedirectEnv,
+  env: BlobRedirectEnv & PullAuthEnv,
   digest: Digest,
   size: () => Promise<number | null>,
 ): Promise<Response | null> {

@@ -1,9 +1,13 @@
 // The worker's bindings, as wrangler.toml declares them.
 import type { BlobRedirectEnv } from "./blob-redirect.ts";
 import type { BuildCoordinator } from "./build-coordinator.ts";
+import type { PullAuthEnv } from "./pull-credentials.ts";
 
-/** The blob redirect's settings (BLOB_REDIRECT_*, R2_S3_*) are described where they are read, in blob-redirect.ts. */
-export interface Env extends BlobRedirectEnv {
+/**
+ * The blob redirect's settings (BLOB_REDIRECT_*, R2_S3_*) and pull authentication's (PULL_AUTH, PULL_CREDENTIALS)
+ * are described where they are read, in blob-redirect.ts and pull-credentials.ts.
+ */
+export interface Env extends BlobRedirectEnv, PullAuthEnv {
   /** One content-addressed store for manifests, blobs and the worker's small records (see storage.ts). */
   REGISTRY_BUCKET: R2Bucket;
   /**

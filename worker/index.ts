@@ -11,6 +11,9 @@
 //   GET|HEAD /                                     pages/home.ts: the front page (plain text for curl)
 //   GET|HEAD /builds/<image key>, /images/<key>   pages/: a build's progress, a built image's layers
 //   /static/...                                    worker/public/static: the pages' CSS and script (static assets)
+//   GET|HEAD|POST /token                           pull-auth.ts: pull tokens, with PULL_AUTH/PULL_CREDENTIALS set
+//
+// With pull authentication on (pull-auth.ts), every route but /token needs credentials, checked before routing.
 //
 // The build coordinator (a Durable Object per image key) is exported from here, as Workers require.
 //
@@ -24,6 +27,7 @@ import { handlePackageChecks } from "./package-checks.ts";
 import { handleBuildPage } from "./pages/build-page.ts";
 import { handleCompose, handleHome } from "./pages/home.ts";
 import { handleImagePage } from "./pages/image-page.ts";
+import { authorizeRequest, handleTokenRequest, TOKEN_PATH } from "./pull-auth.ts";
 import { handleReferrers } from "./referrers.ts";
 import { errorResponse, finishResponse, internalErrorResponse, jsonResponse } from "./responses.ts";
 import { handleTagsList } from "./tags.ts";
@@ -88,6 +92,7 @@ getAndHead("/", handleHome);
 getAndHead("/compose", handleCompose);
 getAndHead("/builds/:key", handleBuildPage);
 getAndHead("/images/:key", handleImagePage);
+router.all(TOKEN_PATH, handleTokenRequest);
 router.all("*", notFound);
 
 export { BuildCoordinator } from "./build-coordinator.ts";
@@ -97,8 +102,13 @@ export default {
     const method = request.method;
     let response: Response;
     try {
-      const routed: unknown = await router.fetch(request, env, ctx);
-      response = routed instanceof Response ? routed : notFound(request as IRequest);
+      const auth = await authorizeRequest(request, env);
+      if (!auth.allowed) {
+        response = auth.response;
+      } else {
+        const routed: unknown = await router.fetch(request, env, ctx);
+        response = auth.finish(routed instanceof Response ? routed : notFound(request as IRequest));
+      }
     } catch (error) {
       // The error may be R2's or the runtime's, naming internals: the log gets it, the client an id to quote.
       const path = new URL(request.url).pathname;
