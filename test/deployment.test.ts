@@ -87,7 +87,9 @@ describe("the builder-service command", () => {
   it("--help lists every setting with its default, from any folder", async () => {
     const { code, stdout } = await run(WRAPPER, ["--help"], process.env, scratch);
     expect(code).toBe(0);
-    expect(stdout).toContain("Usage: builder-service [--help | --check | --exit-with-stdin]");
+    expect(stdout).toContain(
+      "Usage: builder-service [--help | --check | --collect-garbage [--dry-run] | --exit-with-stdin]",
+    );
     const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
     for (const [name, meaning] of ENVIRONMENT_HELP) expect(stdout).toContain(`  ${name.padEnd(width)}  ${meaning}\n`);
     expect(stdout).toContain("(default: 8788; 0 to 65535)");
