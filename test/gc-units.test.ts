@@ -1,6 +1,7 @@
 // The garbage collection's policy (builder-service/gc/policy.ts), on made-up bucket listings: which image records
 // stay, and which blobs, manifests, records and markers go with the images that go. Also the S3 listing's and
-// DeleteObjects' XML, and the Nix store's size as `nix path-info --all --json` reports it.
+// DeleteObjects' XML, the Nix store's size as `nix path-info --all --json` reports it, and a build's publishing
+// against sweep markers (with a stand-in bucket).
 import { describe, expect, it } from "vitest";
 import { blobKey, manifestKey, type ImageRecord } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
@@ -16,6 +17,7 @@ import {
 import { deleteObjectsBody, parseDeleteErrors, parseListPage } from "../builder-service/s3/xml.ts";
 import { storeBytes } from "../builder-service/nix-store-limit.ts";
 import { assertDeletable } from "../builder-service/blob-store.ts";
+import { publishImage, type SweepBucket } from "../builder-service/gc/sweep-protocol.ts";
 
 const DAY = 86_400_000;
 const NOW = Date.parse("2026-12-01T00:00:00Z");
@@ -247,5 +249,66 @@ describe("the Nix store's size", () => {
       ),
     ).toBe(15);
     expect(storeBytes(JSON.stringify({ "/nix/store/a": { narSize: 10 }, "/nix/store/b": { narSize: 7 } }))).toBe(17);
+  });
+});
+
+describe("publishing while a collection may run (sweep-protocol.ts)", () => {
+  /** A bucket whose sweep markers are given per look, in order; the last one stays. */
+  function fakeBucket(looks: boolean[]): SweepBucket & { looks: number } {
+    const marker = new TextEncoder().encode(
+      JSON.stringify({ startedAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 60_000).toISOString() }),
+    );
+    const bucket = {
+      looks: 0,
+      async *listObjects(prefix: string) {
+        expect(prefix).toBe("gc/sweeps/");
+        const live = looks[Math.min(bucket.looks++, looks.length - 1)];
+        if (live) yield { key: "gc/sweeps/x.json", size: marker.length, lastModifiedMs: Date.now() };
+      },
+      getObject: async () => marker,
+      putObject: async () => undefined,
+      deleteObjects: async () => undefined,
+    };
+    return bucket;
+  }
+  const log = { info: () => undefined, warn: () => undefined, error: () => undefined };
+
+  it("waits while a marker is live, checks the objects, then writes once", async () => {
+    const bucket = fakeBucket([true, false, false]);
+    const events: string[] = [];
+    const repaired = await publishImage(
+      bucket,
+      log,
+      "k",
+      async () => {
+        events.push("ensure");
+        return ["blobs/sha256/x"];
+      },
+      async () => {
+        events.push("write");
+      },
+    );
+    expect(events).toEqual(["ensure", "write"]);
+    expect(repaired).toEqual(["blobs/sha256/x"]);
+    expect(bucket.looks).toBe(3);
+  });
+
+  it("starts again when a collection began while the objects were being checked", async () => {
+    const bucket = fakeBucket([false, true, false, false]);
+    const events: string[] = [];
+    await publishImage(
+      bucket,
+      log,
+      "k",
+      async () => {
+        events.push("ensure");
+        return [];
+      },
+      async () => {
+        events.push("write");
+      },
+    );
+    // The first check's result was not trusted: checked again after the collection, then written.
+    expect(events).toEqual(["ensure", "ensure", "write"]);
   });
 });

@@ -2,6 +2,10 @@
 // holds the bucket against concurrent publishing (sweep-protocol.ts), reads what the policy needs, asks the policy
 // (policy.ts) and deletes what it says, in an order that never leaves an image record naming something gone. A dry
 // run reads and judges the same way and deletes nothing (and needs no hold, so it does not wait).
+//
+// Why a command on the builder rather than a scheduled worker (Cron Trigger): the builder writes blobs, manifests
+// and image records, so the one that deletes them is their writer too; it has the S3 API's listings without a
+// worker's limits on subrequests and CPU time; and an operator can run it by hand, with --dry-run first.
 import {
   BUILDER_CACHE_PREFIX,
   imageKeyOfPullMarker,

@@ -7,21 +7,26 @@
 //
 //   collection (collect.ts)                        build, before writing the image record (publishImage below)
 //   ----------------------------------------       -------------------------------------------------------------
-//   1. put gc/sweeps/<run>.json                    a. C := now; list gc/sweeps/: a live marker? wait, go to a.
+//   1. put gc/sweeps/<run>.json                    a. C1 := now; list gc/sweeps/: a live marker? wait, go to a.
 //   2. wait SWEEP_SETTLE_MS                        b. HEAD every object the image names (manifests, config,
-//   3. list images/ (T0), read what they name,        layers); re-upload what is missing (layers are
+//   3. list images/ (T0), read what they name,        layers); upload again what is missing (layers are
 //      list the rest, judge (policy.ts)               deterministic: tarred again from the store paths, which
 //   4. delete, stopping at the marker's expiry        stay rooted until then)
-//   5. delete its marker                           c. if now - C > PUBLISH_WINDOW_MS / 2: go to a
+//   5. delete its marker                           c. C2 := now; list gc/sweeps/ again: a live marker, or
+//                                                     (end of that listing) - C1 >= SWEEP_SETTLE_MS? go to a.
 //                                                  d. write the job's and the image's records
-//                                                  e. if now - C > PUBLISH_WINDOW_MS: go to a (repairs, rewrites)
+//                                                  e. now - C2 > PUBLISH_WINDOW_MS? go to a (repairs, rewrites)
 //
-// Why it holds, for a collection g and a build b: if b saw no marker of g at a (time C), g's marker was put after C
-// (the bucket is strongly consistent, R2 and S3 both), so g lists images no earlier than C + SWEEP_SETTLE_MS; b's
-// record has landed by C + PUBLISH_WINDOW_MS < C + SWEEP_SETTLE_MS, so g sees the record and keeps all it names.
-// If b saw the marker, b waits until g has finished deleting, then checks (b) and repairs what g deleted. A
-// collection that outlives its marker's expiry stops deleting (step 4), and a marker past its expiry (a collection
-// that crashed) stops being waited for, CLOCK_SLACK_MS later.
+// Why it holds, for a collection g (marker put at M, deleting only after M + SWEEP_SETTLE_MS, until it removes its
+// marker) and a build b, the bucket being strongly consistent (R2 and S3 both):
+//   - M < C1: g was gone by C1 (b saw no marker), so whatever it deleted was gone before b's checks in step b,
+//     which put it back;
+//   - C1 < M < C2: g deletes nothing before M + SWEEP_SETTLE_MS > C2, and still has its marker then; b sees it at
+//     C2 and starts again;
+//   - M > C2: g lists the images at M + SWEEP_SETTLE_MS or later, after b's record landed (by C2 +
+//     PUBLISH_WINDOW_MS < C2 + SWEEP_SETTLE_MS): g keeps everything the record names.
+// A collection that outlives its marker's expiry stops deleting (step 4), and a marker past its expiry (a
+// collection that crashed) stops being waited for, CLOCK_SLACK_MS later.
 //
 // The grace period (GC_GRACE_SECONDS) is not needed for this invariant: it spares a build in progress the
 // re-uploads of layers it wrote before its record (an object younger than the grace period is never deleted).
@@ -30,7 +35,7 @@ import { isSweepMarker, SWEEPS_PREFIX, sweepMarkerKey, type SweepMarker } from "
 import type { Logger } from "../log.ts";
 import type { ListedObject } from "../s3/xml.ts";
 
-/** A build writes its records within this long of having seen no sweep marker (else it checks again). */
+/** A build's records land within this long of its last look at the sweep markers (else it checks again). */
 export const PUBLISH_WINDOW_MS = 2_000;
 /** A collection waits this long between putting its marker and listing the images: more than PUBLISH_WINDOW_MS. */
 export const SWEEP_SETTLE_MS = 2 * PUBLISH_WINDOW_MS + 1_000;
@@ -97,6 +102,9 @@ export async function beginSweep(bucket: SweepBucket, settleMs = SWEEP_SETTLE_MS
   };
 }
 
+/** Rounds of checks that ran out of time before a build gives up publishing (each takes SWEEP_SETTLE_MS or more). */
+const MAX_SLOW_ROUNDS = 20;
+
 /**
  * Publishes a built image (steps a to e above): ensureStored checks every object the image names and uploads
  * again what is missing, returning what it uploaded; write writes the records. Returns the re-uploaded keys.
@@ -109,21 +117,39 @@ export async function publishImage(
   write: () => Promise<void>,
 ): Promise<string[]> {
   const repaired: string[] = [];
-  for (let attempt = 1; ; attempt++) {
-    const checkedMs = performance.now();
-    const sweeps = await liveSweeps(bucket);
-    if (sweeps.length > 0) {
-      if (attempt === 1 || attempt % 30 === 0)
-        log.info("gc-wait", { imageKey, sweeps: sweeps.map((sweep) => sweep.startedAt) });
-      await sleep(WAIT_POLL_MS);
+  let waits = 0;
+  let slowRounds = 0;
+  const waitFor = async (sweeps: SweepMarker[]) => {
+    if (waits++ % 30 === 0) log.info("gc-wait", { imageKey, sweeps: sweeps.map((sweep) => sweep.startedAt) });
+    await sleep(WAIT_POLL_MS);
+  };
+  for (;;) {
+    const firstCheckMs = performance.now();
+    const before = await liveSweeps(bucket);
+    if (before.length > 0) {
+      await waitFor(before);
       continue;
     }
     const uploaded = await ensureStored();
     repaired.push(...uploaded);
     if (uploaded.length > 0) log.warn("publish-reupload", { imageKey, keys: uploaded });
-    if (performance.now() - checkedMs > PUBLISH_WINDOW_MS / 2) continue;
+    const secondCheckMs = performance.now();
+    const during = await liveSweeps(bucket);
+    if (during.length > 0) {
+      await waitFor(during);
+      continue;
+    }
+    if (performance.now() - firstCheckMs >= SWEEP_SETTLE_MS) {
+      // A collection may have started and ended between the two looks: look again.
+      if (++slowRounds >= MAX_SLOW_ROUNDS) {
+        throw new Error(
+          `checking that the image's objects are in the bucket took longer than ${SWEEP_SETTLE_MS} ms ${slowRounds} times in a row; the bucket is too slow to publish the image safely`,
+        );
+      }
+      continue;
+    }
     await write();
-    const tookMs = performance.now() - checkedMs;
+    const tookMs = performance.now() - secondCheckMs;
     if (tookMs <= PUBLISH_WINDOW_MS) return repaired;
     // The records may have landed after a collection listed the images: check again, and repair what it took.
     log.warn("publish-slow", { imageKey, ms: Math.round(tookMs), windowMs: PUBLISH_WINDOW_MS });
