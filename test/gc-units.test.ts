@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { blobKey, manifestKey, type ImageRecord } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 import {
+  isRunningJob,
   judgeImages,
   judgeObjects,
   referencedKeys,
@@ -120,7 +121,9 @@ describe("which other objects stay", () => {
     object("builder-cache/startup-check", old),
     object(`jobs/${keyA}.json`, old),
     object(`jobs/${keyB}.json`, old),
-    object(`jobs/${hex("3")}.json`, DAY / 2), // a job running now
+    object(`jobs/${hex("3")}.json`, DAY / 2), // a job of the last hours
+    object(`jobs/${hex("4")}.json`, 3 * DAY), // running for days (a very long build): it stays
+    object(`recent-jobs/0000000000002-${hex("4")}`, 3 * DAY),
     object(`recent-jobs/0000000000001-${keyB}`, old),
     object(`pulls/${keyA}`, old),
     object(`pulls/${keyB}`, old),
@@ -138,6 +141,7 @@ describe("which other objects stay", () => {
       objects,
       images,
       referenced: referencedKeys([kept], manifests),
+      runningJobs: new Set([hex("4")]),
       layerRecords: new Map([
         ["builder-cache/layers/ra.json", digest("a")],
         ["builder-cache/layers/rd.json", digest("d")],
@@ -171,10 +175,12 @@ describe("which other objects stay", () => {
     );
   });
 
-  it("never removes what is young, the worker's resolutions and tags, or sweep markers", () => {
+  it("never removes what is young, a running job's records, the worker's resolutions and tags, or sweep markers", () => {
     for (const key of [
       blobKey(digest("f")),
       `jobs/${hex("3")}.json`,
+      `jobs/${hex("4")}.json`,
+      `recent-jobs/0000000000002-${hex("4")}`,
       "resolutions/latest.json",
       "tags/hello/latest",
       "gc/sweeps/x.json",
@@ -310,5 +316,18 @@ describe("publishing while a collection may run (sweep-protocol.ts)", () => {
     );
     // The first check's result was not trusted: checked again after the collection, then written.
     expect(events).toEqual(["ensure", "ensure", "write"]);
+  });
+});
+
+describe("a running job", () => {
+  const job = (phase: "building" | "done", updatedAgoMs: number) =>
+    ({ phase, updatedAt: new Date(NOW - updatedAgoMs).toISOString(), heartbeatSeconds: 5 }) as Parameters<
+      typeof isRunningJob
+    >[0];
+
+  it("is unfinished and rewritten within ten heartbeats", () => {
+    expect(isRunningJob(job("building", 10_000), NOW)).toBe(true);
+    expect(isRunningJob(job("building", 60_000), NOW)).toBe(false);
+    expect(isRunningJob(job("done", 1_000), NOW)).toBe(false);
   });
 });

@@ -10,6 +10,7 @@ import {
   BUILDER_CACHE_PREFIX,
   imageKeyOfPullMarker,
   isImageRecord,
+  isJobRecord,
   isLayerRecord,
   isStoredResolution,
   PULLS_PREFIX,
@@ -23,6 +24,8 @@ import type { Logger } from "../log.ts";
 import {
   imageKeyOfRecord,
   IMAGES_PREFIX,
+  isRunningJob,
+  JOB_RECORD,
   judgeImages,
   judgeObjects,
   referencedKeys,
@@ -179,6 +182,22 @@ export async function collectGarbage(
         return [object.key, isLayerRecord(value) ? value.digest : null] as const;
       }),
     );
+    // Job records of images without a kept record: a running job's stay, whatever their age.
+    const keptKeys = new Set(
+      images.filter((verdict) => !verdict.remove).map((verdict) => imageKeyOfRecord(verdict.key)),
+    );
+    const jobObjects = others.filter((object) => {
+      const key = JOB_RECORD.exec(object.key)?.[1];
+      return key !== undefined && !keptKeys.has(key);
+    });
+    const runningJobs = new Set(
+      (
+        await mapWithLimit(jobObjects, READ_CONCURRENCY, async (object) => {
+          const value = await readJson(bucket, object.key);
+          return isJobRecord(value) && isRunningJob(value, nowMs) ? JOB_RECORD.exec(object.key)![1] : null;
+        })
+      ).filter((key): key is string => key !== null),
+    );
     const verdicts = judgeObjects(
       {
         nowMs,
@@ -186,6 +205,7 @@ export async function collectGarbage(
         images,
         referenced: referencedKeys(kept, manifests),
         layerRecords,
+        runningJobs,
       },
       settings,
     );

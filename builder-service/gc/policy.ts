@@ -5,7 +5,8 @@
 //   1. which image records stay (judgeImages): the current revision of every moving tag, pinned commits (unless
 //      configured otherwise), and old revisions until they are both old enough and unpulled for long enough;
 //   2. which other objects stay (judgeObjects): manifests and blobs the kept images reference; layer records whose
-//      blob stays; job records, recent-job markers and pull markers of kept images. Anything else of those kinds
+//      blob stays; job records, recent-job markers and pull markers of kept images and of running jobs (a build
+//      takes longer than the grace period now and then). Anything else of those kinds
 //      goes once it is older than the grace period (a build in progress uploads its layers before it writes its
 //      image record). Resolutions, tag markers, sweep markers and keys of no known kind are never removed.
 import {
@@ -13,8 +14,10 @@ import {
   BUILDER_CACHE_PREFIX,
   imageKeyOfPullMarker,
   imageKeyOfRecentJob,
+  isFinished,
   manifestKey,
   type ImageRecord,
+  type JobRecord,
   type StoredResolution,
 } from "../../common/bucket-layout.ts";
 import type { Digest } from "../../common/digest.ts";
@@ -46,7 +49,7 @@ const days = (ms: number) => `${Math.floor(ms / DAY_MS)} d ${Math.floor((ms % DA
 
 export const IMAGES_PREFIX = "images/";
 const IMAGE_RECORD = /^images\/([0-9a-f]{64})\.json$/;
-const JOB_RECORD = /^jobs\/([0-9a-f]{64})\.json$/;
+export const JOB_RECORD = /^jobs\/([0-9a-f]{64})\.json$/;
 const LAYER_RECORDS_PREFIX = `${BUILDER_CACHE_PREFIX}layers/`;
 
 export const imageKeyOfRecord = (key: string): string | null => IMAGE_RECORD.exec(key)?.[1] ?? null;
@@ -124,6 +127,14 @@ export interface ObjectFacts {
   referenced: ReadonlySet<string>;
   /** The blob digest each builder-cache/layers/ record names, null when it can't be read. */
   layerRecords: ReadonlyMap<string, Digest | null>;
+  /** Image keys whose job runs now (isRunningJob): their records and markers stay whatever the grace period. */
+  runningJobs: ReadonlySet<string>;
+}
+
+/** A job record that is unfinished and was rewritten lately (a running job rewrites it every few seconds). */
+export function isRunningJob(record: JobRecord, nowMs: number): boolean {
+  const updated = Date.parse(record.updatedAt);
+  return !isFinished(record.phase) && !Number.isNaN(updated) && nowMs - updated < 10 * record.heartbeatSeconds * 1000;
 }
 
 /** Step 2: a verdict on every listed object. */
@@ -159,6 +170,7 @@ export function judgeObjects(facts: ObjectFacts, settings: GcSettings): Verdict[
         JOB_RECORD.exec(object.key)?.[1] ?? imageKeyOfRecentJob(object.key) ?? imageKeyOfPullMarker(object.key);
       if (imageKey === undefined || imageKey === null) judge(object, false, "not a kind the collection removes");
       else if (keptImages.has(imageKey)) judge(object, false, "its image is kept");
+      else if (facts.runningJobs.has(imageKey)) judge(object, false, "its image's job is running");
       else if (young) judge(object, false, "no image record, within the grace period");
       else judge(object, true, "its image has no record");
     }
