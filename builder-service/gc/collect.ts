@@ -73,8 +73,6 @@ export interface GcReport {
 export interface CollectOptions {
   dryRun: boolean;
   log: Logger;
-  /** Overrides the protocol's wait between the marker and the listing (tests only make it longer, never shorter). */
-  settleMs?: number;
 }
 
 const kindOf = (key: string) =>
@@ -135,7 +133,7 @@ export async function collectGarbage(
       );
     }
     log.info("gc-started", { dryRun, settings });
-    sweep = await beginSweep(bucket, options.settleMs);
+    sweep = await beginSweep(bucket);
   } else {
     log.info("gc-started", { dryRun, settings });
   }

@@ -86,7 +86,7 @@ export interface Sweep {
   end(): Promise<void>;
 }
 
-export async function beginSweep(bucket: SweepBucket, settleMs = SWEEP_SETTLE_MS): Promise<Sweep> {
+export async function beginSweep(bucket: SweepBucket): Promise<Sweep> {
   const startedMs = Date.now();
   const key = sweepMarkerKey(`${new Date(startedMs).toISOString().replace(/[:.]/g, "-")}-${randomUUID()}`);
   const marker: SweepMarker = {
@@ -94,7 +94,7 @@ export async function beginSweep(bucket: SweepBucket, settleMs = SWEEP_SETTLE_MS
     expiresAt: new Date(startedMs + SWEEP_MAX_MS).toISOString(),
   };
   await bucket.putObject(key, new TextEncoder().encode(JSON.stringify(marker)), "application/json");
-  await sleep(settleMs);
+  await sleep(SWEEP_SETTLE_MS);
   return {
     // A delete sent now must land before the expiry: a minute of margin, as for clocks.
     mayDelete: () => Date.now() < startedMs + SWEEP_MAX_MS - CLOCK_SLACK_MS,
