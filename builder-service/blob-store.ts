@@ -43,12 +43,25 @@ export interface BlobStore {
 }
 
 const BUILDER_WRITES =
-  /^(images\/[0-9a-f]{64}\.json|jobs\/[0-9a-f]{64}\.json|recent-jobs\/\d{13}-[0-9a-f]{64}|builder-cache\/[a-z0-9-]+\/[a-zA-Z0-9._-]+|builder-cache\/startup-check)$/;
+  /^(images\/[0-9a-f]{64}\.json|jobs\/[0-9a-f]{64}\.json|recent-jobs\/\d{13}-[0-9a-f]{64}|builder-cache\/[a-z0-9-]+\/[a-zA-Z0-9._-]+|builder-cache\/startup-check|gc\/sweeps\/[A-Za-z0-9-]+\.json)$/;
 
 /** The builder writes only its own records (common/bucket-layout.ts): never the worker's resolutions/ or tags/. */
 export function assertBuilderWritable(key: string): void {
   if (!BUILDER_WRITES.test(key))
     throw new Error(`the builder does not write "${key}": not one of its keys in common/bucket-layout.ts`);
+}
+
+/**
+ * The garbage collection deletes only what the builder writes, and the worker's pull markers of images gone
+ * (common/bucket-layout.ts): never resolutions or tag markers.
+ */
+export function assertDeletable(key: string): void {
+  if (
+    !BUILDER_WRITES.test(key) &&
+    !/^(blobs|manifests)\/sha256\/[0-9a-f]{64}$/.test(key) &&
+    !/^pulls\/[0-9a-f]{64}$/.test(key)
+  )
+    throw new Error(`the builder does not delete "${key}": not one of the keys its garbage collection removes`);
 }
 
 /** A JSON record by key, or null when absent or unreadable (a corrupt record is rewritten by the next write). */

@@ -320,13 +320,64 @@ const IMAGE_VARIABLES = {
   }),
 };
 
+const DAY_SECONDS = 86_400;
+
+/** What the garbage collection (builder-service --collect-garbage, gc/) removes, and the builder's disk. */
+const GC_VARIABLES = {
+  GC_GRACE_SECONDS: wholeNumber({
+    meaning:
+      "--collect-garbage removes no unreferenced blob, manifest, record or marker younger than this (a build in progress " +
+      "uploads its layers before its image exists)",
+    fallback: { value: DAY_SECONDS, shown: `${DAY_SECONDS} = 1 day` },
+    min: 0,
+    max: 365 * DAY_SECONDS,
+  }),
+  GC_OLD_REVISION_KEEP_SECONDS: wholeNumber({
+    meaning:
+      "an image of an old revision (one no moving tag resolves to now) is removed once built at least this long ago " +
+      "and not pulled for GC_OLD_REVISION_UNPULLED_SECONDS; the current revision of every moving tag is always kept",
+    fallback: { value: 30 * DAY_SECONDS, shown: `${30 * DAY_SECONDS} = 30 days` },
+    min: 0,
+    max: 3650 * DAY_SECONDS,
+  }),
+  GC_OLD_REVISION_UNPULLED_SECONDS: wholeNumber({
+    meaning:
+      "see GC_OLD_REVISION_KEEP_SECONDS; a pull is recorded by the worker at most once a day per isolate (pulls/ in the bucket)",
+    fallback: { value: 7 * DAY_SECONDS, shown: `${7 * DAY_SECONDS} = 7 days` },
+    min: 0,
+    max: 3650 * DAY_SECONDS,
+  }),
+  GC_KEEP_PINNED: wholeNumber({
+    meaning:
+      "`1` keeps the images of every commit pulled by its 40-hex commit for good; `0` lets them expire like old revisions",
+    fallback: 1,
+    min: 0,
+    max: 1,
+  }),
+  BUILDER_NIX_STORE_MAX_BYTES: wholeNumber({
+    meaning:
+      "after each build, when the Nix store's valid paths add up to more than this, `nix-store --gc --max-freed` frees " +
+      "what is not rooted (running builds are) down to 80% of it; 0 for no limit",
+    fallback: 0,
+    min: 0,
+    max: Number.MAX_SAFE_INTEGER,
+    bytes: true,
+  }),
+};
+
 /** Every variable the builder reads, in the order --help and the README list them. */
 export const CONFIGURATION = environment({
   ...SERVICE_VARIABLES,
   ...NIX_VARIABLES,
   ...NIXPKGS_SWITCHES,
   ...IMAGE_VARIABLES,
+  ...GC_VARIABLES,
 });
 
 /** What the builder reads itself; the NIX_* variables are nix-settings.ts's. */
-export const BUILDER_ENVIRONMENT = environment({ ...SERVICE_VARIABLES, ...NIXPKGS_SWITCHES, ...IMAGE_VARIABLES });
+export const BUILDER_ENVIRONMENT = environment({
+  ...SERVICE_VARIABLES,
+  ...NIXPKGS_SWITCHES,
+  ...IMAGE_VARIABLES,
+  ...GC_VARIABLES,
+});

@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type * as v from "valibot";
 import type { AdmissionConfig } from "./admission.ts";
+import type { GcSettings } from "./gc/policy.ts";
 import { BUILDER_ENVIRONMENT, CONFIGURATION, DEFAULT_CHANNEL } from "./config-variables.ts";
 import { helpRows, readEnvironment } from "./environment-variables.ts";
 import { readNixSettings, type NixSettings } from "./nix-settings.ts";
@@ -54,6 +55,10 @@ export interface BuilderConfig {
     | { kind: "git"; url: string; branch: string | null }
     | { kind: "channel"; channel: string; channelsUrl: string; archiveUrl: string };
   store: S3StoreConfig;
+  /** What --collect-garbage removes (gc/policy.ts). */
+  gc: GcSettings;
+  /** Largest the Nix store may grow before it is collected after a build; 0: no limit (nix-store-limit.ts). */
+  nixStoreMaxBytes: number;
 }
 
 export class ConfigError extends Error {}
@@ -154,5 +159,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
       partConcurrency: values.S3_PART_CONCURRENCY,
       maxAttempts: values.S3_MAX_ATTEMPTS,
     },
+    gc: {
+      graceMs: values.GC_GRACE_SECONDS * 1000,
+      oldRevisionKeepMs: values.GC_OLD_REVISION_KEEP_SECONDS * 1000,
+      oldRevisionUnpulledMs: values.GC_OLD_REVISION_UNPULLED_SECONDS * 1000,
+      keepPinned: values.GC_KEEP_PINNED === 1,
+    },
+    nixStoreMaxBytes: values.BUILDER_NIX_STORE_MAX_BYTES,
   };
 }

@@ -4,8 +4,10 @@
 import os from "node:os";
 import type { BuildRequest } from "../common/builder-api.ts";
 import {
+  blobKey,
   builderCacheKey,
   isLayerRecord,
+  manifestKey,
   LOG_LINE_CHARS,
   LOG_TAIL_LINES,
   type JobPhase,
@@ -16,13 +18,14 @@ import { sha256Hex, type Digest } from "../common/digest.ts";
 import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
-import { storePathName, type ImageClosure } from "./closure.ts";
+import { storePathName } from "./closure.ts";
 import { planLayers } from "./layering.ts";
 import type { Popularity } from "./popularity.ts";
 import { writeLayer } from "./layer-pipeline.ts";
 import type { Logger } from "./log.ts";
 import { serialiseImage, type LayerDescription } from "./manifest.ts";
-import type { NixRunner } from "./nix-runner.ts";
+import type { ImageDerivation, NixRunner } from "./nix-runner.ts";
+import type { StoreHold } from "./nix-store-limit.ts";
 import { NixBuildProgress } from "./nix-progress.ts";
 import { rootFilesystem } from "./root-filesystem.ts";
 import type { PackageSource } from "./sources/package-source.ts";
@@ -40,6 +43,8 @@ export interface ImageBuilderOptions {
   popularity?: Popularity;
   /** Layers written at once; defaults to the machine's cores. */
   parallelism?: number;
+  /** The Nix store's size limit, which must not collect while a build's paths are not yet rooted. */
+  storeHold?: StoreHold;
 }
 
 /** Layer records looked up in the bucket at once. */
@@ -59,6 +64,17 @@ export interface BuildReporter {
 export interface BuiltImage {
   oci: Digest;
   docker: Digest;
+}
+
+/** A built image not yet published: its objects are in the bucket and its closure is still rooted. */
+export interface UnpublishedImage extends BuiltImage {
+  /**
+   * Checks that every object the image names is in the bucket and uploads again what is not (a garbage collection
+   * may have taken a reused layer meanwhile: gc/sweep-protocol.ts); returns the keys it uploaded.
+   */
+  ensureStored: () => Promise<string[]>;
+  /** Lets the store paths go (the Nix store's collection may take them); after publishing, or giving up. */
+  release: () => Promise<void>;
 }
 
 export interface BuilderCounters {
@@ -88,43 +104,63 @@ export class ImageBuilder {
     this.parallelism = options.parallelism ?? Math.max(1, os.availableParallelism());
   }
 
-  /** Builds the image and stores its blobs and manifests; the caller writes the image record. */
-  async build(request: BuildRequest, key: string, report: BuildReporter): Promise<BuiltImage> {
-    const { store, source, nix, log, admission } = this.options;
+  /**
+   * Builds the image and stores its blobs and manifests; the caller publishes it (checks it with ensureStored and
+   * writes the image record), then releases it.
+   */
+  async build(request: BuildRequest, key: string, report: BuildReporter): Promise<UnpublishedImage> {
+    const { source, nix, admission } = this.options;
     const started = performance.now();
     report.phase("evaluating");
-    const nixSource = await source.nixSource(request.revision);
-    await nix.ensureNewEnough(nixSource, request.revision);
-    const resolved = await nix.checkPackages(request.packages, nixSource, request.system);
-    admission.checkResolved(resolved);
-    // Evaluated once; Nix's plan for it (a dry run) is admitted before anything is fetched or built.
-    const derivation = await nix.instantiateImage(request.packages, nixSource, request.system);
-    let checked: number;
-    let closure: ImageClosure;
+    // Until the derivation has its GC root, the package set's store path has none: the store's collection waits.
+    const hold = this.options.storeHold?.hold.bind(this.options.storeHold) ?? ((work) => work());
+    const derivation = await hold(async () => {
+      const nixSource = await source.nixSource(request.revision);
+      await nix.ensureNewEnough(nixSource, request.revision);
+      const resolved = await nix.checkPackages(request.packages, nixSource, request.system);
+      admission.checkResolved(resolved);
+      // Evaluated once; Nix's plan for it (a dry run) is admitted before anything is fetched or built.
+      return nix.instantiateImage(request.packages, nixSource, request.system);
+    });
     try {
-      if (admission.judgesPlans) admission.checkPlan(await nix.planBuild(derivation.drvPath), derivation.drvPath);
-      checked = performance.now();
-      report.phase("building");
-      const nixProgress = new NixBuildProgress();
-      const logTail: string[] = [];
-      const onLogLine = (line: string) => {
-        logTail.push(line.slice(0, LOG_LINE_CHARS));
-        if (logTail.length > LOG_TAIL_LINES) logTail.shift();
-        nixProgress.line(line);
-        // Every line: the job writes its record at most once a second whatever is reported.
-        report.progress({ ...nixProgress.progress, log: [...logTail] });
+      return {
+        ...(await this.buildDerivation(request, key, report, derivation, started)),
+        release: derivation.release,
       };
-      // The same limits on the plan the build announces, in case the caches changed since the dry run. With
-      // NIX_MAX_JOBS=0 the plan allows one build, the image's metadata, which Nix builds only with a build slot.
-      closure = await nix.buildClosure(derivation.drvPath, onLogLine, {
-        maxJobs: admission.substituteOnly ? 1 : undefined,
-        check: (plan) => admission.checkPlan(plan, derivation.drvPath),
-      });
-      nixProgress.finish();
-      report.progress(nixProgress.progress);
-    } finally {
+    } catch (error) {
       await derivation.release();
+      throw error;
     }
+  }
+
+  private async buildDerivation(
+    request: BuildRequest,
+    key: string,
+    report: BuildReporter,
+    derivation: ImageDerivation,
+    started: number,
+  ): Promise<Omit<UnpublishedImage, "release">> {
+    const { store, source, nix, log, admission } = this.options;
+    if (admission.judgesPlans) admission.checkPlan(await nix.planBuild(derivation.drvPath), derivation.drvPath);
+    const checked = performance.now();
+    report.phase("building");
+    const nixProgress = new NixBuildProgress();
+    const logTail: string[] = [];
+    const onLogLine = (line: string) => {
+      logTail.push(line.slice(0, LOG_LINE_CHARS));
+      if (logTail.length > LOG_TAIL_LINES) logTail.shift();
+      nixProgress.line(line);
+      // Every line: the job writes its record at most once a second whatever is reported.
+      report.progress({ ...nixProgress.progress, log: [...logTail] });
+    };
+    // The same limits on the plan the build announces, in case the caches changed since the dry run. With
+    // NIX_MAX_JOBS=0 the plan allows one build, the image's metadata, which Nix builds only with a build slot.
+    const closure = await nix.buildClosure(derivation, onLogLine, {
+      maxJobs: admission.substituteOnly ? 1 : undefined,
+      check: (plan) => admission.checkPlan(plan, derivation.drvPath),
+    });
+    nixProgress.finish();
+    report.progress(nixProgress.progress);
     admission.checkClosure(closure.graph);
     const built = performance.now();
 
@@ -203,7 +239,34 @@ export class ImageBuilder {
       layersMs: Math.round(layered - built),
       totalMs: Math.round(performance.now() - started),
     });
-    return { oci: image.manifests.oci.digest, docker: image.manifests.docker.digest };
+    const ensureStored = async (): Promise<string[]> => {
+      const uploaded: string[] = [];
+      await mapWithLimit(indexed, LOOKUP_CONCURRENCY, async (job) => {
+        const layer = layers[indexed.indexOf(job)];
+        if (await store.stat(layer.digest)) return;
+        // Taken since it was found (by a garbage collection): written again from the same store paths, which give
+        // the same bytes.
+        const rewritten = await this.writeNewLayer(job.recordKey, job.entries);
+        await rewritten.uploaded;
+        if (rewritten.record.digest !== layer.digest) {
+          throw new Error(
+            `layer ${layer.digest} came out as ${rewritten.record.digest} when written again: its tarball is not deterministic`,
+          );
+        }
+        uploaded.push(blobKey(layer.digest));
+      });
+      if (!(await store.stat(image.config.digest))) {
+        await store.putBytes(image.config.digest, image.config.bytes);
+        uploaded.push(blobKey(image.config.digest));
+      }
+      for (const manifest of Object.values(image.manifests)) {
+        if (await store.getObject(manifestKey(manifest.digest))) continue;
+        await store.putManifest(manifest.digest, manifest.body, manifest.mediaType);
+        uploaded.push(manifestKey(manifest.digest));
+      }
+      return uploaded;
+    };
+    return { oci: image.manifests.oci.digest, docker: image.manifests.docker.digest, ensureStored };
   }
 
   /**

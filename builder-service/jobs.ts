@@ -8,6 +8,8 @@
 //   at least every heartbeatSeconds while the job runs: a record that stops changing means a builder that stopped.
 // - Every unfinished job is journalled on local disk (<data>/jobs/<imageKey>.json). A builder that restarts finds
 //   them there and runs them again (the layers already uploaded are reused), so none stays "running" forever.
+// - A built image is published (its records written) only while no garbage collection is deleting, after checking
+//   that all it names is in the bucket (gc/sweep-protocol.ts).
 //
 // Longer than most files here: a job's states, its record's writes and its journal change together.
 import { randomUUID } from "node:crypto";
@@ -27,6 +29,7 @@ import {
 } from "../common/bucket-layout.ts";
 import { imageKey } from "../common/image-key.ts";
 import { AdmissionError, type BuildAdmission } from "./admission.ts";
+import { publishImage, type SweepBucket } from "./gc/sweep-protocol.ts";
 import { getJson, putJson, type BlobStore } from "./blob-store.ts";
 import type { ImageBuilder } from "./image-builder.ts";
 import type { Logger } from "./log.ts";
@@ -52,6 +55,10 @@ export interface BuildJobsOptions {
   sourceDescription: string;
   /** The attribute policy, and the places for running and queued jobs. */
   admission: BuildAdmission;
+  /** The bucket as the garbage collection's protocol reads it (its sweep markers). */
+  sweeps: SweepBucket;
+  /** Called after each build that ran (the Nix store's size limit: nix-store-limit.ts). */
+  afterBuild?: () => void;
 }
 
 interface Journalled {
@@ -266,13 +273,25 @@ export class BuildJobs {
           this.touch(job);
         },
       });
-      const image: ImageRecord = { ...built, revision: job.record.request.revision, builtAt: new Date().toISOString() };
-      // The job's record says done first; the image record, written last, is what makes the image exist.
-      await this.finish(job, "done", { image });
-      await putJson(store, imageRecordKey(key), image);
-      job.markFinished();
-      this.counters.done++;
-      log.info("job-done", { imageKey: key, jobId: job.record.jobId, manifest: image.oci });
+      try {
+        const image: ImageRecord = {
+          oci: built.oci,
+          docker: built.docker,
+          revision: job.record.request.revision,
+          builtAt: new Date().toISOString(),
+        };
+        // Published only while no garbage collection can take what the image names (gc/sweep-protocol.ts).
+        await publishImage(this.options.sweeps, log, key, built.ensureStored, async () => {
+          // The job's record says done first; the image record, written last, is what makes the image exist.
+          if (job.record.phase !== "done") await this.finish(job, "done", { image });
+          await putJson(store, imageRecordKey(key), image);
+        });
+        job.markFinished();
+        this.counters.done++;
+        log.info("job-done", { imageKey: key, jobId: job.record.jobId, manifest: image.oci });
+      } finally {
+        await built.release();
+      }
     } catch (error) {
       const failure = this.describe(error, key);
       this.counters.failed++;
@@ -284,6 +303,7 @@ export class BuildJobs {
     } finally {
       release();
       await rm(this.journalPath(key), { force: true });
+      this.options.afterBuild?.();
     }
   }
 

@@ -1,10 +1,11 @@
-// The builder-service command: `builder-service [--help | --check | --exit-with-stdin]`, configured by environment
-// (see config.ts).
+// The builder-service command: `builder-service [--help | --check | --collect-garbage [--dry-run] | --exit-with-stdin]`,
+// configured by environment (see config.ts).
 //
 // Longer than most files here: the startup, in the order it happens.
-import { access, constants } from "node:fs/promises";
+import { access, constants, mkdir, rm } from "node:fs/promises";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { BuildAdmission } from "./admission.ts";
+import { collectGarbage, type GcReport } from "./gc/collect.ts";
 import { ConfigError, ENVIRONMENT_HELP, loadConfig, type BuilderConfig } from "./config.ts";
 import { serveFetch } from "./http-adapter.ts";
 import { ImageBuilder } from "./image-builder.ts";
@@ -12,6 +13,7 @@ import { BuildJobs } from "./jobs.ts";
 import { jsonLogger, type Logger } from "./log.ts";
 import { LatestCompatibility } from "./nix-compatibility.ts";
 import { NixRunner } from "./nix-runner.ts";
+import { NixStoreLimit } from "./nix-store-limit.ts";
 import { PackageIndex } from "./package-index.ts";
 import { nixConfig, NixSettingsError, probeNix, probeNixSandbox, sandboxReport } from "./nix-settings.ts";
 import { loadPopularity, PopularityError, type LoadedPopularity } from "./popularity.ts";
@@ -34,6 +36,8 @@ const OPTIONS = {
   help: { type: "boolean", short: "h" },
   check: { type: "boolean" },
   "exit-with-stdin": { type: "boolean" },
+  "collect-garbage": { type: "boolean" },
+  "dry-run": { type: "boolean" },
 } as const satisfies ParseArgsConfig["options"];
 
 type Options = { [K in keyof typeof OPTIONS]?: boolean };
@@ -58,12 +62,16 @@ function usage(): string {
   return [
     "builder-service: builds container images with Nix for the nix-edge-registry worker.",
     "",
-    "Usage: builder-service [--help | --check | --exit-with-stdin]",
+    "Usage: builder-service [--help | --check | --collect-garbage [--dry-run] | --exit-with-stdin]",
     "",
     "  -h, --help         print this help and exit",
     "  --check            check the settings, the package source, Nix (and that it is new enough for the package",
     "                     set `latest` serves) and that the bucket takes writes, then exit:",
     "                     0 when all is well, 2 for a setting to fix, 1 otherwise",
+    "  --collect-garbage  remove from the bucket the images the GC_* settings expire and every blob, manifest,",
+    "                     record and marker no kept image needs, then exit (a systemd timer runs it daily);",
+    "                     running builders wait while it deletes. Reports counts and bytes removed and kept",
+    "  --dry-run          with --collect-garbage: list what it would remove, and why, removing nothing",
     "  --exit-with-stdin  stop when standard input closes: for a process that runs the builder as its child",
     "                     (npm start), so that the builder never outlives it, even when it is killed",
     "",
@@ -111,10 +119,11 @@ async function createSource(config: BuilderConfig, log: Logger, checkOnly: boole
 }
 
 /** The bucket, ready to use; S3 problems at startup are reported like config errors. */
-async function createStore(config: BuilderConfig, log: Logger): Promise<S3BlobStore> {
+async function createStore(config: BuilderConfig, log: Logger, spooling = true): Promise<S3BlobStore> {
   const { kind: _kind, ...s3 } = config.store;
   const store = new S3BlobStore({ ...s3, spoolDir: `${config.dataDir}/spool`, log });
-  await store.init();
+  // Not for --collect-garbage: init() empties the spool, which a builder running on this machine may be using.
+  if (spooling) await store.init();
   try {
     await store.check();
   } catch (error) {
@@ -167,11 +176,32 @@ async function configuredPopularity(config: BuilderConfig, log: Logger): Promise
   }
 }
 
+/** A line a person reads at the end of a collection (the JSON report is in the log line gc-report). */
+function gcSummary(report: GcReport): string {
+  const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+  const kinds = (tally: GcReport["removed"]) =>
+    Object.entries(tally.byKind)
+      .map(([kind, { count }]) => `${count} ${kind}`)
+      .join(", ") || "nothing";
+  const verb = report.dryRun ? "would remove" : "removed";
+  const lines = [
+    `builder-service: garbage collection ${report.dryRun ? "dry run " : ""}${verb} ${report.removed.count} objects, ` +
+      `${mb(report.removed.bytes)} (${kinds(report.removed)}); kept ${report.kept.count}, ${mb(report.kept.bytes)}`,
+  ];
+  if (report.leftForNextRun > 0) lines.push(`  ${report.leftForNextRun} removals left for the next run (time limit)`);
+  for (const { key, why } of report.removals ?? []) lines.push(`  ${key}  (${why})`);
+  return lines.join("\n");
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   if (options.help) {
     console.log(usage());
     return;
+  }
+  if (options["dry-run"] && !options["collect-garbage"]) {
+    console.error("builder-service: --dry-run goes with --collect-garbage; builder-service --help says more.");
+    process.exit(2);
   }
   let config: BuilderConfig;
   try {
@@ -186,6 +216,19 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = jsonLogger;
+  if (options["collect-garbage"]) {
+    const store = await createStore(config, log, false);
+    try {
+      const report = await collectGarbage(store, config.gc, { dryRun: options["dry-run"] === true, log });
+      console.error(gcSummary(report));
+    } catch (error) {
+      console.error(`builder-service: garbage collection failed: ${(error as Error).message}`);
+      process.exit(1);
+    } finally {
+      store.close();
+    }
+    return;
+  }
   // Before anything slow: a wrong URL or file is a setting to fix.
   const popularity = await configuredPopularity(config, log);
   // Every Nix command gets the named settings as NIX_CONFIG; Nix reads them once here, so a value it refuses
@@ -213,7 +256,19 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   // Builds for a system Nix can't build here (arm64/... on x86_64) fail with a message saying what to configure.
-  const nix = new NixRunner({ nixDir: config.nixDir, timeoutSeconds: config.nix.timeoutSeconds, env: nixEnv });
+  // GC roots of running builds, where nix-daemon sees them (not a private /tmp); left over from a previous run:
+  // nothing holds them any more.
+  const rootsDir = `${config.dataDir}/gcroots`;
+  if (!checkOnly) {
+    await rm(rootsDir, { recursive: true, force: true });
+    await mkdir(rootsDir, { recursive: true });
+  }
+  const nix = new NixRunner({
+    nixDir: config.nixDir,
+    timeoutSeconds: config.nix.timeoutSeconds,
+    env: nixEnv,
+    rootsDir: checkOnly ? undefined : rootsDir,
+  });
   // Not a reason to refuse to start (some hosts cannot sandbox), but something the operator must see.
   const sandbox = sandboxReport(await probeNixSandbox(nixEnv));
   const compatibility = new LatestCompatibility(source, nix, log);
@@ -247,9 +302,26 @@ async function main(): Promise<void> {
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   if (!sandbox.ok) log.warn("nix-sandbox-off", { problem: sandbox.text });
   const admission = new BuildAdmission(config.admission, config.nix.maxJobs === 0);
-  const builder = new ImageBuilder({ store, source, nix, log, admission, layerBudget: config.layerBudget, popularity });
+  const storeLimit = new NixStoreLimit({
+    maxBytes: config.nixStoreMaxBytes,
+    env: nixEnv,
+    log,
+    timeoutSeconds: config.nix.timeoutSeconds,
+  });
+  const builder = new ImageBuilder({
+    store,
+    source,
+    nix,
+    log,
+    admission,
+    layerBudget: config.layerBudget,
+    popularity,
+    storeHold: storeLimit,
+  });
   const jobs = new BuildJobs({
     store,
+    sweeps: store,
+    afterBuild: () => storeLimit.check(),
     builder,
     log,
     journalDir: `${config.dataDir}/jobs`,

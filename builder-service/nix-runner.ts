@@ -97,6 +97,12 @@ export interface NixRunnerOptions {
   timeoutSeconds: number;
   /** Extra environment for Nix (e.g. NIX_CONFIG). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Where running builds keep their GC roots (default: the system's temporary folder). Under systemd with
+   * PrivateTmp, nix-daemon can't see the service's /tmp and would take such roots for stale: the builder passes
+   * BUILDER_DATA_DIR/gcroots.
+   */
+  rootsDir?: string;
 }
 
 interface CommandResult {
@@ -106,10 +112,15 @@ interface CommandResult {
   timedOut: boolean;
 }
 
-/** The image's derivation, evaluated once and kept from the garbage collector until release() (after the build). */
+/**
+ * The image's derivation, evaluated once and kept from the garbage collector until release(); so is its build's
+ * output (and with it the image's closure), which buildClosure roots at outLink, until the image is published.
+ */
 export interface ImageDerivation {
   drvPath: string;
-  release(): Promise<void>;
+  /** Where buildClosure puts the output's GC root (an indirect one, beside the derivation's). */
+  outLink: string;
+  release: () => Promise<void>;
 }
 
 /** What a build may do, judged on Nix's plan as it announces it. */
@@ -373,7 +384,7 @@ export class NixRunner {
    * start from the .drv, which a GC root (an indirect one, in a temporary folder) keeps until release().
    */
   async instantiateImage(packages: readonly string[], source: NixSource, system: NixSystem): Promise<ImageDerivation> {
-    const rootDir = await mkdtemp(join(tmpdir(), "image-drv-"));
+    const rootDir = await mkdtemp(join(this.options.rootsDir ?? tmpdir(), "image-drv-"));
     const release = () => rm(rootDir, { recursive: true, force: true });
     try {
       const root = join(rootDir, "image.drv");
@@ -383,7 +394,7 @@ export class NixRunner {
         this.options,
       );
       this.throwOnFailure(result, "evaluating the image");
-      return { drvPath: await readlink(root), release };
+      return { drvPath: await readlink(root), outLink: join(rootDir, "image"), release };
     } catch (error) {
       await release();
       throw error;
@@ -404,14 +415,20 @@ export class NixRunner {
    * Builds the image's derivation and returns its closure and metadata; Nix's log lines go to
    * onLogLine. With a guard, the build stops as soon as Nix announces a plan the guard refuses.
    */
-  async buildClosure(drvPath: string, onLogLine?: (line: string) => void, guard?: BuildGuard): Promise<ImageClosure> {
+  async buildClosure(
+    derivation: Pick<ImageDerivation, "drvPath" | "outLink">,
+    onLogLine?: (line: string) => void,
+    guard?: BuildGuard,
+  ): Promise<ImageClosure> {
+    const { drvPath, outLink } = derivation;
     const reader = new NixBuildPlanReader();
     const stop = new AbortController();
     let refused: unknown = null;
     const maxJobs = guard?.maxJobs === undefined ? [] : ["--max-jobs", String(guard.maxJobs)];
     const result = await run(
       "nix-build",
-      ["--no-out-link", ...maxJobs, drvPath],
+      // Rooted: a collection of the store (nix-store-limit.ts) between the build and the upload would take the closure.
+      ["--out-link", outLink, ...maxJobs, drvPath],
       this.options,
       (line) => {
         onLogLine?.(line);

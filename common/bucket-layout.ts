@@ -14,6 +14,14 @@
 //                                               shared by every builder on the bucket so none redoes a layer
 //   resolutions/<tag>.json            worker    what a tag resolved to, and when (the worker's cache of /resolve)
 //   tags/<repository name>/<tag>      worker    an empty marker per tag pulled for a name (feeds tags/list)
+//   pulls/<imageKey>                  worker    an empty marker rewritten on a pull by tag, at most once a day per
+//                                               isolate: its last-modified time is the image's last pull (to a day),
+//                                               which the garbage collection reads
+//   gc/sweeps/<run id>.json           builder   SweepMarker: a garbage collection is deleting; builds wait before
+//                                               publishing an image (builder-service/gc/sweep-protocol.ts)
+//
+// The garbage collection (builder-service/gc/) deletes what no image record references, and the images, jobs and
+// markers its policy says are gone; it is the one deleter, and deletes the worker's pull markers of images gone.
 //
 // The records are valibot schemas, their types the schemas' outputs: whoever reads a record checks it with the
 // schema, so a record written by another version, or damaged, is treated as absent rather than trusted.
@@ -37,6 +45,10 @@ export const BUILDER_CACHE_PREFIX = "builder-cache/";
 export const resolutionKey = (tag: string): string => `resolutions/${tag}.json`;
 export const tagMarkerPrefix = (name: string): string => `tags/${name}/`;
 export const tagMarkerKey = (name: string, tag: string): string => `${tagMarkerPrefix(name)}${tag}`;
+export const PULLS_PREFIX = "pulls/";
+export const pullMarkerKey = (imageKey: string): string => `${PULLS_PREFIX}${imageKey}`;
+export const SWEEPS_PREFIX = "gc/sweeps/";
+export const sweepMarkerKey = (runId: string): string => `${SWEEPS_PREFIX}${runId}.json`;
 
 /** Large enough for any time before the year 2286, so that the inverted value keeps 13 digits. */
 const MAX_MS = 9_999_999_999_999;
@@ -61,6 +73,12 @@ export function builderCacheKey(kind: string, id: string): string {
 }
 
 export const isImageKey = (value: string): boolean => /^[0-9a-f]{64}$/.test(value);
+
+/** The image key a pull marker names, or null for a key that is not one. */
+export function imageKeyOfPullMarker(key: string): string | null {
+  const match = /^pulls\/([0-9a-f]{64})$/.exec(key);
+  return match ? match[1] : null;
+}
 
 /** A "sha256:<64 hex>" digest. */
 const DigestSchema = v.custom<Digest>((value) => typeof value === "string" && isDigest(value), "not a sha256 digest");
@@ -162,3 +180,9 @@ export const JobRecordSchema = v.object({
 export type JobRecord = v.InferOutput<typeof JobRecordSchema>;
 
 export const isJobRecord = (value: unknown): value is JobRecord => v.is(JobRecordSchema, value);
+
+/** gc/sweeps/<run id>.json: a collection that may be deleting until expiresAt (ISO times). */
+const SweepMarkerSchema = v.object({ startedAt: v.string(), expiresAt: v.string() });
+export type SweepMarker = v.InferOutput<typeof SweepMarkerSchema>;
+
+export const isSweepMarker = (value: unknown): value is SweepMarker => v.is(SweepMarkerSchema, value);

@@ -26,7 +26,8 @@
 #   5. writes /etc/nix-edge-registry/builder.env with a freshly generated BUILDER_SECRET if the file is absent
 #      (never overwrites it), and links /usr/local/bin/builder-service;
 #   6. installs and enables builder-service.service, and starts (or restarts) it once builder.env passes
-#      `builder-service --check`; otherwise it says what to fill in.
+#      `builder-service --check`; otherwise it says what to fill in. Installs and enables builder-gc.timer, which
+#      runs `builder-service --collect-garbage` daily (builder-gc.service).
 #
 # --dry-run prints every step that would change the system (and which way it gets Nix, and why), runs only the
 # read-only checks, and changes nothing.
@@ -429,20 +430,24 @@ ENV
   fi
 fi
 
-# --- 6. the unit ----------------------------------------------------------------------------------------------------
-say "systemd unit $UNIT"
-unit_source="$SOURCE_DIR/deploy/$UNIT"
-if [ "$PREFIX" != /opt/nix-edge-registry ]; then
-  if [ "$DRY_RUN" = 1 ]; then
-    printf '    would write: /etc/systemd/system/%s with /opt/nix-edge-registry replaced by %s\n' "$UNIT" "$PREFIX"
+# --- 6. the units ---------------------------------------------------------------------------------------------------
+# The service, and the daily garbage collection of the bucket (builder-gc.service, started by builder-gc.timer).
+for unit in "$UNIT" builder-gc.service builder-gc.timer; do
+  say "systemd unit $unit"
+  unit_source="$SOURCE_DIR/deploy/$unit"
+  if [ "$PREFIX" != /opt/nix-edge-registry ]; then
+    if [ "$DRY_RUN" = 1 ]; then
+      printf '    would write: /etc/systemd/system/%s with /opt/nix-edge-registry replaced by %s\n' "$unit" "$PREFIX"
+    else
+      sed "s|/opt/nix-edge-registry|$PREFIX|g" "$unit_source" > "/etc/systemd/system/$unit"
+    fi
   else
-    sed "s|/opt/nix-edge-registry|$PREFIX|g" "$unit_source" > "/etc/systemd/system/$UNIT"
+    run install -m 0644 "$unit_source" "/etc/systemd/system/$unit"
   fi
-else
-  run install -m 0644 "$unit_source" "/etc/systemd/system/$UNIT"
-fi
+done
 run systemctl daemon-reload
 run systemctl enable "$UNIT"
+run systemctl enable builder-gc.timer
 
 if [ "$START" = 0 ]; then
   say "not starting (--no-start): systemctl start $UNIT when ready"

@@ -87,7 +87,9 @@ describe("the builder-service command", () => {
   it("--help lists every setting with its default, from any folder", async () => {
     const { code, stdout } = await run(WRAPPER, ["--help"], process.env, scratch);
     expect(code).toBe(0);
-    expect(stdout).toContain("Usage: builder-service [--help | --check | --exit-with-stdin]");
+    expect(stdout).toContain(
+      "Usage: builder-service [--help | --check | --collect-garbage [--dry-run] | --exit-with-stdin]",
+    );
     const width = Math.max(...ENVIRONMENT_HELP.map(([name]) => name.length));
     for (const [name, meaning] of ENVIRONMENT_HELP) expect(stdout).toContain(`  ${name.padEnd(width)}  ${meaning}\n`);
     expect(stdout).toContain("(default: 8788; 0 to 65535)");
@@ -688,13 +690,25 @@ in { options = builtins.attrNames options; inherit (module) config; }
         assertions: { assertion: boolean }[];
         nix: { settings: { sandbox: boolean; "allowed-users": string[] } };
         systemd: {
-          services: {
-            "builder-service": { environment: Record<string, string>; serviceConfig: Record<string, unknown> };
-          };
+          services: Record<
+            "builder-service" | "builder-gc",
+            { environment: Record<string, string>; serviceConfig: Record<string, unknown> }
+          >;
+          timers: { "builder-gc": { timerConfig: Record<string, unknown> } };
         };
       };
     };
-    expect(options).toEqual(["dataDir", "enable", "environmentFile", "group", "nodejs", "settings", "source", "user"]);
+    expect(options).toEqual([
+      "dataDir",
+      "enable",
+      "environmentFile",
+      "gcSchedule",
+      "group",
+      "nodejs",
+      "settings",
+      "source",
+      "user",
+    ]);
     expect(config.assertions.every((a) => a.assertion)).toBe(true);
     expect(config.nix.settings.sandbox).toBe(true);
     expect(config.nix.settings["allowed-users"]).toContain("nix-builder");
@@ -719,6 +733,17 @@ in { options = builtins.attrNames options; inherit (module) config; }
       NIX_REMOTE: "daemon",
       BUILDER_PORT: "8788",
     });
+    // The bucket's garbage collection, daily, with the builder's settings.
+    const gc = config.systemd.services["builder-gc"];
+    expect(gc.serviceConfig).toMatchObject({
+      Type: "oneshot",
+      User: "nix-builder",
+      EnvironmentFile: "/etc/nix-edge-registry/builder.env",
+      ExecStart:
+        "/nix/store/nodejs-22/bin/node --enable-source-maps /opt/nix-edge-registry/build/builder-service.mjs --collect-garbage",
+    });
+    expect(gc.environment).toMatchObject({ BUILDER_PORT: "8788" });
+    expect(config.systemd.timers["builder-gc"].timerConfig).toMatchObject({ OnCalendar: "*-*-* 03:00:00" });
   });
 });
 

@@ -436,10 +436,49 @@ describe("the local S3 endpoint over the Miniflare R2 bucket", () => {
     }
   });
 
+  it("lists a prefix page by page (ListObjectsV2) and deletes keys at once (DeleteObjects), as R2 does", async () => {
+    const store = await newStore();
+    const keys = ["a", "b", "c"].map((c) => `jobs/${c.repeat(64)}.json`);
+    for (const key of keys) await store.putObject(key, new TextEncoder().encode(key), "application/json");
+    const first = await signedFetch("GET", `/${BUCKET}?list-type=2&prefix=jobs%2F&max-keys=2`);
+    expect(first.status).toBe(200);
+    expect([...first.text.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1])).toEqual(keys.slice(0, 2));
+    expect(first.text).toContain("<IsTruncated>true</IsTruncated>");
+    const token = /<NextContinuationToken>([^<]*)</.exec(first.text)![1];
+    const second = await signedFetch(
+      "GET",
+      `/${BUCKET}?list-type=2&prefix=jobs%2F&max-keys=2&continuation-token=${encodeURIComponent(token)}`,
+    );
+    expect([...second.text.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1])).toEqual(keys.slice(2));
+    expect(second.text).toContain("<IsTruncated>false</IsTruncated>");
+
+    const listed = [];
+    for await (const object of store.listObjects("jobs/")) listed.push(object);
+    expect(listed.map((object) => [object.key, object.size])).toEqual(keys.map((key) => [key, key.length]));
+    for (const object of listed) expect(Math.abs(object.lastModifiedMs - Date.now())).toBeLessThan(60_000);
+
+    // DeleteObjects needs its integrity header right, as S3 does.
+    const body = Buffer.from(`<Delete><Object><Key>${keys[0]}</Key></Object></Delete>`);
+    const wrongMd5 = await signedFetch("POST", `/${BUCKET}?delete`, {
+      body,
+      headers: { "content-md5": createHash("md5").update("other").digest("base64") },
+    });
+    expect(wrongMd5.status).toBe(400);
+    expect(codeOf(wrongMd5.text)).toBe("BadDigest");
+    await store.deleteObjects(keys);
+    const left = [];
+    for await (const object of store.listObjects("jobs/")) left.push(object.key);
+    expect(left).toEqual([]);
+    // The collection deletes only its own kinds of keys.
+    await expect(store.deleteObjects(["resolutions/latest.json"])).rejects.toThrow(/does not delete/);
+  });
+
   it("answers what it does not implement with 501 NotImplemented", async () => {
-    const listing = await signedFetch("GET", `/${BUCKET}?list-type=2`);
+    const listing = await signedFetch("GET", `/${BUCKET}`);
     expect(listing.status).toBe(501);
     expect(codeOf(listing.text)).toBe("NotImplemented");
+    const delimited = await signedFetch("GET", `/${BUCKET}?list-type=2&delimiter=%2F`);
+    expect(delimited.status).toBe(501);
     const tagging = await signedFetch("GET", `/${BUCKET}/builder-cache/startup-check?tagging=`);
     expect(tagging.status).toBe(501);
     const copy = await signedFetch("PUT", `/${BUCKET}/builder-cache/copy`, {

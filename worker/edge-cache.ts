@@ -2,7 +2,8 @@
 // it (the Workers Cache API), so a pull far from the bucket's region pays the round trips to R2 once per location:
 //
 // - blobs and manifests, by digest: they never change, so they are kept as long as the location keeps them;
-// - image records, by image key: written once, last, by the builder (common/bucket-layout.ts);
+// - image records, by image key: written once, last, by the builder (common/bucket-layout.ts); a day at most, as
+//   the garbage collection may remove them;
 // - tag resolutions: kept only while they may be reused (resolutions.ts), so a moving tag moves on time.
 //
 // Keys are the bucket's own keys under the worker's origin, never the client's URL or headers, so every
@@ -31,6 +32,11 @@ const CACHE_LAG_BYTES = 16 * 1024 * 1024;
 /** The named cache the registry keeps its objects in (apart from anything else cached on the zone). */
 export const EDGE_CACHE_NAME = "nix-edge-registry";
 const FOREVER = "public, max-age=31536000, immutable";
+/**
+ * An image record is never rewritten, but the garbage collection may remove it (builder-service/gc/): a location
+ * keeps its copy a day at most, so a removed image is built again there rather than served without its blobs.
+ */
+const IMAGE_RECORD_LIFETIME = "public, max-age=86400";
 
 export interface EdgeCacheOptions {
   cache: Cache;
@@ -319,7 +325,7 @@ export function edgeCached(inner: RegistryStorage, options: EdgeCacheOptions): R
         key,
         isImageRecord,
         () => inner.getImage(imageKey),
-        (record) => storeJson(key, record, FOREVER),
+        (record) => storeJson(key, record, IMAGE_RECORD_LIFETIME),
       );
     },
 

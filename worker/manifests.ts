@@ -11,6 +11,7 @@ import { awaitImage } from "./image-builds.ts";
 import { negotiateFlavour } from "./negotiation.ts";
 import { checkDigest, checkName, decodeParam } from "./params.ts";
 import { reuseSeconds } from "./resolutions.ts";
+import { notePull } from "./pull-markers.ts";
 import { resolveTagCached } from "./resolutions.ts";
 import {
   describeError,
@@ -167,6 +168,7 @@ async function manifestByTag(
       const manifest = await loadManifest(storage, method, record[flavour]);
       if (manifest) {
         ctx.waitUntil(ensureTagMarker(storage, name, tag, false));
+        ctx.waitUntil(notePull(storage, key));
         return serveManifest(request, manifest, cacheControl, true);
       }
       console.warn(`image ${key} names ${flavour} manifest ${record[flavour]}, which is missing; building again`);
@@ -192,6 +194,7 @@ async function manifestByTag(
       return internalErrorResponse(method, missing, { image: built.image }, { name, tag });
     }
     await ensureTagMarker(storage, name, tag, true);
+    ctx.waitUntil(notePull(storage, key));
     return serveManifest(request, manifest, cacheControl, true);
   }
 }

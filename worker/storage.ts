@@ -1,6 +1,6 @@
 // The worker's view of the R2 bucket (layout and writers: common/bucket-layout.ts), behind a small interface. The
 // worker reads what the builder wrote (blobs, manifests, image and job records) and writes only what it alone
-// decides: tag resolutions and tag markers.
+// decides: tag resolutions, tag markers and pull markers.
 import {
   blobKey,
   imageKeyOfRecentJob,
@@ -10,6 +10,7 @@ import {
   isStoredResolution,
   jobRecordKey,
   manifestKey,
+  pullMarkerKey,
   RECENT_JOBS_PREFIX,
   resolutionKey,
   tagMarkerKey,
@@ -56,6 +57,9 @@ export interface RegistryStorage {
   putTagMarker(name: string, tag: string): Promise<void>;
   /** Tags with a marker for exactly this repository name (not for longer names under it). */
   listTagMarkers(name: string): Promise<string[]>;
+
+  /** Records that the image was pulled now (its marker's last-modified time; the garbage collection reads it). */
+  putPullMarker(imageKey: string): Promise<void>;
 }
 
 const digestOf = (hex: string): Digest => `sha256:${hex}`;
@@ -157,6 +161,11 @@ export function r2Storage(bucket: R2Bucket): RegistryStorage {
 
     async putTagMarker(name, tag) {
       const key = tagMarkerKey(name, tag);
+      await attempt("put", key, () => bucket.put(key, ""));
+    },
+
+    async putPullMarker(imageKey) {
+      const key = pullMarkerKey(imageKey);
       await attempt("put", key, () => bucket.put(key, ""));
     },
 

@@ -8,7 +8,8 @@
 //   3. up to S3_MULTIPART_THRESHOLD_BYTES: one PUT whose signed payload hash is the digest itself; above: a
 //      multipart upload (multipart.ts);
 //   4. every request is signed and retried by transport.ts; what a failure says, by errors.ts.
-import { randomUUID } from "node:crypto";
+// The garbage collection (gc/) also lists the bucket (ListObjectsV2, page by page) and deletes (DeleteObjects).
+import { createHash, randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -18,6 +19,7 @@ import { blobKey, BUILDER_CACHE_PREFIX, manifestKey } from "../../common/bucket-
 import { sha256Hex, type Digest } from "../../common/digest.ts";
 import {
   assertBuilderWritable,
+  assertDeletable,
   type BlobInfo,
   type BlobStore,
   type ByteRange,
@@ -28,6 +30,10 @@ import type { Logger } from "../log.ts";
 import { partCount, uploadMultipart } from "./multipart.ts";
 import { Spool, type SpooledBlob } from "./spool.ts";
 import { bufferBody, S3Transport } from "./transport.ts";
+import { deleteObjectsBody, parseDeleteErrors, parseListPage, type ListedObject } from "./xml.ts";
+
+/** Keys per DeleteObjects request: S3's and R2's limit. */
+const DELETE_BATCH = 1000;
 
 /** Written at startup to prove the credentials may write to the bucket; HEADed by /ready. */
 const CHECK_KEY = `${BUILDER_CACHE_PREFIX}startup-check`;
@@ -151,6 +157,48 @@ export class S3BlobStore implements BlobStore {
   async putObject(key: string, bytes: Uint8Array, contentType: string): Promise<void> {
     assertBuilderWritable(key);
     await this.transport.put("put", key, contentType, bufferBody(asBuffer(bytes)));
+  }
+
+  /** Every object whose key starts with prefix, in key order, a page (up to 1000) at a time. */
+  async *listObjects(prefix: string): AsyncGenerator<ListedObject> {
+    let token: string | null = null;
+    do {
+      const query: Record<string, string> = { "list-type": "2", prefix };
+      if (token) query["continuation-token"] = token;
+      const response = await this.transport.send({ operation: "list", method: "GET", key: "", query }, [200]);
+      const page = parseListPage(response.body.toString("utf8"));
+      yield* page.objects;
+      token = page.next;
+    } while (token);
+  }
+
+  /** Deletes the keys, 1000 per request; throws naming the keys the bucket would not delete. */
+  async deleteObjects(keys: readonly string[]): Promise<void> {
+    keys.forEach(assertDeletable);
+    for (let start = 0; start < keys.length; start += DELETE_BATCH) {
+      const body = Buffer.from(deleteObjectsBody(keys.slice(start, start + DELETE_BATCH)));
+      // S3 requires an integrity header on DeleteObjects; Content-MD5 is the one every S3 API takes.
+      const md5 = createHash("md5").update(body).digest("base64");
+      const response = await this.transport.send(
+        {
+          operation: "delete",
+          method: "POST",
+          key: "",
+          query: { delete: "" },
+          headers: { "content-type": "application/xml", "content-md5": md5 },
+          body: bufferBody(body),
+        },
+        [200],
+      );
+      const failed = parseDeleteErrors(response.body.toString("utf8"));
+      if (failed.length > 0) {
+        const first = failed[0];
+        throw new Error(
+          `the bucket did not delete ${failed.length} of ${Math.min(DELETE_BATCH, keys.length - start)} keys, e.g. ` +
+            `${first.key}: ${first.code} ${first.message}`,
+        );
+      }
+    }
   }
 
   /** A small content-addressed object: hashed once, to check the digest, which is then its signed payload hash. */

@@ -130,7 +130,9 @@ export class S3Transport {
 
   private url(request: S3Request): URL {
     const path = request.key.split("/").map(encodeURIComponent).join("/");
-    const url = new URL(`${this.options.endpoint}/${encodeURIComponent(this.options.bucket)}/${path}`);
+    // The empty key is the bucket itself (listings, DeleteObjects): /<bucket>, without a trailing slash.
+    const bucket = `${this.options.endpoint}/${encodeURIComponent(this.options.bucket)}`;
+    const url = new URL(request.key === "" ? bucket : `${bucket}/${path}`);
     for (const [name, value] of Object.entries(request.query ?? {})) url.searchParams.set(name, value);
     return url;
   }

@@ -58,6 +58,15 @@ in
       description = "Group the service runs as (created by this module when left at nix-builder).";
     };
 
+    gcSchedule = mkOption {
+      type = types.str;
+      default = "*-*-* 03:00:00";
+      description = ''
+        When `builder-service --collect-garbage` runs (a systemd calendar expression, plus up to an hour at random),
+        removing from the bucket what the GC_* settings say; "" never runs it.
+      '';
+    };
+
     settings = mkOption {
       type = types.attrsOf (types.oneOf [ types.str types.int types.bool ]);
       default = { };
@@ -70,6 +79,41 @@ in
   };
 
   config = mkIf cfg.enable {
+    # The bucket's garbage collection: deploy/builder-gc.service and deploy/builder-gc.timer's counterparts.
+    systemd.services.builder-gc = mkIf (cfg.gcSchedule != "") {
+      description = "nix-edge-registry: garbage collection of the registry's bucket";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      environment = {
+        BUILDER_DATA_DIR = cfg.dataDir;
+        HOME = cfg.dataDir;
+      } // lib.mapAttrs (_: value: if lib.isBool value then lib.boolToString value else toString value) cfg.settings;
+      serviceConfig = {
+        Type = "oneshot";
+        User = cfg.user;
+        Group = cfg.group;
+        EnvironmentFile = cfg.environmentFile;
+        WorkingDirectory = cfg.source;
+        ExecStart = "${cfg.nodejs}/bin/node --enable-source-maps ${cfg.source}/build/builder-service.mjs --collect-garbage";
+        TimeoutStartSec = "30min";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        CapabilityBoundingSet = "";
+      };
+    };
+    systemd.timers.builder-gc = mkIf (cfg.gcSchedule != "") {
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.gcSchedule;
+        RandomizedDelaySec = "1h";
+        Persistent = true;
+      };
+    };
+
     assertions = [
       {
         # The service user cannot reach nix-daemon otherwise, and every build would fail.

@@ -14,10 +14,12 @@
 //   PUT    /<bucket>/<key>?partNumber=N&uploadId=U  UploadPart (ETag header)
 //   POST   /<bucket>/<key>?uploadId=U               CompleteMultipartUpload (XML list of parts in, XML out)
 //   DELETE /<bucket>/<key>?uploadId=U               AbortMultipartUpload (204)
+//   GET    /<bucket>?list-type=2&prefix=P&continuation-token=T&max-keys=N   ListObjectsV2 (at most 1000 a page)
+//   POST   /<bucket>?delete                         DeleteObjects (XML list of at most 1000 keys in, XML out)
 //   GET|HEAD /                                      200, unauthenticated: a readiness probe
 //
-// Everything else is 501 NotImplemented: listings, copies, conditional requests, presigned URLs for other
-// methods, aws-chunked bodies. As R2 and S3 do, it
+// Everything else is 501 NotImplemented: ListObjects v1, delimiters, copies, conditional requests, presigned URLs
+// for other methods, aws-chunked bodies. As R2 and S3 do, it
 //   - checks SigV4 in both its forms, the Authorization header and the presigned URL (X-Amz-Algorithm,
 //     -Credential, -Date, -Expires, -SignedHeaders and -Signature in the query, payload UNSIGNED-PAYLOAD): the
 //     request is signed again with the configured secret (aws4fetch's signer, the received date, exactly the
@@ -691,6 +693,75 @@ async function deleteObject(bucket: R2Bucket, key: string): Promise<Response> {
   return new Response(null, { status: 204 });
 }
 
+/** S3's largest page of a listing, and most keys in one DeleteObjects. */
+const MAX_KEYS = 1000;
+
+/** ListObjectsV2: R2's list, one page, with the continuation token R2's cursor. */
+async function listObjects(url: URL, bucket: R2Bucket, bucketName: string): Promise<Response> {
+  const params = url.searchParams;
+  if (params.has("delimiter")) throw notImplemented("A listing with a delimiter");
+  const prefix = params.get("prefix") ?? "";
+  const maxKeysText = params.get("max-keys") ?? String(MAX_KEYS);
+  if (!/^\d+$/.test(maxKeysText))
+    throw new S3Failure(400, "InvalidArgument", "Provided max-keys not an integer or within integer range");
+  const maxKeys = Math.min(MAX_KEYS, Number(maxKeysText));
+  const token = params.get("continuation-token") ?? undefined;
+  const page = await bucket.list({ prefix, cursor: token, limit: Math.max(1, maxKeys) });
+  const objects = maxKeys === 0 ? [] : page.objects;
+  const truncated = maxKeys > 0 && page.truncated;
+  const contents = objects
+    .map(
+      (object) =>
+        `<Contents><Key>${escapeXml(object.key)}</Key><LastModified>${object.uploaded.toISOString()}</LastModified>` +
+        `<ETag>${escapeXml(object.httpEtag)}</ETag><Size>${object.size}</Size><StorageClass>STANDARD</StorageClass></Contents>`,
+    )
+    .join("");
+  return xmlResponse(
+    200,
+    `<ListBucketResult xmlns="${S3_XMLNS}"><Name>${escapeXml(bucketName)}</Name><Prefix>${escapeXml(prefix)}</Prefix>` +
+      `<KeyCount>${objects.length}</KeyCount><MaxKeys>${maxKeys}</MaxKeys><IsTruncated>${truncated}</IsTruncated>` +
+      (token ? `<ContinuationToken>${escapeXml(token)}</ContinuationToken>` : "") +
+      (truncated
+        ? `<NextContinuationToken>${escapeXml(page.truncated ? page.cursor : "")}</NextContinuationToken>`
+        : "") +
+      `${contents}</ListBucketResult>`,
+  );
+}
+
+/** DeleteObjects: the keys of the XML body, deleted at once (a key that is not there counts as deleted, as in S3). */
+async function deleteObjects(request: Request, bucket: R2Bucket): Promise<Response> {
+  const length = contentLength(request, MAX_COMPLETE_BODY_BYTES);
+  const claimed = claimedHashes(request);
+  const body = new Uint8Array(await request.arrayBuffer());
+  if (body.byteLength !== length) throw incompleteBody();
+  if (claimed.sha256 !== undefined && bytesToHex(await crypto.subtle.digest("SHA-256", body)) !== claimed.sha256)
+    throw sha256Mismatch();
+  if (claimed.md5 !== undefined && !equalBytes(new Uint8Array(await crypto.subtle.digest("MD5", body)), claimed.md5))
+    throw md5Mismatch();
+  const xml = new TextDecoder().decode(body);
+  if (!/<Delete[\s>]/.test(xml)) {
+    throw new S3Failure(
+      400,
+      "MalformedXML",
+      "The XML you provided was not well-formed or did not validate against our published schema.",
+    );
+  }
+  const keys = [...xml.matchAll(/<Object>[\s\S]*?<Key>([\s\S]*?)<\/Key>[\s\S]*?<\/Object>/g)].map(([, key]) =>
+    decodeXml(key),
+  );
+  if (keys.length === 0 || keys.length > MAX_KEYS) {
+    throw new S3Failure(
+      400,
+      "MalformedXML",
+      `A DeleteObjects request names 1 to ${MAX_KEYS} keys, not ${keys.length}.`,
+    );
+  }
+  await bucket.delete(keys);
+  const quiet = /<Quiet>\s*true\s*<\/Quiet>/i.test(xml);
+  const deleted = quiet ? "" : keys.map((key) => `<Deleted><Key>${escapeXml(key)}</Key></Deleted>`).join("");
+  return xmlResponse(200, `<DeleteResult xmlns="${S3_XMLNS}">${deleted}</DeleteResult>`);
+}
+
 async function createMultipartUpload(
   request: Request,
   bucket: R2Bucket,
@@ -855,8 +926,6 @@ async function handle(request: Request, env: Env): Promise<Response> {
     throw new S3Failure(400, "InvalidURI", "Couldn't parse the specified URI.");
   }
   if (bucketName !== env.S3_BUCKET) throw new S3Failure(404, "NoSuchBucket", "The specified bucket does not exist.");
-  if (key === "") throw notImplemented(`${method} on the bucket (listings and bucket settings)`);
-
   // x-id is the operation's name some SDKs add for logs, and X-Amz-* the authentication of a presigned URL: neither
   // changes the operation.
   const params = [...new Set(url.searchParams.keys())]
@@ -869,6 +938,11 @@ async function handle(request: Request, env: Env): Promise<Response> {
   if (conditional.length > 0) throw notImplemented(`A conditional request (${conditional.join(", ")})`);
   const bucket = env.REGISTRY_BUCKET;
 
+  if (key === "") {
+    if (method === "GET" && url.searchParams.get("list-type") === "2") return listObjects(url, bucket, bucketName);
+    if (method === "POST" && query === "delete") return deleteObjects(request, bucket);
+    throw notImplemented(`${method} on the bucket ${query ? `with ?${query}` : ""}(bucket settings, ListObjects v1)`);
+  }
   if (query === "") {
     if (method === "PUT") return putObject(request, bucket, key);
     if (method === "HEAD") return headObject(bucket, key);
