@@ -247,7 +247,16 @@ async function main(): Promise<void> {
   await Promise.race([firstCheck, new Promise((resolve) => setTimeout(resolve, STARTUP_CHECK_MS).unref())]);
   if (!sandbox.ok) log.warn("nix-sandbox-off", { problem: sandbox.text });
   const admission = new BuildAdmission(config.admission, config.nix.maxJobs === 0);
-  const builder = new ImageBuilder({ store, source, nix, log, admission, layerBudget: config.layerBudget, popularity });
+  const builder = new ImageBuilder({
+    store,
+    source,
+    nix,
+    log,
+    admission,
+    layerBudget: config.layerBudget,
+    compressionThreads: config.compressionThreads,
+    popularity,
+  });
   const jobs = new BuildJobs({
     store,
     builder,

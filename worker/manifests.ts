@@ -159,7 +159,7 @@ async function manifestByTag(
     const resolved = await resolveTagCached(env, storage, ctx, tag, { refresh: attempt > 0 });
     if (!resolved.ok) return failureResponse(method, resolved.failure);
     const { resolution } = resolved;
-    const key = await imageKey(resolution.revision, image.system, image.packages);
+    const key = await imageKey(resolution.revision, image.system, image.packages, image.compression);
     const cacheControl = tagCacheControl(env, resolution);
 
     const record = await storage.getImage(key);
@@ -177,7 +177,13 @@ async function manifestByTag(
     const built = await awaitImage(
       env,
       key,
-      { packages: image.packages, system: image.system, tag, revision: resolution.revision },
+      {
+        packages: image.packages,
+        system: image.system,
+        compression: image.compression,
+        tag,
+        revision: resolution.revision,
+      },
       client,
     );
     if (!built.ok) {
