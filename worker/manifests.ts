@@ -26,6 +26,7 @@ import {
   type HeaderMap,
 } from "./responses.ts";
 import { registryStorage } from "./registry-storage.ts";
+import { unreadableZstdResponse } from "./zstd-readers.ts";
 import type { RegistryStorage, StoredResolution } from "./storage.ts";
 
 /** Tag responses are cached briefly at most: the tag may move. */
@@ -206,6 +207,8 @@ export async function handleManifest(request: IRequest, env: Env, ctx: Execution
   const name = checkName(request.method, request.params.name);
   if (!name.ok) return name.response;
   const reference = decodeParam(request.params.reference);
+  const unreadable = unreadableZstdResponse(request, name.name, name.image);
+  if (unreadable) return unreadable;
   const storage = await registryStorage(request, env, ctx);
   if (reference.includes(":")) return manifestByDigest(request, storage, name.name, reference);
   return manifestByTag(request, env, ctx, storage, name.name, name.image, reference);
