@@ -9,7 +9,7 @@
 //
 // Determinism: a block is the same bytes at the same offset whatever the parallelism, and each is compressed alone
 // with fixed settings, so the output is a function of the input and the block size only. Parallelism (how many
-// blocks are in flight) changes speed and memory (about (parallelism + 1) x 2 blocks), never bytes.
+// blocks are in flight) changes speed and memory (about parallelism x 2 blocks, and one being read), never bytes.
 import { Transform, type TransformCallback } from "node:stream";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
@@ -135,10 +135,11 @@ export class BlockCompressor extends Transform {
 
   private async drainFullBlocks(): Promise<void> {
     while (this.pendingBytes >= this.blockBytes) {
+      // At most `parallelism` blocks compressing: room is made before a block starts, not after, so the input goes
+      // on being read (file reads, on the same thread pool) while they compress. Memory: that many blocks, and one
+      // being read.
+      await this.waitFor(this.parallelism - 1);
       this.start(this.takeBlock(this.blockBytes));
-      // Bounded memory: at most `parallelism` blocks compressing and one more read ahead, so that reading the next
-      // block (file reads, on the same thread pool) overlaps the compression of the others.
-      await this.waitFor(this.parallelism);
     }
   }
 
