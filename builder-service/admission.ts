@@ -13,6 +13,8 @@
 // Nothing refused on POST /jobs becomes a job; a refusal later ends the job as failed with that error.
 import { attributeRefusals, type AttributePolicy, type AttributeRefusal } from "../common/attribute-policy.ts";
 import type { JobError } from "../common/bucket-layout.ts";
+import type { LayerCompression } from "../common/image-name.ts";
+import { zstdAvailable } from "./block-compression.ts";
 import { storePathName, type StorePathNode } from "./closure.ts";
 import type { BuildPlan } from "./nix-progress.ts";
 
@@ -135,6 +137,20 @@ export class BuildAdmission {
   /** Before a job exists: the names as asked for. */
   checkNames(packages: readonly string[]): void {
     this.refuseAttributes(attributeRefusals(this.config.attributes, packages));
+  }
+
+  /** zstd layers need zstd in node:zlib (Node.js 22.15 and later): refused before a job exists on an older Node. */
+  checkCompression(compression: LayerCompression): void {
+    if (compression !== "zstd" || zstdAvailable()) return;
+    throw new AdmissionError({
+      status: 500,
+      code: "UNSUPPORTED",
+      message:
+        `this builder cannot write zstd layers: its Node.js ${process.version} has no zstd (Node.js 22.15 and later ` +
+        "have it); pull the image without the zstd component for gzip layers, or ask the registry's operator to run " +
+        "the builder on a newer Node.js",
+      detail: { compression, node: process.version },
+    });
   }
 
   /** The attribute paths Nix found for the names (requested name -> path): the same policy, on what is built. */

@@ -244,6 +244,13 @@ const IMAGE_VARIABLES = {
     min: 2,
     max: 125,
   }),
+  BUILDER_COMPRESSION_THREADS: wholeNumber({
+    meaning:
+      "1 MiB blocks of a layer compressed at once, each on a thread of its own; changes build speed and memory (2 MiB a thread), never the bytes",
+    fallback: { value: Math.max(1, availableParallelism()), shown: "the number of cores" },
+    min: 1,
+    max: 256,
+  }),
   NIX_POPULARITY_URL: (name: string) =>
     v.pipe(
       popularitySource(name),

@@ -44,6 +44,8 @@ export interface BuilderConfig {
   /** How many builds at once, and which (admission.ts). */
   admission: AdmissionConfig;
   layerBudget: number;
+  /** Blocks of a layer compressed at once (block-compression.ts). */
+  compressionThreads: number;
   /**
    * Nixery-format popularity data for layering, if any (see popularity.ts): an http(s) URL or an absolute file
    * path, and the variable that named it (NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL).
@@ -145,6 +147,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
       attributes: { deny: values.NIXERY_DENY_ATTRIBUTES, allow: values.NIXERY_ALLOW_ATTRIBUTES },
     },
     layerBudget: values.NIXERY_LAYER_BUDGET,
+    compressionThreads: values.BUILDER_COMPRESSION_THREADS,
     popularity: popularityOf(values),
     tagTtlSeconds: values.NIXERY_TAG_TTL_SECONDS,
     store: {

@@ -15,6 +15,7 @@ import {
   type LayerRecord,
 } from "../common/bucket-layout.ts";
 import { sha256Hex, type Digest } from "../common/digest.ts";
+import type { LayerCompression } from "../common/image-name.ts";
 import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
 import { mapWithLimit } from "./bounded-map.ts";
@@ -45,14 +46,25 @@ export interface ImageBuilderOptions {
   parallelism?: number;
   /** The Nix store's size limit, which must not collect while a build's paths are not yet rooted. */
   storeHold?: StoreHold;
+  /** Blocks of one layer compressed at once (BUILDER_COMPRESSION_THREADS); defaults to the machine's cores. */
+  compressionThreads?: number;
 }
 
 /** Layer records looked up in the bucket at once. */
 const LOOKUP_CONCURRENCY = 16;
 
-/** Where the record of the layer holding these contents lives (store paths are immutable: same paths, same layer). */
-async function layerRecordKey(id: string): Promise<string> {
-  return builderCacheKey("layers", `${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${id}`)}.json`);
+/**
+ * Where the record of the layer holding these contents, so compressed, lives (store paths are immutable: same paths,
+ * same layer).
+ */
+async function layerRecordKey(compression: LayerCompression, id: string): Promise<string> {
+  return builderCacheKey("layers", `${await sha256Hex(`${LAYER_FORMAT_VERSION}\n${compression}\n${id}`)}.json`);
+}
+
+/** What a layer not yet in the bucket is made of, and how it is compressed. */
+interface NewLayer {
+  entries: () => Promise<TarEntry[]>;
+  compression: LayerCompression;
 }
 
 /** Where a build reports how far it is. */
@@ -97,11 +109,13 @@ export class ImageBuilder {
     bytesStored: 0,
   };
   private readonly parallelism: number;
+  private readonly compressionThreads: number;
   /** Layers being written now, by record key: two jobs that need the same new layer at once write it once. */
   private readonly layersInProgress = new Map<string, Promise<{ record: LayerRecord; uploaded: Promise<void> }>>();
 
   constructor(private readonly options: ImageBuilderOptions) {
     this.parallelism = options.parallelism ?? Math.max(1, os.availableParallelism());
+    this.compressionThreads = options.compressionThreads ?? Math.max(1, os.availableParallelism());
   }
 
   /**
@@ -181,7 +195,7 @@ export class ImageBuilder {
     });
     // Which layers the bucket has already (written by any builder), asked all at once rather than one by one
     // between tarballs: most layers of most images are there.
-    const recordKeys = await Promise.all(jobs.map((job) => layerRecordKey(job.id)));
+    const recordKeys = await Promise.all(jobs.map((job) => layerRecordKey(request.compression, job.id)));
     const stored = await mapWithLimit(recordKeys, LOOKUP_CONCURRENCY, (key) => this.storedLayer(key));
     const layerCount = { done: 0, total: jobs.length };
     const upload = { done: 0, total: 0 };
@@ -189,7 +203,8 @@ export class ImageBuilder {
     report.progress({ layers: { ...layerCount }, upload: { ...upload } });
     const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index], stored: stored[index] }));
     const layers = await mapWithLimit(indexed, this.parallelism, async (job) => {
-      const layer = await this.layer(job.recordKey, job.stored, job.entries, job.comment, (size, uploaded) => {
+      const write = { entries: job.entries, compression: request.compression };
+      const layer = await this.layer(job.recordKey, job.stored, write, job.comment, (size, uploaded) => {
         upload.total += size;
         // Caught here and awaited below: an upload that fails fails the build, never the process.
         uploads.push(
@@ -218,6 +233,7 @@ export class ImageBuilder {
       rootfs: rootfs.entries,
       mainProgram: closure.mainProgram,
       layers,
+      compression: request.compression,
       revision: request.revision,
       source: source.description,
     });
@@ -230,6 +246,7 @@ export class ImageBuilder {
       imageKey: key,
       packages: request.packages,
       system: request.system,
+      compression: request.compression,
       revision: request.revision,
       storePaths: closure.graph.length,
       layers: layers.length,
@@ -246,7 +263,10 @@ export class ImageBuilder {
         if (await store.stat(layer.digest)) return;
         // Taken since it was found (by a garbage collection): written again from the same store paths, which give
         // the same bytes.
-        const rewritten = await this.writeNewLayer(job.recordKey, job.entries);
+        const rewritten = await this.writeNewLayer(job.recordKey, {
+          entries: job.entries,
+          compression: request.compression,
+        });
         await rewritten.uploaded;
         if (rewritten.record.digest !== layer.digest) {
           throw new Error(
@@ -278,7 +298,7 @@ export class ImageBuilder {
   private async layer(
     recordKey: string,
     known: LayerRecord | null,
-    entries: () => Promise<TarEntry[]>,
+    write: NewLayer,
     comment: string,
     onUpload: (size: number, uploaded: Promise<void>) => void,
   ): Promise<LayerDescription> {
@@ -290,7 +310,7 @@ export class ImageBuilder {
     if (writing) {
       this.counters.layersReused++;
     } else {
-      writing = this.writeNewLayer(recordKey, entries);
+      writing = this.writeNewLayer(recordKey, write);
       this.layersInProgress.set(recordKey, writing);
       writing.then(
         ({ uploaded }) => uploaded.finally(() => this.layersInProgress.delete(recordKey)).catch(() => undefined),
@@ -313,24 +333,29 @@ export class ImageBuilder {
   /** Tars, compresses and spools a layer; its upload, then its record, go on in the background. */
   private async writeNewLayer(
     recordKey: string,
-    entries: () => Promise<TarEntry[]>,
+    { entries, compression }: NewLayer,
   ): Promise<{ record: LayerRecord; uploaded: Promise<void> }> {
     const { store } = this.options;
     let upload: Promise<void> | null = null;
-    const written = await writeLayer(await entries(), {
-      stage: async (): Promise<StagedBlob> => {
-        const staged = await store.stage();
-        return {
-          sink: staged.sink,
-          written: () => staged.written(),
-          abort: () => staged.abort(),
-          // Returns once the upload has started; the staged blob cleans up after itself however it ends.
-          commit: async (digest, size) => {
-            upload = staged.commit(digest, size);
-          },
-        };
+    const options = { compression, parallelism: this.compressionThreads };
+    const written = await writeLayer(
+      await entries(),
+      {
+        stage: async (): Promise<StagedBlob> => {
+          const staged = await store.stage();
+          return {
+            sink: staged.sink,
+            written: () => staged.written(),
+            abort: () => staged.abort(),
+            // Returns once the upload has started; the staged blob cleans up after itself however it ends.
+            commit: async (digest, size) => {
+              upload = staged.commit(digest, size);
+            },
+          };
+        },
       },
-    });
+      options,
+    );
     this.counters.layersWritten++;
     this.counters.tarBytesWritten += written.tarSize;
     this.counters.bytesStored += written.size;

@@ -28,6 +28,7 @@ import {
   type JobRecord,
 } from "../common/bucket-layout.ts";
 import { imageKey } from "../common/image-key.ts";
+import type { LayerCompression } from "../common/image-name.ts";
 import { AdmissionError, type BuildAdmission } from "./admission.ts";
 import { publishImage, type SweepBucket } from "./gc/sweep-protocol.ts";
 import { getJson, putJson, type BlobStore } from "./blob-store.ts";
@@ -96,7 +97,8 @@ export class BuildJobs {
   /** Reports on the image's job, starting one unless a running job, or a finished one with this id, exists. */
   async submit(request: JobRequest): Promise<JobRecord> {
     this.options.admission.checkNames(request.packages);
-    const key = await imageKey(request.revision, request.system, request.packages);
+    this.options.admission.checkCompression(request.compression);
+    const key = await imageKey(request.revision, request.system, request.packages, request.compression);
     const answer = (this.deciding.get(key) ?? Promise.resolve()).then(() => this.decide(key, request));
     const settled = answer.catch(() => undefined);
     this.deciding.set(key, settled);
@@ -139,7 +141,10 @@ export class BuildJobs {
         await rm(path, { force: true });
         continue;
       }
-      const key = await imageKey(entry.request.revision, entry.request.system, entry.request.packages);
+      // Journalled by a builder older than zstd layers: gzip.
+      const compression = (entry.request.compression as LayerCompression | undefined) ?? "gzip";
+      entry.request = { ...entry.request, compression };
+      const key = await imageKey(entry.request.revision, entry.request.system, entry.request.packages, compression);
       if (isImageRecord(await getJson(this.options.store, imageRecordKey(key)))) {
         // Finished meanwhile, by another builder the job was given to.
         await rm(path, { force: true });

@@ -315,6 +315,7 @@ async function main(): Promise<void> {
     log,
     admission,
     layerBudget: config.layerBudget,
+    compressionThreads: config.compressionThreads,
     popularity,
     storeHold: storeLimit,
   });

@@ -1,13 +1,14 @@
 // The image config and the two manifest flavours (OCI and Docker schema 2) of one built image.
 // Serialisation is fixed by construction (key order, no timestamps) so the same inputs give the same digests.
 import { sha256Digest, type Digest } from "../common/digest.ts";
-import { architectureOf, type NixSystem } from "../common/image-name.ts";
+import { architectureOf, type LayerCompression, type NixSystem } from "../common/image-name.ts";
 import {
   DOCKER_CONFIG,
   DOCKER_LAYER_GZIP,
   DOCKER_MANIFEST,
   OCI_CONFIG,
   OCI_LAYER_GZIP,
+  OCI_LAYER_ZSTD,
   OCI_MANIFEST,
 } from "../common/media-types.ts";
 import type { ImageConfig, ImageManifest } from "../common/oci.ts";
@@ -40,6 +41,7 @@ export interface ImageDescription {
   /** The one requested package's program (meta.mainProgram), run by default when the image has no bash. */
   mainProgram?: string | null;
   layers: LayerDescription[];
+  compression: LayerCompression;
   revision: string;
   source: string;
 }
@@ -86,18 +88,27 @@ async function serialise(mediaType: string, value: unknown): Promise<BuiltManife
 export async function serialiseImage(image: ImageDescription): Promise<SerialisedImage> {
   const configBytes = new TextEncoder().encode(JSON.stringify(imageConfig(image)));
   const configDigest = await sha256Digest(configBytes);
+  const zstd = image.compression === "zstd";
   const oci: ImageManifest = {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     config: { mediaType: OCI_CONFIG, digest: configDigest, size: configBytes.length },
-    layers: image.layers.map((layer) => ({ mediaType: OCI_LAYER_GZIP, digest: layer.digest, size: layer.size })),
+    layers: image.layers.map((layer) => ({
+      mediaType: zstd ? OCI_LAYER_ZSTD : OCI_LAYER_GZIP,
+      digest: layer.digest,
+      size: layer.size,
+    })),
     annotations: labels(image),
   };
   const docker: ImageManifest = {
     schemaVersion: 2,
     mediaType: DOCKER_MANIFEST,
     config: { mediaType: DOCKER_CONFIG, digest: configDigest, size: configBytes.length },
-    layers: image.layers.map((layer) => ({ mediaType: DOCKER_LAYER_GZIP, digest: layer.digest, size: layer.size })),
+    layers: image.layers.map((layer) => ({
+      mediaType: zstd ? OCI_LAYER_ZSTD : DOCKER_LAYER_GZIP,
+      digest: layer.digest,
+      size: layer.size,
+    })),
   };
   return {
     config: { digest: configDigest, size: configBytes.length, bytes: configBytes },

@@ -14,9 +14,10 @@ const FIXED_MTIME = new Date(1000);
 
 /**
  * Bump when the bytes a layer's tarball gets for the same store paths change (entry order, modes, mtime, gzip),
- * so that layers recorded under the old format are written again instead of reused.
+ * so that layers recorded under the old format are written again instead of reused. 2: compressed in 1 MiB blocks,
+ * each its own gzip member (block-compression.ts), instead of one gzip stream.
  */
-export const LAYER_FORMAT_VERSION = 1;
+export const LAYER_FORMAT_VERSION = 2;
 
 export type TarEntry =
   | { name: string; type: "directory"; mode: number }

@@ -5,7 +5,7 @@
 // signatures are valid: a captured request can't be sent again, not even within the signature window.
 import * as v from "valibot";
 import { hmacSha256Hex, sha256Hex } from "./digest.ts";
-import { MAX_PACKAGES, type NixSystem } from "./image-name.ts";
+import { LAYER_COMPRESSIONS, MAX_PACKAGES, type NixSystem } from "./image-name.ts";
 import { fieldsObject } from "./schema-messages.ts";
 
 export const SIGNATURE_HEADER = "x-builder-signature";
@@ -62,6 +62,11 @@ const buildRequestEntries = {
     ),
   ),
   system: v.picklist(NIX_SYSTEMS, `system must be one of ${NIX_SYSTEMS.join(", ")}`),
+  /** Absent from requests of workers older than zstd layers: gzip. */
+  compression: v.optional(
+    v.picklist(LAYER_COMPRESSIONS, `compression must be one of ${LAYER_COMPRESSIONS.join(", ")}`),
+    "gzip",
+  ),
   tag: v.string(TAG_AND_REVISION),
   revision: v.pipe(v.string(TAG_AND_REVISION), v.regex(/^[0-9a-z]{1,64}$/, TAG_AND_REVISION)),
 };

@@ -19,10 +19,22 @@ export const META_PACKAGES: Readonly<Record<string, readonly string[]>> = {
 /** The meta-package that switches the target system. */
 export const ARM64_META = "arm64";
 
+/** How an image's layers are compressed: gzip, which every client reads, unless the name asks for zstd. */
+export type LayerCompression = "gzip" | "zstd";
+export const LAYER_COMPRESSIONS: readonly LayerCompression[] = ["gzip", "zstd"];
+
+/**
+ * The meta-package that asks for zstd layers (smaller and faster to unpack; docker 23+, containerd 1.5+, podman 3+
+ * and skopeo read them, Docker 20.10 does not). Only as the first component of a name with more than one:
+ * anywhere else, or alone, it is nixpkgs' zstd program, so that `shell/zstd` keeps meaning the tool.
+ */
+export const ZSTD_META = "zstd";
+
 export interface ImageRequest {
   /** The packages to put into the image: meta-packages expanded, deduplicated, sorted. */
   packages: string[];
   system: NixSystem;
+  compression: LayerCompression;
 }
 
 export type NameCheck = { ok: true; image: ImageRequest } | { ok: false; reason: string };
@@ -41,10 +53,16 @@ export function parseImageName(name: string): NameCheck {
     };
   }
   let system: NixSystem = "x86_64-linux";
+  let compression: LayerCompression = "gzip";
   // By lower-case name: a component is always lower case and Nix matches it to an attribute regardless of case, so
   // "shell/bashinteractive" is the same image as "shell". A meta-package's spelling is the attribute's own and wins.
   const packages = new Map<string, string>();
-  for (const component of name.split("/")) {
+  const components = name.split("/");
+  if (components.length > 1 && components[0] === ZSTD_META) {
+    compression = "zstd";
+    components.shift();
+  }
+  for (const component of components) {
     if (component === ARM64_META) {
       system = "aarch64-linux";
     } else if (Object.hasOwn(META_PACKAGES, component)) {
@@ -55,7 +73,10 @@ export function parseImageName(name: string): NameCheck {
     }
   }
   if (packages.size === 0) {
-    return { ok: false, reason: `"${name}" names no package, only a meta-package that changes the system` };
+    return {
+      ok: false,
+      reason: `"${name}" names no package, only meta-packages that change the system or the compression`,
+    };
   }
   if (packages.size > MAX_PACKAGES) {
     return {
@@ -63,7 +84,7 @@ export function parseImageName(name: string): NameCheck {
       reason: `an image holds at most ${MAX_PACKAGES} packages; this name asks for ${packages.size}`,
     };
   }
-  return { ok: true, image: { packages: [...packages.values()].sort(), system } };
+  return { ok: true, image: { packages: [...packages.values()].sort(), system, compression } };
 }
 
 /** OCI platform architecture for a Nix system. */

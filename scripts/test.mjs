@@ -28,6 +28,8 @@ const TEST_PACKAGES = [
   "git",
   "tar",
   "gzip",
+  "zstd", // reads zstd layers back in test/builder-units.test.ts
+  "pigz", // `npm run bench` compares the builder's layer compression with tar | pigz
   "curl",
   "util-linux",
   "mmdebstrap", // bootstraps Debian 13 for its Nix 2.26 (test/support/modern-nix.ts)

@@ -70,7 +70,7 @@ describe("build admission", () => {
   const keyOf = async (name: string) => {
     const parsed = parseImageName(name);
     if (!parsed.ok) throw new Error(parsed.reason);
-    return imageKey(revision, parsed.image.system, parsed.image.packages);
+    return imageKey(revision, parsed.image.system, parsed.image.packages, parsed.image.compression);
   };
   const pull = (name: string) =>
     fetch(`${stack.registryUrl}/v2/${name}/manifests/latest`, { headers: { Accept: OCI_MANIFEST } });

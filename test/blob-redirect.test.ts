@@ -11,10 +11,9 @@
 // fixed when it starts, before the stack's own endpoint has its port and its randomly made key. The same Miniflare
 // also runs two more copies of the worker on the bucket, one with wrangler.toml's settings (the redirect off) and
 // one with a half-configured redirect, which must serve every blob itself.
-import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -39,9 +38,10 @@ import {
   type BlobRedirect,
   type BlobRedirectEnv,
 } from "../worker/blob-redirect.ts";
+import { has, startContainerd, startDockerd } from "./support/daemons.ts";
 import { startHttpFront, type Forward, type HttpFront } from "./support/http-front.ts";
 import { startTestS3, S3RVER_KEY, S3RVER_SECRET } from "./support/s3-server.ts";
-import { podmanRun, run, runAllowingFailure, startTestStack, type TestStack } from "./support/stack.ts";
+import { podmanRun, run, startTestStack, type TestStack } from "./support/stack.ts";
 
 const BUCKET = "nix-edge-registry";
 /** busybox (about 1 MiB gzipped) and dataset (4 MiB that barely compress) are over it; hello, cacert, iana-etc,
@@ -242,40 +242,6 @@ function clearLogs(): void {
 }
 
 const imageRef = () => `${registryFront.url.replace("http://", "")}/${IMAGE}:latest`;
-
-/** Whether a program is on PATH. */
-async function has(program: string): Promise<boolean> {
-  return (await runAllowingFailure("sh", ["-c", `command -v ${program}`])).code === 0;
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what} did not come up within ${timeoutMs / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
-
-/** Stops a daemon started here, by its pid: SIGTERM, then SIGKILL after 20 s. */
-async function stopDaemon(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-/** A daemon's output, kept for the error message when it does not come up. */
-function captureOutput(child: ChildProcess): () => string {
-  let output = "";
-  const keep = (chunk: Buffer) => {
-    output = (output + chunk.toString()).slice(-8000);
-  };
-  child.stdout?.on("data", keep);
-  child.stderr?.on("data", keep);
-  return () => output;
-}
 
 describe("blob GETs with the redirect on", () => {
   it("has blobs on both sides of the threshold in the image pulled below", () => {
@@ -540,52 +506,16 @@ describe("real clients pull through the redirect", () => {
   it("the Docker daemon (docker.io 20.10): docker pull and run", async (context) => {
     if (!(await has("dockerd")))
       context.skip("dockerd is not installed: apt-get install docker.io (.ci/run installs it)");
-    const dir = await mkdtemp(join(scratch, "docker-"));
-    const socket = `unix://${dir}/sock`;
-    // The 20.10 client that comes with the daemon, where it is installed; any docker CLI speaks to it.
-    const docker = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
-    const daemon = spawn(
-      "dockerd",
-      [
-        "--host",
-        socket,
-        "--data-root",
-        join(dir, "root"),
-        "--exec-root",
-        join(dir, "exec"),
-        "--pidfile",
-        join(dir, "pid"),
-        "--iptables=false",
-        "--ip-forward=false",
-        "--bridge=none",
-        "--storage-driver=vfs",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    const output = captureOutput(daemon);
+    const docker = await startDockerd(await mkdtemp(join(scratch, "docker-")));
     try {
-      await waitFor(
-        "dockerd",
-        async () => {
-          if (daemon.exitCode !== null) throw new Error(`dockerd exited with ${daemon.exitCode}:\n${output()}`);
-          return (await runAllowingFailure(docker, ["-H", socket, "version"], 10_000)).code === 0;
-        },
-        60_000,
-      ).catch((error: Error) => {
-        throw new Error(`${error.message}\n${output()}`);
-      });
       clearLogs();
-      await run(docker, ["-H", socket, "pull", imageRef()], 180_000);
+      await docker.client(["pull", imageRef()], 180_000);
       expectLargeBlobsRedirected();
-      const { stdout } = await run(
-        docker,
-        ["-H", socket, "run", "--rm", "--network", "none", imageRef(), "hello"],
-        120_000,
-      );
+      const { stdout } = await docker.client(["run", "--rm", "--network", "none", imageRef(), "hello"], 120_000);
       expect(stdout.trim()).toBe("Hello, world!");
     } finally {
-      await runAllowingFailure(docker, ["-H", socket, "rmi", "-f", imageRef()], 60_000);
-      await stopDaemon(daemon);
+      await docker.clientAllowingFailure(["rmi", "-f", imageRef()], 60_000);
+      await docker.stop();
     }
   });
 
@@ -609,46 +539,15 @@ describe("real clients pull through the redirect", () => {
     if (!(await has("containerd")) || !(await has("ctr"))) {
       context.skip("containerd is not installed: apt-get install containerd (.ci/run installs it, with docker.io)");
     }
-    const dir = await mkdtemp(join(scratch, "ctrd-"));
-    const address = join(dir, "c.sock");
-    const config = join(dir, "config.toml");
-    // Its own root, state and sockets, and no CRI plugin (nothing of Kubernetes' is needed for a pull).
-    await writeFile(
-      config,
-      [
-        "version = 2",
-        `root = "${join(dir, "root")}"`,
-        `state = "${join(dir, "state")}"`,
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        "[grpc]",
-        `  address = "${address}"`,
-        "[ttrpc]",
-        `  address = "${address}.ttrpc"`,
-        "",
-      ].join("\n"),
-    );
-    const daemon = spawn("containerd", ["--config", config], { stdio: ["ignore", "pipe", "pipe"] });
-    const output = captureOutput(daemon);
+    const containerd = await startContainerd(await mkdtemp(join(scratch, "ctrd-")));
     try {
-      await waitFor(
-        "containerd",
-        async () => {
-          if (daemon.exitCode !== null) throw new Error(`containerd exited with ${daemon.exitCode}:\n${output()}`);
-          return (await runAllowingFailure("ctr", ["--address", address, "version"], 10_000)).code === 0;
-        },
-        60_000,
-      );
       clearLogs();
-      await run(
-        "ctr",
-        ["--address", address, "images", "pull", "--plain-http", "--snapshotter", "native", imageRef()],
-        180_000,
-      );
+      await containerd.client(["images", "pull", "--plain-http", "--snapshotter", "native", imageRef()], 180_000);
       expectLargeBlobsRedirected();
-      const { stdout } = await run("ctr", ["--address", address, "images", "check"]);
+      const { stdout } = await containerd.client(["images", "check"]);
       expect(stdout).toMatch(/complete/);
     } finally {
-      await stopDaemon(daemon);
+      await containerd.stop();
     }
   });
 });

@@ -72,7 +72,7 @@ describe("build jobs", () => {
   const keyOf = async (name: string) => {
     const parsed = parseImageName(name);
     if (!parsed.ok) throw new Error(parsed.reason);
-    return imageKey(revision, parsed.image.system, parsed.image.packages);
+    return imageKey(revision, parsed.image.system, parsed.image.packages, parsed.image.compression);
   };
   const until = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 60_000) => {
     const deadline = Date.now() + timeoutMs;

@@ -7,6 +7,8 @@ import { createWriteStream, readFileSync } from "node:fs";
 import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { finished } from "node:stream/promises";
+import { gunzipSync } from "node:zlib";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   NONCE_HEADER,
@@ -22,6 +24,7 @@ import { parseImageName } from "../common/image-name.ts";
 import { classifyTag, tagProblem } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
+import { BlockCompressor } from "../builder-service/block-compression.ts";
 import type { StagedBlob } from "../builder-service/blob-store.ts";
 import { rootfsEntries, storePathEntries, storePathEntriesUnder, type TarEntry } from "../builder-service/tarball.ts";
 import type { StorePathNode } from "../builder-service/closure.ts";
@@ -175,6 +178,82 @@ describe("tarballs", () => {
   });
 });
 
+describe("layer compression in blocks", () => {
+  // A 3.5 MiB store path: four 1 MiB blocks, the last short. Compressible but not trivially (text-like lines).
+  const big = join(scratch, "big", "nix/store/11111111111111111111111111111111-big");
+  const entriesOfBig = async () => {
+    await mkdir(big, { recursive: true });
+    const lines: string[] = [];
+    for (let i = 0, n = 7, length = 0; length < 3.5 * 1024 * 1024; i++) {
+      n = (n * 1103515245 + 12345) % 2 ** 31;
+      lines.push(`line ${i} value ${n.toString(36)} ${"abcdefgh".repeat(n % 7)}\n`);
+      length += lines[i].length;
+    }
+    await writeFile(join(big, "data"), lines.join(""));
+    return storePathEntriesUnder(join(scratch, "big"), ["/nix/store/11111111111111111111111111111111-big"]);
+  };
+  const blob = (dir: string, digest: Digest) => join(dir, digest.slice("sha256:".length));
+
+  it("gives the same bytes with 1, 2 or 3 blocks in flight, as members gzip and zstd read back as the tar", async () => {
+    const entries = await entriesOfBig();
+    const dir = join(scratch, "blocks");
+    const store = folderStore(dir);
+    const gzip = await Promise.all([1, 2, 3].map((parallelism) => writeLayer(entries, store, { parallelism })));
+    expect(gzip[1]).toEqual(gzip[0]);
+    expect(gzip[2]).toEqual(gzip[0]);
+    const zstd = await Promise.all(
+      [1, 2].map((parallelism) => writeLayer(entries, store, { parallelism, compression: "zstd" })),
+    );
+    expect(zstd[1]).toEqual(zstd[0]);
+    // Another blob of the same tar: the diff_id is the tar's, the digest the compressed bytes'.
+    expect(zstd[0].diffId).toBe(gzip[0].diffId);
+    expect(zstd[0].digest).not.toBe(gzip[0].digest);
+    for (const [layer, tool] of [
+      [gzip[0], "gzip"],
+      [zstd[0], "zstd"],
+    ] as const) {
+      const tarBytes = execFileSync(tool, ["-dc", blob(dir, layer.digest)], { maxBuffer: 64 * 1024 * 1024 });
+      expect(tarBytes.length).toBe(layer.tarSize);
+      expect(`sha256:${createHash("sha256").update(tarBytes).digest("hex")}`).toBe(layer.diffId);
+    }
+    // Four gzip members, each with a fixed header (no time, no name, OS byte 3 whatever the host).
+    const compressed = readFileSync(blob(dir, gzip[0].digest));
+    const headers = [...compressed.toString("latin1").matchAll(/\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03/g)];
+    expect(headers.length).toBeGreaterThanOrEqual(4);
+    expect(compressed.subarray(0, 10)).toEqual(Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]));
+  });
+
+  it("gives an empty input one empty member, a valid gzip stream", async () => {
+    const chunks: Buffer[] = [];
+    const compressor = new BlockCompressor({ compression: "gzip", parallelism: 2 });
+    compressor.on("data", (chunk: Buffer) => chunks.push(chunk));
+    compressor.end();
+    await finished(compressor);
+    expect(gunzipSync(Buffer.concat(chunks)).length).toBe(0);
+  });
+
+  it("cuts blocks at fixed offsets whatever the chunks it is given", async () => {
+    const input = Buffer.from(Array.from({ length: 10_000 }, (_, i) => `${i},`).join(""));
+    const compress = async (chunkBytes: number, parallelism: number) => {
+      const compressor = new BlockCompressor({ compression: "gzip", parallelism, blockBytes: 4096 });
+      const out: Buffer[] = [];
+      compressor.on("data", (chunk: Buffer) => out.push(chunk));
+      for (let i = 0; i < input.length; i += chunkBytes) compressor.write(input.subarray(i, i + chunkBytes));
+      compressor.end();
+      await finished(compressor);
+      return Buffer.concat(out);
+    };
+    const reference = await compress(4096, 1);
+    expect(gunzipSync(reference)).toEqual(input);
+    for (const [chunkBytes, parallelism] of [
+      [1000, 1],
+      [7, 3],
+      [50_000, 2],
+    ])
+      expect(await compress(chunkBytes, parallelism)).toEqual(reference);
+  });
+});
+
 /** A tree laid out like /nix/store under another root: tests must not write into the real store. */
 function storePathEntriesFromRoot(root: string): Promise<TarEntry[]> {
   return storePathEntriesUnder(root, ["/nix/store/00000000000000000000000000000000-demo"]);
@@ -264,14 +343,39 @@ describe("names, tags, digests and ranges", () => {
     expect(parseImageName("hello/git")).toEqual(parseImageName("git/hello"));
     expect(parseImageName("shell/hello/coreutils")).toEqual({
       ok: true,
-      image: { packages: ["bashInteractive", "coreutils", "hello", "moreutils", "nano"], system: "x86_64-linux" },
+      image: {
+        packages: ["bashInteractive", "coreutils", "hello", "moreutils", "nano"],
+        system: "x86_64-linux",
+        compression: "gzip",
+      },
     });
     // Components are lower case; the meta-package's bashInteractive is the same package, in either order.
     expect(parseImageName("shell/bashinteractive")).toEqual(parseImageName("shell"));
     expect(parseImageName("bashinteractive/shell")).toEqual(parseImageName("shell"));
     expect(parseImageName("arm64/hello")).toEqual({
       ok: true,
-      image: { packages: ["hello"], system: "aarch64-linux" },
+      image: { packages: ["hello"], system: "aarch64-linux", compression: "gzip" },
+    });
+    // zstd first is a meta-package too: layers compressed with zstd. Elsewhere, or alone, it is the zstd program.
+    expect(parseImageName("zstd/hello/arm64")).toEqual({
+      ok: true,
+      image: { packages: ["hello"], system: "aarch64-linux", compression: "zstd" },
+    });
+    expect(parseImageName("shell/zstd")).toEqual({
+      ok: true,
+      image: {
+        packages: ["bashInteractive", "coreutils", "moreutils", "nano", "zstd"],
+        system: "x86_64-linux",
+        compression: "gzip",
+      },
+    });
+    expect(parseImageName("zstd")).toEqual({
+      ok: true,
+      image: { packages: ["zstd"], system: "x86_64-linux", compression: "gzip" },
+    });
+    expect(parseImageName("zstd/zstd")).toEqual({
+      ok: true,
+      image: { packages: ["zstd"], system: "x86_64-linux", compression: "zstd" },
     });
     expect(parseImageName("Hello").ok).toBe(false);
     expect(parseImageName("a//b").ok).toBe(false);
@@ -385,8 +489,9 @@ describe("names, tags, digests and ranges", () => {
     expect(reason({ ...build, jobId: "j", waitSeconds: null })).toBe("waitSeconds is a number of seconds from 0 to 10");
     expect(validateJobRequest({ ...build, jobId: "j", waitSeconds: 10, extra: 1 })).toEqual({
       ok: true,
-      request: { ...build, jobId: "j", waitSeconds: 10 },
+      request: { ...build, compression: "gzip", jobId: "j", waitSeconds: 10 },
     });
+    expect(reason({ ...build, compression: "xz" })).toBe("compression must be one of gzip, zstd");
   });
 
   it("the builder re-checks job requests: a build request plus a job id of letters, digits and dashes", () => {
@@ -394,7 +499,14 @@ describe("names, tags, digests and ranges", () => {
     const jobId = randomUUID();
     expect(validateJobRequest({ ...build, jobId })).toEqual({
       ok: true,
-      request: { packages: ["a.b", "hello"], system: "x86_64-linux", tag: "latest", revision: "abc", jobId },
+      request: {
+        packages: ["a.b", "hello"],
+        system: "x86_64-linux",
+        compression: "gzip",
+        tag: "latest",
+        revision: "abc",
+        jobId,
+      },
     });
     expect(validateJobRequest(build)).toMatchObject({ ok: false, reason: expect.stringMatching(/jobId/) });
     expect(validateJobRequest({ ...build, jobId: "../../etc" }).ok).toBe(false);

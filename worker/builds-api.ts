@@ -18,6 +18,7 @@ export interface BuildView {
   imageKey: string;
   packages: string[];
   system: string;
+  compression: string;
   tag: string;
   revision: string;
   phase: JobRecord["phase"];
@@ -37,6 +38,7 @@ function view(record: JobRecord, image: ImageRecord | null): BuildView {
     imageKey: record.imageKey,
     packages: record.request.packages,
     system: record.request.system,
+    compression: record.request.compression,
     tag: record.request.tag,
     revision: record.request.revision,
     phase: record.phase,

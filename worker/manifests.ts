@@ -27,6 +27,7 @@ import {
   type HeaderMap,
 } from "./responses.ts";
 import { registryStorage } from "./registry-storage.ts";
+import { unreadableZstdResponse } from "./zstd-readers.ts";
 import type { RegistryStorage, StoredResolution } from "./storage.ts";
 
 /** Tag responses are cached briefly at most: the tag may move. */
@@ -160,7 +161,7 @@ async function manifestByTag(
     const resolved = await resolveTagCached(env, storage, ctx, tag, { refresh: attempt > 0 });
     if (!resolved.ok) return failureResponse(method, resolved.failure);
     const { resolution } = resolved;
-    const key = await imageKey(resolution.revision, image.system, image.packages);
+    const key = await imageKey(resolution.revision, image.system, image.packages, image.compression);
     const cacheControl = tagCacheControl(env, resolution);
 
     const record = await storage.getImage(key);
@@ -179,7 +180,13 @@ async function manifestByTag(
     const built = await awaitImage(
       env,
       key,
-      { packages: image.packages, system: image.system, tag, revision: resolution.revision },
+      {
+        packages: image.packages,
+        system: image.system,
+        compression: image.compression,
+        tag,
+        revision: resolution.revision,
+      },
       client,
     );
     if (!built.ok) {
@@ -203,6 +210,8 @@ export async function handleManifest(request: IRequest, env: Env, ctx: Execution
   const name = checkName(request.method, request.params.name);
   if (!name.ok) return name.response;
   const reference = decodeParam(request.params.reference);
+  const unreadable = unreadableZstdResponse(request, name.name, name.image);
+  if (unreadable) return unreadable;
   const storage = await registryStorage(request, env, ctx);
   if (reference.includes(":")) return manifestByDigest(request, storage, name.name, reference);
   return manifestByTag(request, env, ctx, storage, name.name, name.image, reference);

@@ -1,6 +1,6 @@
 // Words and numbers for the front page and the build API: sizes, durations, a build's progress, an image's name.
 import type { JobPhase, JobProgress } from "../../common/bucket-layout.ts";
-import { ARM64_META, META_PACKAGES } from "../../common/image-name.ts";
+import { ARM64_META, META_PACKAGES, ZSTD_META } from "../../common/image-name.ts";
 
 export function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
@@ -43,11 +43,14 @@ export function progressSummary(phase: JobPhase, progress: JobProgress): string 
 
 /**
  * The shortest name that pulls the image a build request describes: the shell meta-package when all its packages
- * are there, arm64 for aarch64, then the other packages (names are case-insensitive; repository names are lower case).
+ * are there, zstd for zstd layers, arm64 for aarch64, then the other packages (names are case-insensitive;
+ * repository names are lower case).
  */
-export function imageName(request: { packages: readonly string[]; system: string }): string {
+export function imageName(request: { packages: readonly string[]; system: string; compression?: string }): string {
   const lower = new Set(request.packages.map((p) => p.toLowerCase()));
   const components: string[] = [];
+  // zstd first: only there is it the compression rather than the zstd program.
+  if (request.compression === "zstd") components.push(ZSTD_META);
   if (request.system === "aarch64-linux") components.push(ARM64_META);
   for (const [meta, members] of Object.entries(META_PACKAGES)) {
     if (members.every((m) => lower.has(m.toLowerCase()))) {

@@ -1,0 +1,173 @@
+// Compression of a layer on every core, with bytes that do not depend on how many there are.
+//
+// One gzip (or zstd) stream is one chain of back-references and runs on one core, so the largest layer of an image
+// bounded the build's layer phase. Here the tar stream is cut into fixed-size blocks and each block is compressed
+// on its own, as a complete gzip member (or zstd frame), on libuv's thread pool; the members are written in order.
+// Both formats define the concatenation of members (frames) as one stream of the concatenated data, and every
+// client's reader takes it (Go's compress/gzip and klauspost/compress/zstd, which docker, containerd, skopeo and
+// podman use; GNU gzip and zstd; umoci). pigz makes the same kind of stream, for the same reason.
+//
+// Determinism: a block is the same bytes at the same offset whatever the parallelism, and each is compressed alone
+// with fixed settings, so the output is a function of the input and the block size only. Parallelism (how many
+// blocks are in flight) changes speed and memory (about parallelism x 2 blocks, and one being read), never bytes.
+import { Transform, type TransformCallback } from "node:stream";
+import { promisify } from "node:util";
+import zlib from "node:zlib";
+import type { LayerCompression } from "../common/image-name.ts";
+
+/**
+ * 1 MiB: measured on the curl/git/jq closure (docs/benchmark.md), gzip -6 in 1 MiB members is 0.3% larger than one
+ * stream; 256 KiB costs 1.0%, 4 MiB saves 0.1% more but needs 4x the memory and leaves small layers on one core.
+ */
+export const COMPRESSION_BLOCK_BYTES = 1024 * 1024;
+
+/** gzip's own default level: the usual balance of build time against pull bytes. */
+const GZIP_LEVEL = 6;
+/** zstd's own default level, which compresses about as well as gzip -6 at several times its speed. */
+const ZSTD_LEVEL = 3;
+
+/** Byte 9 of a gzip member's header names the operating system zlib was built for; fixed, so no host shows. */
+const GZIP_OS_BYTE = 9;
+const GZIP_OS_UNIX = 3;
+
+const gzip = promisify(zlib.gzip);
+
+/** The part of node:zlib's zstd support (Node 22.15+) used here; the project's @types/node predates it. */
+interface ZstdZlib {
+  zstdCompress?: (
+    buffer: Buffer,
+    options: { params: Record<number, number>; pledgedSrcSize: number; chunkSize: number },
+    callback: (error: Error | null, result: Buffer) => void,
+  ) => void;
+  constants: { ZSTD_c_compressionLevel?: number; ZSTD_c_checksumFlag?: number; ZSTD_c_contentSizeFlag?: number };
+}
+const zstdZlib = zlib as unknown as ZstdZlib;
+
+/** Whether this Node has zstd in node:zlib (22.15 and later). */
+export function zstdAvailable(): boolean {
+  return typeof zstdZlib.zstdCompress === "function";
+}
+
+/**
+ * Room for a block's whole compressed form (deflate and zstd grow incompressible data by well under 1%), so that
+ * zlib compresses it in one call on the thread pool rather than one call per 16 KiB of output.
+ */
+function outputRoom(block: Buffer): number {
+  return Math.max(64 * 1024, block.length + (block.length >> 6) + 1024);
+}
+
+async function compressBlock(compression: LayerCompression, block: Buffer): Promise<Buffer> {
+  if (compression === "gzip") {
+    const member = await gzip(block, { level: GZIP_LEVEL, chunkSize: outputRoom(block) });
+    member[GZIP_OS_BYTE] = GZIP_OS_UNIX;
+    return member;
+  }
+  const { zstdCompress, constants } = zstdZlib;
+  if (!zstdCompress) throw new ZstdUnavailableError();
+  return new Promise((resolve, reject) =>
+    zstdCompress(
+      block,
+      {
+        params: {
+          // zstd.h's parameter numbers (100, 201, 200), which node:zlib's constants carry.
+          [constants.ZSTD_c_compressionLevel ?? 100]: ZSTD_LEVEL,
+          // A checksum per frame, so a reader notices a damaged block; the content size, so it can size its buffer.
+          [constants.ZSTD_c_checksumFlag ?? 201]: 1,
+          [constants.ZSTD_c_contentSizeFlag ?? 200]: 1,
+        },
+        pledgedSrcSize: block.length,
+        chunkSize: outputRoom(block),
+      },
+      (error, result) => (error ? reject(error) : resolve(result)),
+    ),
+  );
+}
+
+export class ZstdUnavailableError extends Error {
+  constructor() {
+    super(
+      `this builder's Node.js ${process.version} has no zstd in node:zlib, which zstd layers need: ` +
+        "run the builder on Node.js 22.15 or later (or 23.8 and later)",
+    );
+  }
+}
+
+export interface BlockCompressorOptions {
+  compression: LayerCompression;
+  /** Blocks compressed at once; at least 1. */
+  parallelism: number;
+  /** Tests only: the size every block but the last has. */
+  blockBytes?: number;
+}
+
+/** A transform from a tar stream to its compressed form, block by block (see the comment at the top). */
+export class BlockCompressor extends Transform {
+  private readonly compression: LayerCompression;
+  private readonly parallelism: number;
+  private readonly blockBytes: number;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** Blocks being compressed, in input order. */
+  private readonly inFlight: Promise<Buffer>[] = [];
+  private blocks = 0;
+
+  constructor(options: BlockCompressorOptions) {
+    super();
+    if (!Number.isInteger(options.parallelism) || options.parallelism < 1)
+      throw new Error(`compression parallelism must be a whole number from 1, not ${options.parallelism}`);
+    if (options.compression === "zstd" && !zstdAvailable()) throw new ZstdUnavailableError();
+    this.compression = options.compression;
+    this.parallelism = options.parallelism;
+    this.blockBytes = options.blockBytes ?? COMPRESSION_BLOCK_BYTES;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    this.drainFullBlocks().then(() => callback(), callback);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    // The last, shorter block; an empty tar still gets one (empty) member, so the blob is a valid stream.
+    if (this.pendingBytes > 0 || this.blocks === 0) this.start(this.takeBlock(this.pendingBytes));
+    this.waitFor(0).then(() => callback(), callback);
+  }
+
+  private async drainFullBlocks(): Promise<void> {
+    while (this.pendingBytes >= this.blockBytes) {
+      // At most `parallelism` blocks compressing: room is made before a block starts, not after, so the input goes
+      // on being read (file reads, on the same thread pool) while they compress. Memory: that many blocks, and one
+      // being read.
+      await this.waitFor(this.parallelism - 1);
+      this.start(this.takeBlock(this.blockBytes));
+    }
+  }
+
+  /** The first `bytes` of the pending input as one buffer. */
+  private takeBlock(bytes: number): Buffer {
+    const all = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingBytes);
+    const block = all.subarray(0, bytes);
+    const rest = all.subarray(bytes);
+    this.pending = rest.length > 0 ? [rest] : [];
+    this.pendingBytes = rest.length;
+    // A copy: the block outlives this call on the thread pool, and its source chunk may be reused upstream.
+    return Buffer.from(block);
+  }
+
+  private start(block: Buffer): void {
+    this.blocks++;
+    const compressed = compressBlock(this.compression, block);
+    // Awaited in order by waitFor; this only keeps an early failure from counting as unhandled meanwhile.
+    compressed.catch(() => undefined);
+    this.inFlight.push(compressed);
+  }
+
+  /** Writes out finished blocks, in order, until at most `left` are in flight. */
+  private async waitFor(left: number): Promise<void> {
+    while (this.inFlight.length > left) {
+      const bytes = await this.inFlight[0];
+      void this.inFlight.shift();
+      this.push(bytes);
+    }
+  }
+}
