@@ -23,6 +23,7 @@ import type { Logger } from "../builder-service/log.ts";
 import { storeBytes } from "../builder-service/nix-store-limit.ts";
 import { S3BlobStore } from "../builder-service/s3/store.ts";
 import { OFFLINE_NIX_CONFIG, PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { privateNixPrefix } from "./support/modern-nix.ts";
 import { getManifest, PackageSetRepo, testPkgsWithHello } from "./support/package-sets.ts";
 import { slowProgram } from "./support/slow-fixtures.ts";
 import {
@@ -72,17 +73,7 @@ let bucket: S3BlobStore;
 const commits: string[] = [];
 
 /** argv prefix: the rest runs with nixDir mounted at /nix, in a mount namespace of its own. */
-const privateStore = () => [
-  "unshare",
-  "--mount",
-  "--propagation",
-  "private",
-  "sh",
-  "-c",
-  'mount --bind "$1" /nix && shift && exec "$@"',
-  "sh",
-  nixDir,
-];
+const privateStore = () => privateNixPrefix(nixDir);
 
 async function commit(message: string): Promise<string> {
   await writeFile(join(repo.dir, "pkgs.nix"), await testPkgsWithHello(message));

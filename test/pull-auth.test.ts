@@ -2,9 +2,9 @@
 // set (two users) and, to show that the combination is refused, a blob redirect to a public bucket domain. Beside
 // it, in this file's Miniflare, three more copies of the worker on the same bucket: wrangler.toml's settings (auth
 // off, the default), a secret with a short password, and PULL_AUTH=on without the secret (both must let nobody in).
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { Miniflare, type MiniflareOptions } from "miniflare";
@@ -17,6 +17,7 @@ import { forwardWorkerdOutput } from "../scripts/workerd-process.ts";
 import { parseBlobRedirect } from "../worker/blob-redirect.ts";
 import { parsePullAuth, pullAuthOf } from "../worker/pull-credentials.ts";
 import { issueToken, type Access } from "../worker/pull-tokens.ts";
+import { has, startContainerd, startDockerd } from "./support/daemons.ts";
 import { startHttpFront } from "./support/http-front.ts";
 import { podmanStorage, run, runAllowingFailure, startTestStack, type TestStack } from "./support/stack.ts";
 
@@ -492,11 +493,6 @@ describe("a browser (Debian's chromium, driven by playwright-core)", () => {
   });
 });
 
-/** Whether a program is on PATH. */
-async function has(program: string): Promise<boolean> {
-  return (await runAllowingFailure("sh", ["-c", `command -v ${program}`])).code === 0;
-}
-
 /** Runs a command with `input` on its stdin. */
 function runWithInput(command: string, args: string[], input: string): Promise<{ code: number; output: string }> {
   return new Promise((resolve, reject) => {
@@ -508,24 +504,6 @@ function runWithInput(command: string, args: string[], input: string): Promise<{
     child.once("close", (code) => resolve({ code: code ?? 1, output }));
     child.stdin.end(input);
   });
-}
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what} did not come up within ${timeoutMs / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
-
-/** Stops a daemon started here, by its pid: SIGTERM, then SIGKILL after 20 s. */
-async function stopDaemon(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-  await exited;
-  clearTimeout(timer);
 }
 
 describe("real clients with credentials", () => {
@@ -594,31 +572,9 @@ describe("real clients with credentials", () => {
     if (!(await has("containerd")) || !(await has("ctr"))) {
       context.skip("containerd is not installed: apt-get install containerd (.ci/run installs it, with docker.io)");
     }
-    const dir = await mkdtemp(join(scratch, "ctrd-"));
-    const address = join(dir, "c.sock");
-    const config = join(dir, "config.toml");
-    await writeFile(
-      config,
-      [
-        "version = 2",
-        `root = "${join(dir, "root")}"`,
-        `state = "${join(dir, "state")}"`,
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        "[grpc]",
-        `  address = "${address}"`,
-        "[ttrpc]",
-        `  address = "${address}.ttrpc"`,
-        "",
-      ].join("\n"),
-    );
-    const daemon = spawn("containerd", ["--config", config], { stdio: ["ignore", "ignore", "ignore"] });
+    const containerd = await startContainerd(await mkdtemp(join(scratch, "ctrd-")));
     try {
-      await waitFor(
-        "containerd",
-        async () => (await runAllowingFailure("ctr", ["--address", address, "version"], 10_000)).code === 0,
-        60_000,
-      );
-      const ctr = (...args: string[]) => ["--address", address, "images", "pull", "--plain-http", ...args];
+      const ctr = (...args: string[]) => [...containerd.clientArgs, "images", "pull", "--plain-http", ...args];
       const anonymous = await runAllowingFailure("ctr", ctr(`${host}/${IMAGE}:latest`), 60_000);
       expect(anonymous.code).not.toBe(0);
       const before = events(stack.workerLogLines, "pull-token").length;
@@ -627,10 +583,10 @@ describe("real clients with credentials", () => {
       expect(events(stack.workerLogLines, "pull-token").slice(before)).toContainEqual(
         expect.objectContaining({ user: ALICE.user, grant: "oauth2-password", scope: `repository:${IMAGE}:pull` }),
       );
-      const { stdout } = await run("ctr", ["--address", address, "images", "check"]);
+      const { stdout } = await containerd.client(["images", "check"]);
       expect(stdout).toMatch(/complete/);
     } finally {
-      await stopDaemon(daemon);
+      await containerd.stop();
     }
   });
 
@@ -638,33 +594,10 @@ describe("real clients with credentials", () => {
     if (!(await has("dockerd")))
       context.skip("dockerd is not installed: apt-get install docker.io (.ci/run installs it)");
     const dir = await mkdtemp(join(scratch, "docker-"));
-    const socket = `unix://${dir}/sock`;
-    const docker = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
-    const cli = (...args: string[]) => ["--config", join(dir, "cli"), "-H", socket, ...args];
-    const daemon = spawn(
-      "dockerd",
-      [
-        "--host",
-        socket,
-        "--data-root",
-        join(dir, "root"),
-        "--exec-root",
-        join(dir, "exec"),
-        "--pidfile",
-        join(dir, "pid"),
-        "--iptables=false",
-        "--ip-forward=false",
-        "--bridge=none",
-        "--storage-driver=vfs",
-      ],
-      { stdio: ["ignore", "ignore", "ignore"] },
-    );
+    const daemon = await startDockerd(dir);
+    const docker = daemon.clientCommand;
+    const cli = (...args: string[]) => ["--config", join(dir, "cli"), ...daemon.clientArgs, ...args];
     try {
-      await waitFor(
-        "dockerd",
-        async () => (await runAllowingFailure(docker, cli("version"), 10_000)).code === 0,
-        60_000,
-      );
       const anonymous = await runAllowingFailure(docker, cli("pull", `${host}/${IMAGE}:latest`), 60_000);
       expect(anonymous.code).not.toBe(0);
       expect(anonymous.stderr).toMatch(/unauthorized|no basic auth credentials/i);
@@ -687,7 +620,7 @@ describe("real clients with credentials", () => {
       );
     } finally {
       await runAllowingFailure(docker, cli("rmi", "-f", `${host}/${IMAGE}:latest`), 60_000);
-      await stopDaemon(daemon);
+      await daemon.stop();
     }
   });
 });

@@ -41,6 +41,9 @@ export function captureOutput(child: ChildProcess): () => string {
 }
 
 export interface Daemon {
+  /** The daemon's client (docker, or ctr), and the global options that point it at this daemon. */
+  clientCommand: string;
+  clientArgs: string[];
   /** Runs the daemon's client (docker, or ctr) against it. */
   client(args: string[], timeoutMs?: number): Promise<CommandOutput>;
   clientAllowingFailure(args: string[], timeoutMs?: number): Promise<CommandOutput & { code: number | null }>;
@@ -56,6 +59,8 @@ async function started(
 ): Promise<Daemon> {
   const output = captureOutput(daemon);
   const daemonHandle: Daemon = {
+    clientCommand,
+    clientArgs,
     client: (args, timeoutMs = 120_000) => run(clientCommand, [...clientArgs, ...args], timeoutMs),
     clientAllowingFailure: (args, timeoutMs = 120_000) =>
       runAllowingFailure(clientCommand, [...clientArgs, ...args], timeoutMs),

@@ -104,18 +104,7 @@ async function prepare(): Promise<ModernNix> {
       ...(existsSync(FOREIGN_BUSYBOX_DIR) ? [FOREIGN_BUSYBOX_DIR] : []),
     ].join(":"),
   };
-  // `mount --bind` in a private mount namespace: only this process and its children see the store at /nix.
-  const commandPrefix = [
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    'mount --bind "$1" /nix && shift && exec "$@"',
-    "sh",
-    nixDir,
-  ];
+  const commandPrefix = privateNixPrefix(nixDir);
   const version = await nixVersion(join(bin, "nix-build"), { ...process.env, ...env });
   if (!version || !atLeast(version, MIN_NIX_VERSION)) {
     throw new Error(
@@ -285,4 +274,22 @@ export function atLeast(version: string, minimum: string): boolean {
     if (x !== y) return x > y;
   }
   return true;
+}
+
+/**
+ * An argv prefix: what follows runs with `nixDir` mounted at /nix by `mount --bind` in a private mount namespace, so
+ * only that process and its children see that store at /nix.
+ */
+export function privateNixPrefix(nixDir: string): string[] {
+  return [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$1" /nix && shift && exec "$@"',
+    "sh",
+    nixDir,
+  ];
 }
