@@ -728,8 +728,8 @@ async function listObjects(url: URL, bucket: R2Bucket, bucketName: string): Prom
   );
 }
 
-/** DeleteObjects: the keys of the XML body, deleted at once (a key that is not there counts as deleted, as in S3). */
-async function deleteObjects(request: Request, bucket: R2Bucket): Promise<Response> {
+/** A small XML body (at most ~1 MB), read whole and checked against its length and claimed hashes. */
+async function checkedSmallBody(request: Request): Promise<Uint8Array> {
   const length = contentLength(request, MAX_COMPLETE_BODY_BYTES);
   const claimed = claimedHashes(request);
   const body = new Uint8Array(await request.arrayBuffer());
@@ -738,7 +738,12 @@ async function deleteObjects(request: Request, bucket: R2Bucket): Promise<Respon
     throw sha256Mismatch();
   if (claimed.md5 !== undefined && !equalBytes(new Uint8Array(await crypto.subtle.digest("MD5", body)), claimed.md5))
     throw md5Mismatch();
-  const xml = new TextDecoder().decode(body);
+  return body;
+}
+
+/** DeleteObjects: the keys of the XML body, deleted at once (a key that is not there counts as deleted, as in S3). */
+async function deleteObjects(request: Request, bucket: R2Bucket): Promise<Response> {
+  const xml = new TextDecoder().decode(await checkedSmallBody(request));
   if (!/<Delete[\s>]/.test(xml)) {
     throw new S3Failure(
       400,
@@ -864,16 +869,7 @@ async function completeMultipartUpload(
   key: string,
   uploadId: string,
 ): Promise<Response> {
-  // A small body (at most ~1 MB of XML): read whole, then checked against its claims.
-  const length = contentLength(request, MAX_COMPLETE_BODY_BYTES);
-  const claimed = claimedHashes(request);
-  const body = new Uint8Array(await request.arrayBuffer());
-  if (body.byteLength !== length) throw incompleteBody();
-  if (claimed.sha256 !== undefined && bytesToHex(await crypto.subtle.digest("SHA-256", body)) !== claimed.sha256)
-    throw sha256Mismatch();
-  if (claimed.md5 !== undefined && !equalBytes(new Uint8Array(await crypto.subtle.digest("MD5", body)), claimed.md5))
-    throw md5Mismatch();
-  const parts = parseCompleteBody(new TextDecoder().decode(body));
+  const parts = parseCompleteBody(new TextDecoder().decode(await checkedSmallBody(request)));
   let object: R2Object;
   try {
     object = await bucket.resumeMultipartUpload(key, uploadId).complete(parts);
