@@ -39,8 +39,9 @@ function check(ok, what) {
   }
 }
 
-function nix(cmd, attr, packages, sys = system) {
-  const args = [
+/** build-image.nix's arguments for one attribute of one image. */
+function exprArgs(attr, packages, sys = system) {
+  return [
     expr,
     "-A",
     attr,
@@ -54,6 +55,10 @@ function nix(cmd, attr, packages, sys = system) {
     "system",
     sys,
   ];
+}
+
+function nix(cmd, attr, packages, sys = system) {
+  const args = exprArgs(attr, packages, sys);
   const full =
     cmd === "resolve"
       ? ["nix-instantiate", ["--eval", "--strict", "--json", ...args]]
@@ -111,26 +116,10 @@ async function checkImage(packages, runs) {
   const out = r.stdout.trim();
   const again = nix("build", "image", packages);
   check(again.stdout.trim() === out, `  same output path when built again (${again.seconds.toFixed(3)} s)`);
-  const rebuilt = spawnSync(
-    "nix-build",
-    [
-      "--check",
-      "--no-out-link",
-      expr,
-      "-A",
-      "image",
-      "--argstr",
-      "packages",
-      JSON.stringify(packages),
-      "--argstr",
-      "source",
-      source,
-      "--argstr",
-      "system",
-      system,
-    ],
-    { env, encoding: "utf8" },
-  );
+  const rebuilt = spawnSync("nix-build", ["--check", "--no-out-link", ...exprArgs("image", packages)], {
+    env,
+    encoding: "utf8",
+  });
   check(rebuilt.status === 0, "  nix-build --check: a rebuild gives the same bytes");
 
   const text = readFileSync(join(out, "image.json"), "utf8");
