@@ -20,12 +20,11 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { AwsClient } from "aws4fetch";
 import { Miniflare, type MiniflareOptions } from "miniflare";
-import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { blobKey } from "../common/bucket-layout.ts";
 import type { Digest } from "../common/digest.ts";
 import { OCI_MANIFEST } from "../common/media-types.ts";
-import { freePort, PROJECT_ROOT } from "../scripts/local-stack.ts";
+import { freePort } from "../scripts/local-stack.ts";
 import {
   localS3EndpointWorker,
   randomS3Credentials,
@@ -38,6 +37,7 @@ import {
   type BlobRedirect,
   type BlobRedirectEnv,
 } from "../worker/blob-redirect.ts";
+import { bundledWorker } from "./support/bundled-worker.ts";
 import { has, startContainerd, startDockerd } from "./support/daemons.ts";
 import { startHttpFront, type Forward, type HttpFront } from "./support/http-front.ts";
 import { startTestS3, S3RVER_KEY, S3RVER_SECRET } from "./support/s3-server.ts";
@@ -113,24 +113,7 @@ function presigned(overrides: BlobRedirectEnv = {}): Exclude<BlobRedirect, { kin
  */
 async function startSideWorkers(s3Port: number): Promise<typeof side> {
   const bundleDir = await mkdtemp(join(tmpdir(), "redirect-bundle-"));
-  await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), [
-    "deploy",
-    "--dry-run",
-    "--outdir",
-    bundleDir,
-    "--config",
-    join(PROJECT_ROOT, "wrangler.toml"),
-  ]);
-  const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
-  const registry = (name: string, vars: Record<string, string>) => ({
-    ...(workerOptions as Record<string, unknown>),
-    name,
-    modules: true,
-    modulesRoot: bundleDir,
-    scriptPath: join(bundleDir, "index.js"),
-    bindings: { ...(workerOptions.bindings as Record<string, unknown> | undefined), ...vars },
-    unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
-  });
+  const registry = await bundledWorker(bundleDir);
   const s3 = await localS3EndpointWorker({ port: s3Port, bucket: BUCKET, credentials });
   const logLines: string[] = [];
   const miniflare = new Miniflare({

@@ -9,7 +9,6 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { Miniflare, type MiniflareOptions } from "miniflare";
 import { chromium } from "playwright-core";
-import { unstable_getMiniflareWorkerOptions } from "wrangler";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OCI_MANIFEST } from "../common/media-types.ts";
 import { PROJECT_ROOT } from "../scripts/local-stack.ts";
@@ -18,6 +17,7 @@ import { parseBlobRedirect } from "../worker/blob-redirect.ts";
 import { parsePullAuth, pullAuthOf } from "../worker/pull-credentials.ts";
 import { issueToken, type Access } from "../worker/pull-tokens.ts";
 import { has, startContainerd, startDockerd } from "./support/daemons.ts";
+import { bundledWorker } from "./support/bundled-worker.ts";
 import { startHttpFront } from "./support/http-front.ts";
 import { podmanStorage, run, runAllowingFailure, startTestStack, type TestStack } from "./support/stack.ts";
 
@@ -52,30 +52,10 @@ function claimsOf(token: string): { sub: string; aud: string; exp: number; iat: 
 
 async function startSideWorkers(): Promise<typeof side> {
   const bundleDir = await mkdtemp(join(scratch, "bundle-"));
-  await run(join(PROJECT_ROOT, "node_modules/.bin/wrangler"), [
-    "deploy",
-    "--dry-run",
-    "--outdir",
-    bundleDir,
-    "--config",
-    join(PROJECT_ROOT, "wrangler.toml"),
-  ]);
-  const { workerOptions } = unstable_getMiniflareWorkerOptions(join(PROJECT_ROOT, "wrangler.toml"));
+  const instance = await bundledWorker(bundleDir);
   const names = ["default-settings", "short-password", "on-without-secret"];
-  const registry = (name: string, vars: Record<string, string>) => ({
-    ...(workerOptions as Record<string, unknown>),
-    name,
-    modules: true,
-    modulesRoot: bundleDir,
-    scriptPath: join(bundleDir, "index.js"),
-    bindings: {
-      ...(workerOptions.bindings as Record<string, unknown> | undefined),
-      BUILDER_URL: stack.builder.url,
-      BUILDER_SECRET: stack.secret,
-      ...vars,
-    },
-    unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
-  });
+  const registry = (name: string, vars: Record<string, string>) =>
+    instance(name, { BUILDER_URL: stack.builder.url, BUILDER_SECRET: stack.secret, ...vars });
   const logLines: string[] = [];
   const miniflare = new Miniflare({
     workers: [
