@@ -172,7 +172,7 @@ export function loadCorpus(corpus: string[][] = CORPUS): {
 const MB = 1e6;
 const mb = (bytes: number) => `${Math.round(bytes / MB).toLocaleString("en")} MB`;
 const against = (value: number, floor: number) =>
-  value === floor ? "floor" : `${value >= floor ? "+" : ""}${((value / floor - 1) * 100).toFixed(1)}%`;
+  value === floor ? "floor" : `${value >= floor ? "+" : ""}${((value / floor - 1) * 100).toFixed(2)}%`;
 
 /** --budget N (layers per image) and --images (a line per image); anything else stops the simulation. */
 function options(args: string[]): { budget: number; images: boolean } {

@@ -55,8 +55,21 @@ export function topologicalOrder(graph: readonly StorePathNode[]): StorePathNode
 
 /** Past the budget, a path goes into the layer of a dependant that brings it to at least this share of its users. */
 const CO_OCCURRENCE_SHARE = 0.75;
-/** A path this big keeps a layer of its own past the budget: too many bytes to risk in a group. */
+/**
+ * A path this big keeps a layer of its own past the budget: too many bytes to risk in a group, since an image
+ * within the budget lays it out alone. Except a path no such image holds (see `largeClosures`).
+ */
 export const OWN_LAYER_BYTES = 16 * 1024 * 1024;
+/**
+ * A path whose closure has more store paths than this is never in an image laid out one path per layer with the
+ * default budget. A fixed count, not the budget: a path's layout then does not depend on the budget.
+ */
+export const LARGE_CLOSURE_PATHS = DEFAULT_LAYER_BUDGET - 1;
+/**
+ * A group with this many bytes or more for each layer it saves is laid out one path per layer: another image that
+ * lays out its paths differently would store and pull all those bytes again, for few layers saved.
+ */
+export const SPLIT_BYTES_PER_LAYER = 10 * 1024 * 1024;
 /** Paths used at least this share as widely as the closure's most used path (the C library) are the images' base. */
 const BASE_SHARE = 0.5;
 /** Base paths smaller than this share one layer; larger ones keep their own. */
@@ -71,7 +84,8 @@ const SMALL_BASE_BYTES = 1024 * 1024;
  *
  * Past the budget, paths are grouped by co-occurrence, so that images sharing an application share its layers
  * (see `coOccurrenceClasses`), and the groups with the most bytes keep a layer each; if there are more groups
- * than layers, the smallest share the last store layer. Without popularity data nothing says which paths come
+ * than layers, the smallest share the last store layer. A group with `SPLIT_BYTES_PER_LAYER` or more for each
+ * layer it saves is laid out one path per layer instead. Without popularity data nothing says which paths come
  * together, so every path is a group of its own: the largest keep a layer each, the rest share the last one.
  * Every choice is ordered by size, then by path, and groups come in dependency order, so the plan is a pure
  * function of the closure and the popularity data.
@@ -116,10 +130,14 @@ export function planLayers(
  * X, so they share a layer (and, transitively, the whole chain does). The test looks only at the two counts and
  * at a reference X always has, so a group is the same in every image that holds its paths, and two images
  * sharing an application share the application's layers. Except:
- * - paths of `OWN_LAYER_BYTES` or more stay alone: a group one image lays out differently costs all its bytes;
+ * - paths of `OWN_LAYER_BYTES` or more stay alone: an image within the budget lays them out alone, and a group
+ *   holding them would cost all its bytes again. Not those of `largeClosures`, which no such image holds: they
+ *   join their application's group like any other path;
  * - the base, paths used about as widely as the most used one (`BASE_SHARE`), which every image holds and
  *   small images lay out one per layer: those of `SMALL_BASE_BYTES` or more stay alone, the smaller share one
  *   layer (few bytes, and a layer fewer for the groups that matter).
+ * Then a group with `SPLIT_BYTES_PER_LAYER` or more for each layer it saves becomes one group per path: a few
+ * large paths are too many bytes to risk for the layer or two their group saves.
  * Without popularity data, each path is a group of its own.
  */
 function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popularity | undefined): StorePathNode[][] {
@@ -128,7 +146,8 @@ function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popu
   const weight = (node: StorePathNode) => Math.max(1, weights.get(node.path)!);
   const widest = Math.max(...ordered.map(weight));
   const isBase = (node: StorePathNode) => weight(node) >= BASE_SHARE * widest;
-  const alone = (node: StorePathNode) => node.narSize >= OWN_LAYER_BYTES || isBase(node);
+  const large = largeClosures(ordered, weight);
+  const alone = (node: StorePathNode) => (node.narSize >= OWN_LAYER_BYTES && !large.has(node.path)) || isBase(node);
 
   // Union-find over positions in `ordered`, each group represented by its first position: no Map iteration
   // order or hash decides anything.
@@ -160,6 +179,46 @@ function coOccurrenceClasses(ordered: readonly StorePathNode[], popularity: Popu
     if (group) group.push(node);
     else groups.set(root, [node]);
   });
-  // Roots are first positions, so ascending roots are dependency order.
-  return [...groups.keys()].sort((a, b) => a - b).map((root) => groups.get(root)!);
+  const bytes = (group: StorePathNode[]) => group.reduce((sum, node) => sum + node.narSize, 0);
+  const split = [...groups.values()].flatMap((group) =>
+    group.length > 1 && bytes(group) / (group.length - 1) >= SPLIT_BYTES_PER_LAYER
+      ? group.map((node) => [node])
+      : [group],
+  );
+  // Each group's first path decides its place: dependency order.
+  return split.sort((a, b) => index.get(a[0].path)! - index.get(b[0].path)!);
+}
+
+/**
+ * Paths no image laid out one path per layer holds, so laying them out in a group costs nothing against such
+ * images: paths with more than `LARGE_CLOSURE_PATHS` paths in their closure, and the paths they refer to that
+ * are mostly used through them (the co-occurrence test: the dependant has at least `CO_OCCURRENCE_SHARE` of the
+ * users of the path). Both tests look only at a path, its closure and its popularity, so they give the same
+ * answer in every image.
+ */
+function largeClosures(ordered: readonly StorePathNode[], weight: (node: StorePathNode) => number): Set<string> {
+  const byPath = new Map(ordered.map((node) => [node.path, node]));
+  const closureIsLarge = (node: StorePathNode): boolean => {
+    const closure = new Set([node.path]);
+    const stack = [node];
+    while (stack.length > 0 && closure.size <= LARGE_CLOSURE_PATHS) {
+      for (const reference of stack.pop()!.references) {
+        const referenced = byPath.get(reference);
+        if (referenced && !closure.has(reference)) {
+          closure.add(reference);
+          stack.push(referenced);
+        }
+      }
+    }
+    return closure.size > LARGE_CLOSURE_PATHS;
+  };
+  const tops = ordered.filter(closureIsLarge);
+  const large = new Set(tops.map((node) => node.path));
+  for (const node of tops) {
+    for (const reference of node.references) {
+      const referenced = byPath.get(reference);
+      if (referenced && weight(node) >= CO_OCCURRENCE_SHARE * weight(referenced)) large.add(reference);
+    }
+  }
+  return large;
 }

@@ -12,7 +12,13 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StorePathNode } from "../builder-service/closure.ts";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
-import { OWN_LAYER_BYTES, planLayers, topologicalOrder, type LayerGroup } from "../builder-service/layering.ts";
+import {
+  LARGE_CLOSURE_PATHS,
+  OWN_LAYER_BYTES,
+  planLayers,
+  topologicalOrder,
+  type LayerGroup,
+} from "../builder-service/layering.ts";
 import { loadPopularity, PopularityError, type Popularity } from "../builder-service/popularity.ts";
 import { PROJECT_ROOT } from "../scripts/local-stack.ts";
 
@@ -82,8 +88,8 @@ class PackageSet {
 }
 
 /**
- * Base libraries, a GUI stack many packages use, an editor with 60 libraries of its own and a large font package
- * (plus a plugin package that needs it), and two tools with 40 libraries each.
+ * Base libraries, a GUI stack many packages use, an editor with `LARGE_CLOSURE_PATHS` libraries of its own and a
+ * large font package (plus a plugin package that needs it), and two tools with 40 libraries each.
  */
 function desktop(): PackageSet {
   const set = new PackageSet()
@@ -97,7 +103,7 @@ function desktop(): PackageSet {
     .add("gtk", ["glib", "pango", "openssl"], 9 * MiB)
     .add("icons", [], 20 * MiB);
   for (let i = 0; i < 40; i++) set.add(`desktop-app-${i}`, ["gtk", "icons"], 2 * MiB);
-  const editorLibs = Array.from({ length: 60 }, (_, i) => `editor-lib-${String(i).padStart(2, "0")}`);
+  const editorLibs = Array.from({ length: LARGE_CLOSURE_PATHS }, (_, i) => `editor-lib-${String(i).padStart(2, "0")}`);
   editorLibs.forEach((name, i) => set.add(name, i % 3 === 0 ? ["libc", "zlib"] : ["libc"], 150_000 + i * 40_000));
   set
     .add("editor-data", [], 14 * MiB)
@@ -113,7 +119,8 @@ function desktop(): PackageSet {
   return set;
 }
 
-const byKey = (layers: LayerGroup[]) => new Set(layers.map((layer) => layer.paths.join("\n")));
+const key = (layer: LayerGroup) => layer.paths.join("\n");
+const byKey = (layers: LayerGroup[]) => new Set(layers.map(key));
 
 describe("layering within the budget", () => {
   const set = new PackageSet()
@@ -167,15 +174,59 @@ describe("layering past the budget", () => {
     // The editor's libraries come together: one layer.
     const libraries = planA.find((layer) => layer.paths.includes(pathOf("libeditor")))!;
     expect(libraries.paths).toEqual(expect.arrayContaining([pathOf("editor-lib-00"), pathOf("editor-lib-59")]));
-    // The C library, which every image has and small images lay out alone, and a path too big to risk in a group
-    // keep a layer of their own; the GUI stack, which comes together, is one layer shared by both images.
-    for (const name of ["libc", "editor-fonts"]) {
-      expect(planA).toContainEqual({ paths: [pathOf(name)], size: desk.nodes.get(name)!.narSize });
-      expect(planB).toContainEqual({ paths: [pathOf(name)], size: desk.nodes.get(name)!.narSize });
-    }
+    // The C library, which every image has and small images lay out alone, keeps a layer of its own; the GUI
+    // stack, which comes together, is one layer shared by both images.
+    expect(planA).toContainEqual({ paths: [pathOf("libc")], size: desk.nodes.get("libc")!.narSize });
+    expect(planB).toContainEqual({ paths: [pathOf("libc")], size: desk.nodes.get("libc")!.narSize });
     const gui = planA.find((layer) => layer.paths.includes(pathOf("gtk")))!;
     expect(gui.paths).toEqual(expect.arrayContaining([pathOf("glib"), pathOf("pango")]));
     expect(keysB.has(gui.paths.join("\n"))).toBe(true);
+  });
+
+  it("keeps a large path alone, unless only paths whose closures no image within the budget holds use it", () => {
+    const plan = planLayers(desk.image(["editor", "tool-a", "desktop-app-1"]), budget, popularity);
+    // The icons (20 MiB) come with every desktop application, whose closure of 10 paths fits in the budget: such
+    // an image lays them out alone, and so does this one.
+    expect(plan).toContainEqual({ paths: [pathOf("icons")], size: desk.nodes.get("icons")!.narSize });
+    expect(desk.image(["desktop-app-1"]).length).toBeLessThan(budget);
+    // The editor's fonts (18 MiB) come only through libeditor, whose closure is larger than any image laid out
+    // one path per layer: they go into the editor's layer, the same one as in the images of the other test.
+    expect(desk.image(["libeditor"]).length).toBeGreaterThan(LARGE_CLOSURE_PATHS);
+    const editorLayer = plan.find((layer) => layer.paths.includes(pathOf("libeditor")))!;
+    expect(editorLayer.paths).toContain(pathOf("editor-fonts"));
+    for (const other of [withA, withB])
+      expect(byKey(planLayers(other, budget, popularity)).has(key(editorLayer))).toBe(true);
+  });
+
+  it("lays out a group one path per layer when it holds 10 MiB or more for each layer it saves", () => {
+    // A viewer with a core and data, which always come together, and plugins that need it; beside them, tools
+    // that make the C library the widest used path.
+    const viewer = (coreSize: number) => {
+      const set = new PackageSet().add("libc", [], 2 * MiB);
+      for (let i = 0; i < 20; i++) set.add(`tool-${i}`, ["libc"], 100_000);
+      set
+        .add("viewer-data", [], coreSize)
+        .add("viewer-core", ["viewer-data", "libc"], coreSize)
+        .add("viewer", ["viewer-core"], 1 * MiB);
+      for (let i = 0; i < 4; i++) set.add(`viewer-plugin-${i}`, ["viewer"], 50_000);
+      for (let i = 0; i < 8; i++) set.add(`tool-${i}-extra`, [`tool-${i}`], 50_000);
+      return set;
+    };
+    const names = ["viewer-plugin-0", "tool-0-extra", "tool-1-extra", "tool-2-extra"];
+    const grouped = viewer(4 * MiB);
+    const plan = planLayers(grouped.image(names), 8, grouped.popularity());
+    expect(plan.length).toBeLessThanOrEqual(7);
+    // 9 MiB in three paths: 4.5 MiB for each layer saved, one layer.
+    expect(plan).toContainEqual({
+      paths: ["viewer", "viewer-core", "viewer-data"].map(pathOf).sort(),
+      size: 9 * MiB,
+    });
+    const heavy = viewer(12 * MiB);
+    const heavyPlan = planLayers(heavy.image(names), 8, heavy.popularity());
+    expect(heavyPlan.length).toBeLessThanOrEqual(7);
+    // 25 MiB in three paths: 12.5 MiB for each layer saved, a layer each.
+    for (const name of ["viewer", "viewer-core", "viewer-data"])
+      expect(heavyPlan).toContainEqual({ paths: [pathOf(name)], size: heavy.nodes.get(name)!.narSize });
   });
 
   it("shares the application's layers with an image of the application alone, and with its plugins", () => {
