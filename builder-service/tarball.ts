@@ -1,16 +1,13 @@
-// Deterministic tar streams: the same store paths give the same bytes on any machine, at any time.
+// The entries of deterministic layer tars: the same store paths give the same bytes on any machine, at any time.
 // Entries are sorted by name (bytewise), parents come first, mtime is fixed, owners are 0 with no names,
 // and modes come from the store's own rules (files 0444 or 0555, directories 0555), not from the host.
-import { createReadStream } from "node:fs";
+// tar-blocks.ts writes the tar of the entries.
 import { lstat, readdir, readlink } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import tar from "tar-stream";
 import type { RootfsEntry } from "./root-filesystem.ts";
 
 /** Nix's own timestamp for store contents (1 second after the epoch). */
-const FIXED_MTIME = new Date(1000);
+export const FIXED_MTIME = new Date(1000);
 
 /**
  * Bump when the bytes a layer's tarball gets for the same store paths change (entry order, modes, mtime, gzip),
@@ -75,43 +72,4 @@ export function rootfsEntries(rootfs: readonly RootfsEntry[]): TarEntry[] {
     return { name, type: "symlink", mode: 0o777, target: entry.target };
   });
   return sortEntries(entries);
-}
-
-/** A tar stream of the entries, reading file contents one at a time as the consumer pulls. */
-export function tarStream(entries: readonly TarEntry[]): Readable {
-  const pack = tar.pack();
-  void (async () => {
-    try {
-      for (const entry of entries) {
-        const header = {
-          name: entry.name,
-          mode: entry.mode,
-          mtime: FIXED_MTIME,
-          uid: 0,
-          gid: 0,
-          uname: "",
-          gname: "",
-        };
-        if (entry.type === "file") {
-          const sink = pack.entry({ ...header, type: "file", size: entry.size });
-          await pipeline(createReadStream(entry.source), sink);
-        } else if (entry.type === "symlink") {
-          await new Promise<void>((resolve, reject) =>
-            pack.entry({ ...header, type: "symlink", linkname: entry.target }, (err) =>
-              err ? reject(err) : resolve(),
-            ),
-          );
-        } else {
-          await new Promise<void>((resolve, reject) =>
-            pack.entry({ ...header, type: "directory" }, (err) => (err ? reject(err) : resolve())),
-          );
-        }
-      }
-      pack.finalize();
-    } catch (error) {
-      pack.destroy(error instanceof Error ? error : new Error(String(error)));
-    }
-  })();
-  // tar-stream packs are streamx streams; wrap so Node's stream utilities see a Node Readable.
-  return Readable.from(pack);
 }
