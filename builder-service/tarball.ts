@@ -2,7 +2,7 @@
 // Entries are sorted by name (bytewise), parents come first, mtime is fixed, owners are 0 with no names,
 // and modes come from the store's own rules (files 0444 or 0555, directories 0555), not from the host.
 // tar-blocks.ts writes the tar of the entries.
-import { lstat, readdir, readlink } from "node:fs/promises";
+import { lstatSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import type { RootfsEntry } from "./root-filesystem.ts";
 
@@ -27,7 +27,10 @@ export function compareBytes(a: string, b: string): number {
 }
 
 function sortEntries<T extends { name: string }>(entries: T[]): T[] {
-  return entries.sort((a, b) => compareBytes(a.name, b.name));
+  // Each name's bytes once, not once per comparison.
+  const keyed = entries.map((entry) => ({ entry, key: Buffer.from(entry.name) }));
+  keyed.sort((a, b) => Buffer.compare(a.key, b.key));
+  return keyed.map(({ entry }) => entry);
 }
 
 /** Every entry of the given store paths (relative names, "nix/store/..."), with nix/ and nix/store/ first. */
@@ -35,7 +38,13 @@ export function storePathEntries(storePaths: readonly string[]): Promise<TarEntr
   return storePathEntriesUnder("", storePaths);
 }
 
-/** The same, reading the store from under another root folder (a copied or mounted store, or a test's). */
+/**
+ * The same, reading the store from under another root folder (a copied or mounted store, or a test's).
+ *
+ * The tree is read with synchronous calls: just built by Nix, it is in the page cache, where an lstat takes
+ * microseconds, while an asynchronous one waits for a thread of libuv's pool, which is busy compressing other
+ * layers' blocks. A store path of thousands of files holds the event loop for a few milliseconds.
+ */
 export async function storePathEntriesUnder(root: string, storePaths: readonly string[]): Promise<TarEntry[]> {
   const entries: TarEntry[] = [
     { name: "nix", type: "directory", mode: 0o555 },
@@ -43,18 +52,18 @@ export async function storePathEntriesUnder(root: string, storePaths: readonly s
   ];
   for (const storePath of storePaths) {
     if (!/^\/nix\/store\/[0-9a-z]{32}-[^/]+$/.test(storePath)) throw new Error(`not a store path: ${storePath}`);
-    await walk(root + storePath, storePath.slice(1), entries);
+    walk(root + storePath, storePath.slice(1), entries);
   }
   return sortEntries(entries);
 }
 
-async function walk(path: string, name: string, into: TarEntry[]): Promise<void> {
-  const info = await lstat(path);
+function walk(path: string, name: string, into: TarEntry[]): void {
+  const info = lstatSync(path);
   if (info.isSymbolicLink()) {
-    into.push({ name, type: "symlink", mode: 0o777, target: await readlink(path) });
+    into.push({ name, type: "symlink", mode: 0o777, target: readlinkSync(path) });
   } else if (info.isDirectory()) {
     into.push({ name, type: "directory", mode: 0o555 });
-    for (const child of await readdir(path)) await walk(join(path, child), `${name}/${child}`, into);
+    for (const child of readdirSync(path)) walk(join(path, child), `${name}/${child}`, into);
   } else if (info.isFile()) {
     into.push({ name, type: "file", mode: info.mode & 0o111 ? 0o555 : 0o444, size: info.size, source: path });
   } else {
