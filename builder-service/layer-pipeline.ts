@@ -5,7 +5,6 @@
 // held in memory (at most parallelism + 2 blocks, reused); the blob becomes visible under its digest only once
 // complete.
 import { createHash } from "node:crypto";
-import { once } from "node:events";
 import os from "node:os";
 import { finished } from "node:stream/promises";
 import type { Digest } from "../common/digest.ts";
@@ -34,6 +33,12 @@ export interface LayerWriteOptions {
   blockBytes?: number;
 }
 
+class SinkClosedError extends Error {
+  constructor() {
+    super("the staged blob's sink closed before the layer was written into it");
+  }
+}
+
 export async function writeLayer(
   entries: readonly TarEntry[],
   store: Pick<BlobStore, "stage">,
@@ -43,20 +48,31 @@ export async function writeLayer(
   const tarHash = createHash("sha256");
   const staged = await store.stage();
   const { sink } = staged;
-  // Until the end, where finished() takes over, a failed sink fails the next write rather than the process.
+  // A failed sink fails the layer at the next write (or at finished()), never the process: the listener stays, as
+  // stream.pipeline's did, for an error the sink reports after the layer is done.
   let sinkError: Error | null = null;
-  const onSinkError = (error: Error) => (sinkError ??= error);
-  sink.on("error", onSinkError);
-  const queue = new CompressionQueue({
-    compression: options.compression ?? "gzip",
-    parallelism: options.parallelism ?? Math.max(1, os.availableParallelism()),
-    done: (block) => pool.release(block),
-    output: async (compressed) => {
-      if (sinkError) throw sinkError;
-      if (!sink.write(compressed)) await once(sink, "drain");
-    },
-  });
+  sink.on("error", (error: Error) => (sinkError ??= error));
   try {
+    const queue = new CompressionQueue({
+      compression: options.compression ?? "gzip",
+      parallelism: options.parallelism ?? Math.max(1, os.availableParallelism()),
+      done: (block) => pool.release(block),
+      output: async (compressed) => {
+        if (sink.destroyed) throw sinkError ?? new SinkClosedError();
+        if (sink.write(compressed)) return;
+        // Room again, or the sink gone (its "error", if any, comes before "close").
+        await new Promise<void>((resolve, reject) => {
+          const settle = () => {
+            sink.off("drain", settle);
+            sink.off("close", settle);
+            if (sink.destroyed) reject(sinkError ?? new SinkClosedError());
+            else resolve();
+          };
+          sink.on("drain", settle);
+          sink.on("close", settle);
+        });
+      },
+    });
     const tarSize = await writeTarBlocks(entries, {
       acquire: () => pool.acquire(),
       emit: async (block) => {
@@ -75,7 +91,5 @@ export async function writeLayer(
   } catch (error) {
     await staged.abort();
     throw error;
-  } finally {
-    sink.off("error", onSinkError);
   }
 }

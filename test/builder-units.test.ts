@@ -7,6 +7,7 @@ import { createWriteStream, readFileSync } from "node:fs";
 import { mkdtemp, mkdir, readFile, readlink, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import { gunzipSync } from "node:zlib";
 import { afterAll, describe, expect, it } from "vitest";
@@ -273,6 +274,24 @@ describe("tar written into compression blocks", () => {
     expect(reference).toEqual(Buffer.alloc(1024));
     expect(layer).toMatchObject({ diffId: sha256(reference), tarSize: 1024 });
     expect(layer.digest).toBe(sha256(await compressedBy(reference, "gzip")));
+  });
+
+  it("fails the layer with the store's error when the staged blob cannot take the bytes, and aborts it", async () => {
+    const entries = await entriesOfCases();
+    let aborted = 0;
+    const failing = {
+      stage: async (): Promise<StagedBlob> => ({
+        sink: new Writable({ write: (_chunk, _encoding, callback) => callback(new Error("no space left on device")) }),
+        written: () => ({ digest: `sha256:${"0".repeat(64)}`, size: 0 }),
+        commit: () => Promise.reject(new Error("a failed layer must not be committed")),
+        abort: async () => void aborted++,
+      }),
+    };
+    for (const blockBytes of [undefined, 4096])
+      await expect(writeLayer(entries, failing, { blockBytes, parallelism: 2 })).rejects.toThrow(
+        "no space left on device",
+      );
+    expect(aborted).toBe(2);
   });
 
   it("fails the layer, committing nothing, when a file is not the size it was listed with", async () => {
