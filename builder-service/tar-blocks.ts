@@ -21,7 +21,7 @@ import { FIXED_MTIME, type TarEntry } from "./tarball.ts";
 
 /** Where the tar's blocks come from and go. */
 export interface TarBlockSink {
-  /** An empty block to fill; every block has the same size, a multiple of 512 bytes. */
+  /** A block to fill, whatever it held before; every block has the same size, a multiple of 512 bytes. */
   acquire(): Buffer;
   /**
    * Takes a filled block: every one but the last is whole, the last is the rest of the tar (a view of the acquired
