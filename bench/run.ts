@@ -1,25 +1,19 @@
 // `npm run bench`: the registry's core numbers on real software (the Debian-derived offline package set),
 // each printed beside what it is compared with, measured side by side in one run. See README "Benchmark".
 import { execFile, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { cp, mkdtemp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { parseArgs, promisify } from "node:util";
 import { manifestKey, type JobPhase, type JobRecord } from "../common/bucket-layout.ts";
 import type { NixSystem } from "../common/image-name.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "../common/media-types.ts";
 import type { ImageManifest } from "../common/oci.ts";
-import type { BlobStore } from "../builder-service/blob-store.ts";
-import { mapWithLimit } from "../builder-service/bounded-map.ts";
 import { parseImageClosure, type StorePathNode } from "../builder-service/closure.ts";
 import { loadConfig } from "../builder-service/config.ts";
 import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts";
-import { writeLayer } from "../builder-service/layer-pipeline.ts";
 import { loadPopularity, type Popularity } from "../builder-service/popularity.ts";
 import { S3BlobStore } from "../builder-service/s3/store.ts";
-import { storePathEntries } from "../builder-service/tarball.ts";
 import { build, builderStatus, resolveLatest } from "../scripts/builder-calls.ts";
 import {
   OFFLINE_NIX_CONFIG,
@@ -29,6 +23,7 @@ import {
   startStack,
   type Stack,
 } from "../scripts/local-stack.ts";
+import { layerWriting, timeTarInto } from "./layer-writing.ts";
 import { nixeryLayers } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
 import { get, wirePull } from "./wire-pull.ts";
@@ -121,22 +116,6 @@ async function saltedCopy(base: string, into: string, salt: string): Promise<str
 }
 
 /** The tar of the closure's store paths, compressed by a shell pipeline: how long it takes. */
-async function timeTarInto(closure: Closure, compressor: string): Promise<number> {
-  const relative = closure.graph.map((node) => node.path.slice(1)).sort();
-  const timed = await time(
-    () =>
-      new Promise<void>((resolve, reject) => {
-        const child = spawn("sh", ["-c", `tar -cf - -C / "$@" | ${compressor} > /dev/null`, "tar", ...relative], {
-          stdio: "inherit",
-        });
-        child.on("exit", (code) =>
-          code === 0 ? resolve() : reject(new Error(`tar | ${compressor} exited with ${code}`)),
-        );
-      }),
-  );
-  return timed.ms;
-}
-
 /**
  * The least any builder must do: build the closure with Nix, then one tar | gzip of it (one core). Also tar | pigz
  * of the same closure (every core), the floor of the layer phase alone.
@@ -146,47 +125,9 @@ async function floorBuild(
   packages: string[],
 ): Promise<{ nixMs: number; tarMs: number; pigzMs: number }> {
   const nix = await time(() => imageClosure(pkgsPath, packages));
-  const tarMs = await timeTarInto(nix.value, "gzip -6");
-  const pigzMs = await timeTarInto(nix.value, `pigz -6 -p ${os.availableParallelism()}`);
+  const tarMs = await timeTarInto(nix.value.graph, "gzip -6");
+  const pigzMs = await timeTarInto(nix.value.graph, `pigz -6 -p ${os.availableParallelism()}`);
   return { nixMs: nix.ms, tarMs, pigzMs };
-}
-
-/** Discards what it is given, keeping its sha256 and size as a blob store's spool does. */
-function discardingStore(): Pick<BlobStore, "stage"> {
-  return {
-    stage: async () => {
-      const hash = createHash("sha256");
-      let size = 0;
-      const sink = new Writable({
-        write(chunk: Buffer, _encoding, callback) {
-          hash.update(chunk);
-          size += chunk.length;
-          callback();
-        },
-      });
-      return {
-        sink,
-        written: () => ({ digest: `sha256:${hash.digest("hex")}`, size }),
-        commit: async () => undefined,
-        abort: async () => undefined,
-      };
-    },
-  };
-}
-
-/**
- * The builder's layer writing alone (tar, both hashes, compression), without Nix, the bucket or uploads: the image's
- * layers, as many at once as the builder writes, each compressed by `threads` threads.
- */
-async function layerWriting(closure: Closure, popularity: Popularity | undefined, threads: number): Promise<number> {
-  const groups = planLayers(closure.graph, DEFAULT_LAYER_BUDGET, popularity);
-  const store = discardingStore();
-  const timed = await time(() =>
-    mapWithLimit(groups, os.availableParallelism(), async (group) =>
-      writeLayer(await storePathEntries(group.paths), store, { parallelism: threads }),
-    ),
-  );
-  return timed.ms;
 }
 
 async function machine(): Promise<string> {
@@ -354,8 +295,8 @@ async function buildFigures(
     // The layer phase above also pays for the local bucket: its S3 endpoint (workerd) takes each upload on the
     // same cores. The layer writing alone, with one thread a layer and with one a core:
     const cores = os.availableParallelism();
-    const oneThread = await layerWriting(closure, popularity, 1);
-    const allThreads = await layerWriting(closure, popularity, cores);
+    const oneThread = (await layerWriting(closure.graph, popularity, 1)).ms;
+    const allThreads = (await layerWriting(closure.graph, popularity, cores)).ms;
     line(
       `layer writing alone, ${cores} layers at once, 1 thread each`,
       seconds(oneThread),

@@ -9,7 +9,9 @@
 //
 // Determinism: a block is the same bytes at the same offset whatever the parallelism, and each is compressed alone
 // with fixed settings, so the output is a function of the input and the block size only. Parallelism (how many
-// blocks are in flight) changes speed and memory (about parallelism x 2 blocks, and one being read), never bytes.
+// blocks are in flight) changes speed and memory (parallelism blocks compressing, one being filled and one waiting
+// for room, all reused from a pool), never bytes.
+import os from "node:os";
 import { Transform, type TransformCallback } from "node:stream";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
@@ -96,51 +98,132 @@ export interface BlockCompressorOptions {
   compression: LayerCompression;
   /** Blocks compressed at once; at least 1. */
   parallelism: number;
-  /** Tests only: the size every block but the last has. */
+  /** Tests only: the size every block but the last has (the layer writer's COMPRESSION_BLOCK_BYTES otherwise). */
   blockBytes?: number;
 }
 
-/** A transform from a tar stream to its compressed form, block by block (see the comment at the top). */
-export class BlockCompressor extends Transform {
-  private readonly compression: LayerCompression;
-  private readonly parallelism: number;
-  private readonly blockBytes: number;
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
-  /** Blocks being compressed, in input order. */
-  private readonly inFlight: Promise<Buffer>[] = [];
+/**
+ * Block buffers for reuse. A layer's tar is written into blocks of one size, which are compressed and given back:
+ * without reuse every MiB of every layer would be a new allocation for the garbage collector to find. Holds at most
+ * `keep` free blocks; more in use at once (several layers written together) are allocated and dropped as before.
+ */
+export class BlockPool {
+  private readonly free: ArrayBuffer[] = [];
+
+  constructor(
+    readonly blockBytes: number,
+    private readonly keep: number,
+  ) {}
+
+  /** A block of blockBytes, its contents undefined: whoever fills it writes every byte it hands on. */
+  acquire(): Buffer {
+    const reused = this.free.pop();
+    return Buffer.from(reused ?? new ArrayBuffer(this.blockBytes));
+  }
+
+  /** Gives back a block (or a view from its start) that nothing reads any more. */
+  release(block: Buffer): void {
+    if (block.byteOffset === 0 && block.buffer.byteLength === this.blockBytes && this.free.length < this.keep)
+      this.free.push(block.buffer as ArrayBuffer);
+  }
+}
+
+/** The pool of 1 MiB blocks the layer writer shares: enough for two layers written at once on every core. */
+export const layerBlocks = new BlockPool(COMPRESSION_BLOCK_BYTES, 2 * (os.availableParallelism() + 2));
+
+export interface CompressionQueueOptions {
+  compression: LayerCompression;
+  /** Blocks compressed at once; at least 1. */
+  parallelism: number;
+  /** Takes each block's compressed form, in input order; the next is not handed on before this settles. */
+  output: (compressed: Buffer) => void | Promise<void>;
+  /** Gets each block back once it is compressed and nothing reads it (to go back to its pool). */
+  done?: (block: Buffer) => void;
+}
+
+/**
+ * Compresses blocks, at most `parallelism` at once on libuv's thread pool, and hands their compressed forms on in
+ * the order the blocks came. Room is made before a block starts, not after, so the caller goes on filling the next
+ * block while the others compress.
+ */
+export class CompressionQueue {
+  private readonly inFlight: { block: Buffer; compressed: Promise<Buffer> }[] = [];
   private blocks = 0;
 
-  constructor(options: BlockCompressorOptions) {
-    super();
+  constructor(private readonly options: CompressionQueueOptions) {
     if (!Number.isInteger(options.parallelism) || options.parallelism < 1)
       throw new Error(`compression parallelism must be a whole number from 1, not ${options.parallelism}`);
     if (options.compression === "zstd" && !zstdAvailable()) throw new ZstdUnavailableError();
-    this.compression = options.compression;
-    this.parallelism = options.parallelism;
+  }
+
+  /** How many blocks were added. */
+  get count(): number {
+    return this.blocks;
+  }
+
+  /**
+   * Starts compressing `block` once fewer than `parallelism` blocks are compressing. The block is read on another
+   * thread until `done` gets it back: it must not change before then.
+   */
+  async add(block: Buffer): Promise<void> {
+    await this.drain(this.options.parallelism - 1);
+    this.blocks++;
+    const compressed = compressBlock(this.options.compression, block);
+    // Awaited in order by drain; this only keeps an early failure from counting as unhandled meanwhile.
+    compressed.catch(() => undefined);
+    this.inFlight.push({ block, compressed });
+  }
+
+  /** Hands on every block still compressing. */
+  finish(): Promise<void> {
+    return this.drain(0);
+  }
+
+  /** Hands on finished blocks, in order, until at most `left` are compressing. */
+  private async drain(left: number): Promise<void> {
+    while (this.inFlight.length > left) {
+      const { block, compressed } = this.inFlight[0];
+      const bytes = await compressed;
+      void this.inFlight.shift();
+      this.options.done?.(block);
+      await this.options.output(bytes);
+    }
+  }
+}
+
+/**
+ * A transform from any stream to its compressed form, block by block (see the comment at the top), cutting blocks at
+ * the same offsets as the layer writer whatever the chunks it is given: the reference the tests compress tars with.
+ */
+export class BlockCompressor extends Transform {
+  private readonly blockBytes: number;
+  private readonly queue: CompressionQueue;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+
+  constructor(options: BlockCompressorOptions) {
+    super();
+    this.queue = new CompressionQueue({ ...options, output: (bytes) => void this.push(bytes) });
     this.blockBytes = options.blockBytes ?? COMPRESSION_BLOCK_BYTES;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    this.drainFullBlocks().then(() => callback(), callback);
+    this.addFullBlocks().then(() => callback(), callback);
   }
 
   override _flush(callback: TransformCallback): void {
-    // The last, shorter block; an empty tar still gets one (empty) member, so the blob is a valid stream.
-    if (this.pendingBytes > 0 || this.blocks === 0) this.start(this.takeBlock(this.pendingBytes));
-    this.waitFor(0).then(() => callback(), callback);
+    // The last, shorter block; an empty input still gets one (empty) member, so the output is a valid stream.
+    const last =
+      this.pendingBytes > 0 || this.queue.count === 0 ? this.queue.add(this.takeBlock(this.pendingBytes)) : null;
+    Promise.resolve(last)
+      .then(() => this.queue.finish())
+      .then(() => callback(), callback);
   }
 
-  private async drainFullBlocks(): Promise<void> {
-    while (this.pendingBytes >= this.blockBytes) {
-      // At most `parallelism` blocks compressing: room is made before a block starts, not after, so the input goes
-      // on being read (file reads, on the same thread pool) while they compress. Memory: that many blocks, and one
-      // being read.
-      await this.waitFor(this.parallelism - 1);
-      this.start(this.takeBlock(this.blockBytes));
-    }
+  private async addFullBlocks(): Promise<void> {
+    while (this.pendingBytes >= this.blockBytes) await this.queue.add(this.takeBlock(this.blockBytes));
   }
 
   /** The first `bytes` of the pending input as one buffer. */
@@ -152,22 +235,5 @@ export class BlockCompressor extends Transform {
     this.pendingBytes = rest.length;
     // A copy: the block outlives this call on the thread pool, and its source chunk may be reused upstream.
     return Buffer.from(block);
-  }
-
-  private start(block: Buffer): void {
-    this.blocks++;
-    const compressed = compressBlock(this.compression, block);
-    // Awaited in order by waitFor; this only keeps an early failure from counting as unhandled meanwhile.
-    compressed.catch(() => undefined);
-    this.inFlight.push(compressed);
-  }
-
-  /** Writes out finished blocks, in order, until at most `left` are in flight. */
-  private async waitFor(left: number): Promise<void> {
-    while (this.inFlight.length > left) {
-      const bytes = await this.inFlight[0];
-      void this.inFlight.shift();
-      this.push(bytes);
-    }
   }
 }

@@ -4,9 +4,10 @@ import { createServer as createHttpServer } from "node:http";
 import { createServer as createTcpServer, type AddressInfo, type Socket } from "node:net";
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream, readFileSync } from "node:fs";
-import { mkdtemp, mkdir, readFile, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
+import { mkdtemp, mkdir, readFile, readlink, rename, writeFile, chmod, symlink, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import { gunzipSync } from "node:zlib";
 import { afterAll, describe, expect, it } from "vitest";
@@ -20,7 +21,7 @@ import {
 } from "../common/builder-api.ts";
 import { parseDigest, type Digest } from "../common/digest.ts";
 import { parseRange, satisfyRange } from "../common/http-range.ts";
-import { parseImageName } from "../common/image-name.ts";
+import { parseImageName, type LayerCompression } from "../common/image-name.ts";
 import { classifyTag, tagProblem } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
@@ -35,6 +36,7 @@ import { ChannelSource } from "../builder-service/sources/channel.ts";
 import { GitRepoSource } from "../builder-service/sources/git-repo.ts";
 import { CommandTimeoutError, runPipeline } from "../builder-service/time-limited-command.ts";
 import type { Logger } from "../builder-service/log.ts";
+import { referenceTarStream } from "./support/reference-tar.ts";
 import { OFFLINE_NIX_CONFIG } from "../scripts/local-stack.ts";
 
 const scratch = await mkdtemp(join(tmpdir(), "units-"));
@@ -175,6 +177,149 @@ describe("tarballs", () => {
       ["bin/hello", 0o777],
       ["tmp", 0o1777],
     ]);
+  });
+});
+
+describe("tar written into compression blocks", () => {
+  // A store path with every case a tar header has to get right, tarred by the builder's writer and by tar-stream's
+  // pack (the writer before it, test/support/reference-tar.ts): the same bytes, compressed and not.
+  const root = join(scratch, "tar-cases");
+  const storePath = "/nix/store/22222222222222222222222222222222-cases";
+  const dir = join(root, storePath);
+  const longComponent = "c".repeat(120);
+  const longTarget = `../${"t".repeat(40)}/${"u".repeat(40)}/${"v".repeat(40)}`;
+  const deep = ["d".repeat(50), "e".repeat(50), "f".repeat(50)].join("/");
+  const sized = (bytes: number, seed: number) => Buffer.from(Array.from({ length: bytes }, (_, i) => (i * seed) % 251));
+  const files: [string, Buffer][] = [
+    ["empty", Buffer.alloc(0)],
+    ["one-record", sized(512, 7)],
+    ["two-records", sized(1024, 11)],
+    ["short", sized(100, 13)],
+    ["four-blocks-and-a-bit", sized(4 * 4096 + 3, 17)],
+    ["larger-than-a-block", sized(1024 * 1024 + 4096 + 5, 19)],
+    [`${deep}/long-path-in-a-ustar-prefix`, sized(600, 23)],
+    [longComponent, sized(10, 29)],
+    ["caf\u00e9-non-ascii", sized(20, 31)],
+  ];
+  let made = false;
+  const entriesOfCases = async () => {
+    if (made) return storePathEntriesUnder(root, [storePath]);
+    made = true;
+    await mkdir(join(dir, deep), { recursive: true });
+    for (const [name, bytes] of files) await writeFile(join(dir, name), bytes);
+    await chmod(join(dir, "short"), 0o755);
+    await symlink("short", join(dir, "short-link"));
+    await symlink(longTarget, join(dir, "long-link"));
+    await symlink(longTarget, join(dir, `${longComponent}-link`));
+    return storePathEntriesUnder(root, [storePath]);
+  };
+  const referenceTar = async (entries: TarEntry[]) => Buffer.concat(await referenceTarStream(entries).toArray());
+  const compressedBy = async (tar: Buffer, compression: LayerCompression, blockBytes?: number) => {
+    const compressor = new BlockCompressor({ compression, parallelism: 2, blockBytes });
+    const chunks: Buffer[] = [];
+    compressor.on("data", (chunk: Buffer) => chunks.push(chunk));
+    compressor.end(tar);
+    await finished(compressor);
+    return Buffer.concat(chunks);
+  };
+  const sha256 = (bytes: Buffer) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+
+  it("is tar-stream's tar byte for byte, long names and targets in its pax records, whatever the blocks", async () => {
+    const entries = await entriesOfCases();
+    expect(entries.some((e) => Buffer.byteLength(e.name) > 155 + 100)).toBe(false);
+    const reference = await referenceTar(entries);
+    // The tar the builder's writer made of this tree before the tar was written into blocks (commit 95a325f, on any
+    // umask): a change here changes layers' diff_ids and digests, which needs LAYER_FORMAT_VERSION bumped.
+    expect([sha256(reference), reference.length]).toEqual([
+      "sha256:c6307e86515d9765c77918472be853e361b50e72f0502a795e8c8badec558723",
+      1088512,
+    ]);
+    // tar-stream's pax form is in there (names, link targets), as is a ustar prefix.
+    expect(reference.includes(`path=${storePath.slice(1)}/${longComponent}\n`)).toBe(true);
+    expect(reference.includes(`linkpath=${longTarget}\n`)).toBe(true);
+    const out = join(scratch, "tar-cases-blobs");
+    const store = folderStore(out);
+    const small = entries.filter((e) => !e.name.endsWith("/larger-than-a-block"));
+    const smallReference = await referenceTar(small);
+    // Default blocks (1 MiB), then small ones: every file and header runs across block ends; with 512 bytes, every
+    // record is a block.
+    for (const [compression, blockBytes, parallelism, listed, tarred] of [
+      ["gzip", undefined, 1, entries, reference],
+      ["gzip", undefined, 3, entries, reference],
+      ["zstd", undefined, 2, entries, reference],
+      ["gzip", 4096, 2, entries, reference],
+      ["zstd", 4096, 1, entries, reference],
+      ["gzip", 512, 3, small, smallReference],
+    ] as const) {
+      const layer = await writeLayer(listed, store, { compression, parallelism, blockBytes });
+      const blob = readFileSync(join(out, layer.digest.slice("sha256:".length)));
+      const tar = execFileSync(compression, ["-dc"], { input: blob, maxBuffer: 64 * 1024 * 1024 });
+      expect(tar.equals(tarred)).toBe(true);
+      expect(layer).toEqual({
+        digest: sha256(await compressedBy(tarred, compression, blockBytes)),
+        diffId: sha256(tarred),
+        size: blob.length,
+        tarSize: tarred.length,
+      });
+    }
+    // GNU tar reads it entry by entry back into the same tree.
+    const layer = await writeLayer(entries, store);
+    const unpacked = join(scratch, "tar-cases-unpacked");
+    await mkdir(unpacked);
+    execFileSync("tar", ["-xzf", join(out, layer.digest.slice("sha256:".length)), "-C", unpacked]);
+    for (const [name, bytes] of files) expect(readFileSync(join(unpacked, storePath, name)).equals(bytes)).toBe(true);
+    expect(await readlink(join(unpacked, storePath, "long-link"))).toBe(longTarget);
+    expect(await readlink(join(unpacked, storePath, `${longComponent}-link`))).toBe(longTarget);
+    expect(await readlink(join(unpacked, storePath, "short-link"))).toBe("short");
+  });
+
+  it("gives an empty layer tar-stream's end of archive alone", async () => {
+    const store = folderStore(join(scratch, "empty-layer"));
+    const layer = await writeLayer([], store);
+    const reference = await referenceTar([]);
+    expect(reference).toEqual(Buffer.alloc(1024));
+    expect(layer).toMatchObject({ diffId: sha256(reference), tarSize: 1024 });
+    expect(layer.digest).toBe(sha256(await compressedBy(reference, "gzip")));
+  });
+
+  it("fails the layer with the store's error when the staged blob cannot take the bytes, and aborts it", async () => {
+    const entries = await entriesOfCases();
+    let aborted = 0;
+    const failing = {
+      stage: async (): Promise<StagedBlob> => ({
+        sink: new Writable({ write: (_chunk, _encoding, callback) => callback(new Error("no space left on device")) }),
+        written: () => ({ digest: `sha256:${"0".repeat(64)}`, size: 0 }),
+        commit: () => Promise.reject(new Error("a failed layer must not be committed")),
+        abort: async () => void aborted++,
+      }),
+    };
+    for (const blockBytes of [undefined, 4096])
+      await expect(writeLayer(entries, failing, { blockBytes, parallelism: 2 })).rejects.toThrow(
+        "no space left on device",
+      );
+    expect(aborted).toBe(2);
+  });
+
+  it("fails the layer, committing nothing, when a file is not the size it was listed with", async () => {
+    const entries = (await entriesOfCases()).filter((e) => !e.name.endsWith("/larger-than-a-block"));
+    const dir = join(scratch, "changed");
+    const store = folderStore(dir);
+    const resized = (name: string, size: number) =>
+      entries.map((e) => (e.type === "file" && e.name.endsWith(`/${name}`) ? { ...e, size } : e));
+    // Longer or shorter than listed; with 512-byte blocks, the listed end of "two-records" is a block's end, where
+    // the writer reads once more to see the file end.
+    for (const [name, size, blockBytes, problem] of [
+      ["two-records", 1000, 4096, "now longer"],
+      ["two-records", 512, 512, "now longer"],
+      ["two-records", 1030, 4096, "ended after 1024"],
+      ["empty", 1, 4096, "ended after 0"],
+      ["one-record", 0, 4096, "now longer"],
+    ] as const)
+      await expect(writeLayer(resized(name, size), store, { blockBytes })).rejects.toThrow(
+        `-cases/${name} changed while its layer was written (listed with ${size} bytes, ${problem})`,
+      );
+    expect(store.commits).toEqual([]);
+    expect(execFileSync("ls", ["-A", dir], { encoding: "utf8" })).toBe("");
   });
 });
 
