@@ -13,15 +13,15 @@
 import type { NixFinished } from "./nix-log.ts";
 import type { BuildPlan } from "./nix-progress.ts";
 
+/** At most one Nix command a second asks after finished paths. */
+const CHECK_INTERVAL_MS = 1000;
+
 export interface EarlyLayersOptions {
   /** Store layers the image may have (the budget minus the root filesystem's). */
   storeLayers: number;
   /** The image's own derivation: its output is the metadata, not a path of the image. */
   imageDerivation: string;
-  nix: {
-    validPaths(finished: readonly NixFinished[]): Promise<string[]>;
-    requisites(paths: readonly string[]): Promise<string[]>;
-  };
+  nix: { validClosure(finished: readonly NixFinished[]): Promise<string[]> };
   /** Writes the layer of one store path (or finds it in the bucket); called for one path at a time. */
   write(path: string): Promise<void>;
   /** Why early layering stopped, for the build's log. */
@@ -66,13 +66,16 @@ export class EarlyLayers {
     return this.plan !== null && this.plan.build.every((derivation) => derivation === this.options.imageDerivation);
   }
 
-  /** Takes the queued paths, checks them with Nix, and adds their closures to the layers to write. */
+  /**
+   * Takes the queued paths, checks them with Nix, and adds their closures to the layers to write; then waits a
+   * little before the next batch, so that a build of many small derivations costs a Nix command a second, not one
+   * per derivation.
+   */
   private async check(): Promise<void> {
     try {
       while (this.queued.length > 0 && !this.stopped) {
         const batch = this.queued.splice(0);
-        const valid = await this.options.nix.validPaths(batch);
-        const closure = await this.options.nix.requisites(valid);
+        const closure = await this.options.nix.validClosure(batch);
         if (this.stopped) return;
         const fresh = closure.filter((path) => !this.known.has(path)).sort();
         for (const path of fresh) this.known.add(path);
@@ -82,6 +85,7 @@ export class EarlyLayers {
         }
         this.toWrite.push(...fresh);
         this.writing ??= this.drain().finally(() => (this.writing = null));
+        await new Promise((resolve) => setTimeout(resolve, CHECK_INTERVAL_MS));
       }
     } catch (error) {
       this.giveUp(`Nix could not list the built paths: ${error instanceof Error ? error.message : String(error)}`);

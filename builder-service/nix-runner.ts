@@ -413,28 +413,26 @@ export class NixRunner {
   }
 
   /**
-   * Of the paths builds and downloads have just made (the outputs of a derivation, or a fetched path), the ones that
-   * are valid store paths now: a build that failed may leave a partial output behind.
+   * The closure of the paths builds and downloads have just made (the outputs of a derivation, or a fetched path),
+   * leaving out those that are not valid store paths (a build that failed may leave a partial output behind). One
+   * Nix command when all are valid, as they nearly always are: each costs about 50 ms of CPU beside the build.
    */
-  async validPaths(finished: readonly NixFinished[]): Promise<string[]> {
+  async validClosure(finished: readonly NixFinished[]): Promise<string[]> {
     const paths = new Set<string>();
     for (const item of finished) {
       if (item.kind === "fetched") paths.add(item.path);
       else for (const output of derivationOutputs(await readFile(item.derivation, "utf8"))) paths.add(output);
     }
     if (paths.size === 0) return [];
+    const closure = await run("nix-store", ["--query", "--requisites", ...paths], this.options);
+    if (closure.code === 0) return closure.stdout.split("\n").filter(Boolean);
     const checked = await run("nix-store", ["--check-validity", "--print-invalid", ...paths], this.options);
     if (checked.code !== 0) return [];
     const invalid = new Set(checked.stdout.split("\n").filter(Boolean));
-    return [...paths].filter((path) => !invalid.has(path));
-  }
-
-  /** The closure of valid store paths (themselves and everything they refer to, directly or not). */
-  async requisites(paths: readonly string[]): Promise<string[]> {
-    if (paths.length === 0) return [];
-    const result = await run("nix-store", ["--query", "--requisites", ...paths], this.options);
-    this.throwOnFailure(result, "listing the closure of built paths");
-    return result.stdout.split("\n").filter(Boolean);
+    const valid = [...paths].filter((path) => !invalid.has(path));
+    if (valid.length === 0) return [];
+    const validClosure = await run("nix-store", ["--query", "--requisites", ...valid], this.options);
+    return validClosure.code === 0 ? validClosure.stdout.split("\n").filter(Boolean) : [];
   }
 
   /** What building the derivation takes, as Nix plans it (a dry run: nothing is fetched or built). */
