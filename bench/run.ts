@@ -162,10 +162,7 @@ async function main(): Promise<void> {
   const floorPath = await saltedCopy(basePath, join(scratch, "floor-pkgs"), `floor-${run}`);
   const pkgsPath = await saltedCopy(basePath, join(scratch, "builder-pkgs"), `builder-${run}`);
   const pullPath = await saltedCopy(basePath, join(scratch, "pull-pkgs"), `pull-${run}`);
-  if (only === undefined || only === "builds") {
-    const latePath = await saltedCopy(basePath, join(scratch, "late-pkgs"), `late-${run}`);
-    await buildFigures(scratch, basePath, floorPath, pkgsPath, latePath);
-  }
+  if (only === undefined || only === "builds") await buildFigures(scratch, basePath, floorPath, pkgsPath);
   if (only === undefined || only === "pull") await pullFigures(scratch, pullPath);
   if (only === undefined || only === "edge") await edgeFigures(scratch, pullPath);
   await rm(scratch, { recursive: true, force: true });
@@ -199,27 +196,7 @@ function phaseTimes(record: { startedAt: string; phases: { phase: JobPhase; at: 
   return { total: Date.parse(end.at) - Date.parse(record.startedAt), phases };
 }
 
-/** The builder's `build` log line of an image (builder-service/image-builder.ts writes it). */
-function buildLogLine(
-  logLines: readonly string[],
-  imageKey: string,
-): { earlyLayers: number; earlyLayersUnused: number } {
-  for (const text of logLines) {
-    if (!text.includes('"event":"build"')) continue;
-    const entry = JSON.parse(text) as { imageKey?: string; earlyLayers?: number; earlyLayersUnused?: number };
-    if (entry.imageKey === imageKey)
-      return { earlyLayers: entry.earlyLayers ?? 0, earlyLayersUnused: entry.earlyLayersUnused ?? 0 };
-  }
-  throw new Error(`the builder logged no build of ${imageKey}`);
-}
-
-async function buildFigures(
-  scratch: string,
-  basePath: string,
-  floorPath: string,
-  pkgsPath: string,
-  latePath: string,
-): Promise<void> {
+async function buildFigures(scratch: string, basePath: string, floorPath: string, pkgsPath: string): Promise<void> {
   const popularityFile = join(basePath, "popularity.json");
   const popularity: Popularity | undefined = await loadPopularity(popularityFile).catch(() => undefined);
   const secret = "benchmark-secret-0123456789abcdef";
@@ -257,32 +234,6 @@ async function buildFigures(
       `${(coldMs / floorMs).toFixed(2)}x, target <= 0.8x`,
     );
     line("  by phase", "", describeJob(phaseTimes(cold)));
-    const coldLog = buildLogLine(builder.logLines, cold.imageKey);
-    line(
-      "  layers written while Nix built (early layers)",
-      `${coldLog.earlyLayers} of ${coldManifest.layers.length}`,
-      `${coldLog.earlyLayersUnused} written and not used`,
-    );
-    // The same cold build (another salt) by a builder that writes every layer after Nix is done.
-    const late = await startBuilder({
-      pkgsPath: latePath,
-      builderPort: 0,
-      builderDataDir: join(scratch, "late-builder"),
-      secret,
-      s3Env: bucket.s3Env,
-      builderEnv: { BUILDER_EARLY_LAYERS: "0" },
-    });
-    try {
-      const lateRecord = await build(late.url, secret, COLD_IMAGE, (await resolveLatest(late.url, secret)).revision);
-      line(
-        "  the same with BUILDER_EARLY_LAYERS=0",
-        seconds(phaseTimes(lateRecord).total),
-        describeJob(phaseTimes(lateRecord)),
-        `early layers save ${seconds(phaseTimes(lateRecord).total - coldMs)}`,
-      );
-    } finally {
-      await late.stop();
-    }
     const layeringMs = phaseTimes(cold).phases.layering ?? 0;
     line(
       "layer phase (tar, hash, compress, spool)",

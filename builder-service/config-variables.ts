@@ -251,13 +251,6 @@ const IMAGE_VARIABLES = {
     min: 1,
     max: 256,
   }),
-  BUILDER_EARLY_LAYERS: wholeNumber({
-    meaning:
-      "`1` writes the layers of store paths Nix has finished while it builds the rest, on the cores Nix leaves idle; `0` waits for the whole build",
-    fallback: 1,
-    min: 0,
-    max: 1,
-  }),
   NIX_POPULARITY_URL: (name: string) =>
     v.pipe(
       popularitySource(name),

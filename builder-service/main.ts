@@ -316,7 +316,6 @@ async function main(): Promise<void> {
     admission,
     layerBudget: config.layerBudget,
     compressionThreads: config.compressionThreads,
-    earlyLayers: config.earlyLayers,
     popularity,
     storeHold: storeLimit,
   });
