@@ -1,6 +1,7 @@
 // `npm run bench`: the registry's core numbers on real software (the Debian-derived offline package set),
 // each printed beside what it is compared with, measured side by side in one run. See README "Benchmark".
 import { execFile, spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { cp, mkdtemp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
@@ -29,6 +30,8 @@ import { sharing, type CorpusImage } from "./sharing.ts";
 import { get, wirePull } from "./wire-pull.ts";
 
 const execFileAsync = promisify(execFile);
+/** Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times, on every architecture it runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
 process.env.NIX_CONFIG ??= OFFLINE_NIX_CONFIG;
 
 const COLD_IMAGE = ["curl", "git", "jq"];
@@ -184,6 +187,22 @@ async function manifestOf(store: S3BlobStore, record: JobRecord): Promise<ImageM
 }
 
 /** How long each phase of a job took, by the builder's clock (a phase lasts until the next one begins). */
+/** CPU time (user and system) used so far by the running processes of that name, in ms, from Linux's /proc. */
+function cpuOfProcessesNamed(name: string): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc").filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== name) continue;
+      // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return ticks * (1000 / CLOCK_TICKS_PER_SECOND);
+}
+
 function phaseTimes(record: { startedAt: string; phases: { phase: JobPhase; at: string }[] }): {
   total: number;
   phases: Partial<Record<JobPhase, number>>;
@@ -220,7 +239,9 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
     // 1. Cold build against its floor.
     console.log(`Cold build of ${COLD_IMAGE.join("/")} (every package built afresh on both sides):`);
     const floor = await floorBuild(floorPath, COLD_IMAGE);
+    const bucketCpuBefore = cpuOfProcessesNamed("workerd");
     const cold = await build(builder.url, secret, COLD_IMAGE, revision);
+    const bucketCpuMs = cpuOfProcessesNamed("workerd") - bucketCpuBefore;
     const coldManifest = await manifestOf(store, cold);
     // By the job's own record (submitted to done, by the builder's clock): the client's polling adds nothing.
     const coldMs = phaseTimes(cold).total;
@@ -234,6 +255,12 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
       `${(coldMs / floorMs).toFixed(2)}x, target <= 0.8x`,
     );
     line("  by phase", "", describeJob(phaseTimes(cold)));
+    // R2 in production runs on Cloudflare's machines; the local bucket runs on these two cores, beside the builder.
+    line(
+      "  CPU the local bucket (workerd) used meanwhile",
+      seconds(bucketCpuMs),
+      "on the same cores as the builder; R2 costs the builder only the sending",
+    );
     const layeringMs = phaseTimes(cold).phases.layering ?? 0;
     line(
       "layer phase (tar, hash, compress, spool)",
