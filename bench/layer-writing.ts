@@ -6,7 +6,6 @@
 //   npm run bench:layer-writing -- /nix/store/...-image-metadata [--runs 3]
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
@@ -20,6 +19,7 @@ import { planLayers, DEFAULT_LAYER_BUDGET } from "../builder-service/layering.ts
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
 import type { Popularity } from "../builder-service/popularity.ts";
 import { storePathEntries } from "../builder-service/tarball.ts";
+import { statCpuMs } from "./proc-cpu.ts";
 
 /** Discards what it is given, keeping its sha256 and size as a blob store's spool does. */
 export function discardingStore(): Pick<BlobStore, "stage"> {
@@ -56,14 +56,10 @@ export interface LayerWritingTimes {
   mainThreadCpuMs: number;
 }
 
-/** The main thread's CPU time so far (user and system), from /proc/self/task/<pid>/stat, in milliseconds. */
+/** The main thread's CPU time so far (user and system), in milliseconds; NaN where /proc is not Linux's. */
 function mainThreadCpu(): number {
   try {
-    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8");
-    // Fields after the command name (which may hold spaces, hence from the last ")"): utime and stime are the
-    // 14th and 15th of the whole line, in clock ticks (100 a second on Linux).
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+    return statCpuMs(`/proc/self/task/${process.pid}/stat`);
   } catch {
     return NaN;
   }

@@ -1,7 +1,6 @@
 // `npm run bench`: the registry's core numbers on real software (the Debian-derived offline package set),
 // each printed beside what it is compared with, measured side by side in one run. See README "Benchmark".
 import { execFile, spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { cp, mkdtemp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
@@ -25,13 +24,12 @@ import {
   type Stack,
 } from "../scripts/local-stack.ts";
 import { layerWriting, timeTarInto } from "./layer-writing.ts";
+import { cpuOfProcessesNamed } from "./proc-cpu.ts";
 import { nixeryLayers } from "./nixery-layering.ts";
 import { sharing, type CorpusImage } from "./sharing.ts";
 import { get, wirePull } from "./wire-pull.ts";
 
 const execFileAsync = promisify(execFile);
-/** Linux's USER_HZ, the unit of /proc/<pid>/stat's CPU times, on every architecture it runs on. */
-const CLOCK_TICKS_PER_SECOND = 100;
 process.env.NIX_CONFIG ??= OFFLINE_NIX_CONFIG;
 
 const COLD_IMAGE = ["curl", "git", "jq"];
@@ -187,22 +185,6 @@ async function manifestOf(store: S3BlobStore, record: JobRecord): Promise<ImageM
 }
 
 /** How long each phase of a job took, by the builder's clock (a phase lasts until the next one begins). */
-/** CPU time (user and system) used so far by the running processes of that name, in ms, from Linux's /proc. */
-function cpuOfProcessesNamed(name: string): number {
-  let ticks = 0;
-  for (const pid of readdirSync("/proc").filter((entry) => /^\d+$/.test(entry))) {
-    try {
-      if (readFileSync(`/proc/${pid}/comm`, "utf8").trim() !== name) continue;
-      // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return ticks * (1000 / CLOCK_TICKS_PER_SECOND);
-}
-
 function phaseTimes(record: { startedAt: string; phases: { phase: JobPhase; at: string }[] }): {
   total: number;
   phases: Partial<Record<JobPhase, number>>;
