@@ -18,7 +18,7 @@ import { sha256Hex, type Digest } from "../common/digest.ts";
 import type { LayerCompression } from "../common/image-name.ts";
 import type { BuildAdmission } from "./admission.ts";
 import { getJson, putJson, type BlobStore, type StagedBlob } from "./blob-store.ts";
-import { mapWithLimit } from "./bounded-map.ts";
+import { lookupsInOrder, mapWithLimit } from "./bounded-map.ts";
 import { storePathName } from "./closure.ts";
 import { planLayers } from "./layering.ts";
 import type { Popularity } from "./popularity.ts";
@@ -183,45 +183,58 @@ export class ImageBuilder {
     if (rootfs.leftOut.length > 0)
       log.warn("rootfs-left-out", { imageKey: key, reason: "a newline in the name", paths: rootfs.leftOut });
     const groups = planLayers(closure.graph, this.options.layerBudget, this.options.popularity);
-    const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string }[] = groups.map((group) => ({
-      id: group.paths.join("\n"),
-      entries: () => storePathEntries(group.paths),
-      comment: `store paths: ${group.paths.map(storePathName).join(", ")}`.slice(0, 1024),
-    }));
+    const jobs: { entries: () => Promise<TarEntry[]>; id: string; comment: string; bytes: number }[] = groups.map(
+      (group) => ({
+        id: group.paths.join("\n"),
+        entries: () => storePathEntries(group.paths),
+        comment: `store paths: ${group.paths.map(storePathName).join(", ")}`.slice(0, 1024),
+        bytes: group.size,
+      }),
+    );
     jobs.push({
       id: `rootfs\n${JSON.stringify(rootfs.entries)}`,
       entries: async () => rootfsEntries(rootfs.entries),
       comment: `root filesystem: links to ${Object.keys(closure.packages).sort().join(", ")}`.slice(0, 1024),
+      bytes: 0,
     });
-    // Which layers the bucket has already (written by any builder), asked all at once rather than one by one
-    // between tarballs: most layers of most images are there.
+    // Layers are written the largest first (the manifest keeps the plan's order): the last to finish are small
+    // ones, so the cores stay busy to the end and the uploads of the big ones overlap the rest.
+    const largestFirst = (job: { bytes: number }) => job.bytes;
     const recordKeys = await Promise.all(jobs.map((job) => layerRecordKey(request.compression, job.id)));
-    const stored = await mapWithLimit(recordKeys, LOOKUP_CONCURRENCY, (key) => this.storedLayer(key));
+    const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index] }));
+    // Which layers the bucket has already (written by any builder): asked many at once and in the same order, each
+    // layer's writing starting as soon as its own answer is in. Most layers of most images are there.
+    const lookups = lookupsInOrder(indexed, LOOKUP_CONCURRENCY, (job) => this.storedLayer(job.recordKey), largestFirst);
     const layerCount = { done: 0, total: jobs.length };
     const upload = { done: 0, total: 0 };
     const uploads: Promise<unknown>[] = [];
     report.progress({ layers: { ...layerCount }, upload: { ...upload } });
-    const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index], stored: stored[index] }));
-    const layers = await mapWithLimit(indexed, this.parallelism, async (job) => {
-      const write = { entries: job.entries, compression: request.compression };
-      const layer = await this.layer(job.recordKey, job.stored, write, job.comment, (size, uploaded) => {
-        upload.total += size;
-        // Caught here and awaited below: an upload that fails fails the build, never the process.
-        uploads.push(
-          uploaded.then(
-            () => {
-              upload.done += size;
-              report.progress({ upload: { ...upload } });
-              return null;
-            },
-            (error: unknown) => error,
-          ),
-        );
-      });
-      layerCount.done++;
-      report.progress({ layers: { ...layerCount }, upload: { ...upload } });
-      return layer;
-    });
+    const layers = await mapWithLimit(
+      indexed,
+      this.parallelism,
+      async (job) => {
+        const write = { entries: job.entries, compression: request.compression };
+        const stored = await lookups.answer(job);
+        const layer = await this.layer(job.recordKey, stored, write, job.comment, (size, uploaded) => {
+          upload.total += size;
+          // Caught here and awaited below: an upload that fails fails the build, never the process.
+          uploads.push(
+            uploaded.then(
+              () => {
+                upload.done += size;
+                report.progress({ upload: { ...upload } });
+                return null;
+              },
+              (error: unknown) => error,
+            ),
+          );
+        });
+        layerCount.done++;
+        report.progress({ layers: { ...layerCount }, upload: { ...upload } });
+        return layer;
+      },
+      largestFirst,
+    ).finally(() => lookups.settled());
     report.phase("uploading");
     const failed = (await Promise.all(uploads)).find((outcome) => outcome !== null);
     if (failed) throw failed instanceof Error ? failed : new Error("a layer upload failed", { cause: failed });

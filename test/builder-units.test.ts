@@ -25,6 +25,7 @@ import { parseImageName, type LayerCompression } from "../common/image-name.ts";
 import { classifyTag, tagProblem } from "../common/tag.ts";
 import { planLayers, topologicalOrder } from "../builder-service/layering.ts";
 import { writeLayer } from "../builder-service/layer-pipeline.ts";
+import { lookupsInOrder, mapWithLimit } from "../builder-service/bounded-map.ts";
 import { BlockCompressor } from "../builder-service/block-compression.ts";
 import type { StagedBlob } from "../builder-service/blob-store.ts";
 import { rootfsEntries, storePathEntries, storePathEntriesUnder, type TarEntry } from "../builder-service/tarball.ts";
@@ -105,6 +106,59 @@ describe("layering", () => {
     expect(layers.length).toBe(9);
     expect(layers.flatMap((l) => l.paths).sort()).toEqual(many.map((n) => n.path).sort());
     expect(planLayers([...many].reverse(), 10)).toEqual(layers);
+  });
+});
+
+describe("layers written a few at a time", () => {
+  it("starts the largest first and keeps the results in the plan's order", async () => {
+    const sizes = [1, 30, 0, 7, 30, 2];
+    const started: number[] = [];
+    let running = 0;
+    let most = 0;
+    const results = await mapWithLimit(
+      sizes.map((size, index) => ({ size, index })),
+      2,
+      async ({ size, index }) => {
+        started.push(index);
+        most = Math.max(most, ++running);
+        await new Promise((resolve) => setTimeout(resolve, size));
+        running--;
+        return size * 10;
+      },
+      ({ size }) => size,
+    );
+    expect(started).toEqual([1, 4, 3, 5, 0, 2]);
+    expect(most).toBe(2);
+    expect(results).toEqual([10, 300, 0, 70, 300, 20]);
+  });
+
+  it("looks each layer up the largest first, its writing waiting only for its own answer; a failure fails its asker", async () => {
+    const items = [5, 40, 20, 0].map((size, index) => ({ size, index }));
+    const asked: number[] = [];
+    let running = 0;
+    let most = 0;
+    const lookups = lookupsInOrder(
+      items,
+      2,
+      async ({ size, index }) => {
+        asked.push(index);
+        most = Math.max(most, ++running);
+        await new Promise((resolve) => setTimeout(resolve, size));
+        running--;
+        if (index === 3) throw new Error("the bucket did not answer");
+        return `record ${index}`;
+      },
+      ({ size }) => size,
+    );
+    // The first answer in is the small one started beside the largest.
+    const first = await Promise.race(items.slice(0, 3).map(async (item) => [item.index, await lookups.answer(item)]));
+    expect(first).toEqual([2, "record 2"]);
+    expect(await lookups.answer(items[1])).toBe("record 1");
+    expect(await lookups.answer(items[0])).toBe("record 0");
+    await expect(lookups.answer(items[3])).rejects.toThrow("the bucket did not answer");
+    await lookups.settled();
+    expect(asked).toEqual([1, 2, 0, 3]);
+    expect(most).toBe(2);
   });
 });
 
