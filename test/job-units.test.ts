@@ -1,5 +1,5 @@
 // The parts of build jobs that need no stack: reading Nix's progress from its log, and which builder a job goes to.
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { imageKeyOfRecentJob, recentJobKey } from "../common/bucket-layout.ts";
 import { sha256Hex } from "../common/digest.ts";
 import { assertBuilderWritable } from "../builder-service/blob-store.ts";
@@ -10,7 +10,8 @@ import { editDistance, suggestions } from "../builder-service/package-index.ts";
 import { attributeRefusal, DEFAULT_ATTRIBUTE_POLICY, type AttributePolicy } from "../common/attribute-policy.ts";
 import { AdmissionError, BuildAdmission, BuildSlots, describeBytes } from "../builder-service/admission.ts";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
-import { NixBuildPlanReader } from "../builder-service/nix-progress.ts";
+import { NixBuildPlanReader, type BuildPlan } from "../builder-service/nix-progress.ts";
+import { EarlyLayers, onlyDownloads } from "../builder-service/early-layers.ts";
 import {
   derivationBuilder,
   derivationOutputs,
@@ -146,6 +147,61 @@ describe("Nix's JSON log", () => {
       derivationBuilder(`Derive([("out","/nix/store/x","","")],[],[],"x86_64-linux","builtin:fetchurl",[],[])`),
     ).toBe(null);
     expect(derivationBuilder("not a derivation")).toBe(null);
+  });
+});
+
+describe("early layers' choice of store paths", () => {
+  const IMAGE_DRV = "/nix/store/1d1by9j8671a6h508z1q0bvlpbsgwsiv-image-metadata.drv";
+  const BUSYBOX = "/nix/store/dh8vac6156q4fxfxfvf5x1fxa17j9xsn-busybox-1.35.0";
+  const CURL = "/nix/store/x55dic9z4lq0n7h26zc6mp5flcy8jpp0-curl-7.88.1";
+  const LIBC = "/nix/store/0rqgdv7c74a5pc8vcy905ky7nk7xvy6g-libc6-2.36";
+  const plan = (build: string[], paths: number): BuildPlan => ({
+    build,
+    fetch: { paths, downloadBytes: 0, unpackedBytes: 0 },
+  });
+
+  it("are written only where Nix's plan downloads and builds nothing but the image's derivation", () => {
+    expect(onlyDownloads(plan([IMAGE_DRV], 3), IMAGE_DRV)).toBe(true);
+    expect(onlyDownloads(plan([], 3), IMAGE_DRV)).toBe(true);
+    expect(onlyDownloads(plan([IMAGE_DRV, "/nix/store/2g6hykwjm01yg8jw10zyjfm7rs7v28n5-curl.drv"], 3), IMAGE_DRV)).toBe(
+      false,
+    );
+    expect(onlyDownloads(plan([IMAGE_DRV], 0), IMAGE_DRV)).toBe(false);
+  });
+
+  it("are the closures of fetched paths, without the image derivation's builder, until Nix builds more than planned", async () => {
+    // Nix's answers stand in for the store: the closure of curl once it is fetched.
+    const asked: NixFinished[][] = [];
+    const written: string[] = [];
+    const reasons: string[] = [];
+    const early = new EarlyLayers({
+      storeLayers: 99,
+      imageDerivation: IMAGE_DRV,
+      leaveOut: [BUSYBOX],
+      nix: {
+        validClosure: async (finished) => {
+          asked.push([...finished]);
+          return [CURL, LIBC, BUSYBOX];
+        },
+      },
+      write: async (path) => void written.push(path),
+      onGiveUp: (reason) => reasons.push(reason),
+    });
+    early.setPlan(plan([IMAGE_DRV], 3));
+    early.finished({ kind: "built", derivation: IMAGE_DRV });
+    early.finished({ kind: "fetched", path: BUSYBOX });
+    early.finished({ kind: "fetched", path: CURL });
+    await vi.waitFor(() => expect(written).toHaveLength(2));
+    expect(asked).toEqual([[{ kind: "fetched", path: CURL }]]);
+    expect(written).toEqual([LIBC, CURL]);
+    expect([...early.written].sort()).toEqual([LIBC, CURL].sort());
+    // The binary cache lost a path since the dry run: Nix announces a build, and nothing more is written early.
+    early.setPlan(plan([IMAGE_DRV, "/nix/store/2g6hykwjm01yg8jw10zyjfm7rs7v28n5-jq.drv"], 3));
+    expect(reasons).toEqual(["Nix builds 1 derivation(s) the dry run meant to download"]);
+    early.finished({ kind: "fetched", path: "/nix/store/lrqgdv7c74a5pc8vcy905ky7nk7xvy6g-jq-1.6" });
+    early.stop();
+    expect(asked).toHaveLength(1);
+    expect(written).toHaveLength(2);
   });
 });
 
