@@ -23,6 +23,7 @@ import {
   startStack,
   type Stack,
 } from "../scripts/local-stack.ts";
+import { fetchedBuildFigures } from "./fetched-build.ts";
 import { layerWriting, timeTarInto } from "./layer-writing.ts";
 import { cpuOfProcessesNamed } from "./proc-cpu.ts";
 import { nixeryLayers } from "./nixery-layering.ts";
@@ -136,7 +137,7 @@ async function machine(): Promise<string> {
   return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB, Node ${process.version}, ${(await sh("nix-build", ["--version"])).trim()}`;
 }
 
-const PARTS = ["builds", "pull", "edge"];
+const PARTS = ["builds", "pull", "edge", "fetched"];
 
 /** `npm run bench -- builds`, `-- pull` or `-- edge` runs one part; no argument runs them all. No options. */
 function chosenPart(args: string[]): string | undefined {
@@ -166,6 +167,7 @@ async function main(): Promise<void> {
   if (only === undefined || only === "builds") await buildFigures(scratch, basePath, floorPath, pkgsPath);
   if (only === undefined || only === "pull") await pullFigures(scratch, pullPath);
   if (only === undefined || only === "edge") await edgeFigures(scratch, pullPath);
+  if (only === undefined || only === "fetched") await fetchedBuildFigures(scratch, basePath);
   await rm(scratch, { recursive: true, force: true });
 }
 

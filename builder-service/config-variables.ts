@@ -251,6 +251,13 @@ const IMAGE_VARIABLES = {
     min: 1,
     max: 256,
   }),
+  BUILDER_EARLY_LAYERS: wholeNumber({
+    meaning:
+      "`1` writes the layers of store paths Nix has downloaded while it downloads the rest, for images whose closure needs nothing built (only when Nix's plan builds nothing but the image's metadata); `0` waits for the whole build",
+    fallback: 1,
+    min: 0,
+    max: 1,
+  }),
   NIX_POPULARITY_URL: (name: string) =>
     v.pipe(
       popularitySource(name),

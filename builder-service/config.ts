@@ -46,6 +46,8 @@ export interface BuilderConfig {
   layerBudget: number;
   /** Blocks of a layer compressed at once (block-compression.ts). */
   compressionThreads: number;
+  /** Layers of downloaded store paths written while Nix downloads the rest (BUILDER_EARLY_LAYERS). */
+  earlyLayers: boolean;
   /**
    * Nixery-format popularity data for layering, if any (see popularity.ts): an http(s) URL or an absolute file
    * path, and the variable that named it (NIXERY_POPULARITY_PATH is the older name of NIX_POPULARITY_URL).
@@ -148,6 +150,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): BuilderConfig 
     },
     layerBudget: values.NIXERY_LAYER_BUDGET,
     compressionThreads: values.BUILDER_COMPRESSION_THREADS,
+    earlyLayers: values.BUILDER_EARLY_LAYERS === 1,
     popularity: popularityOf(values),
     tagTtlSeconds: values.NIXERY_TAG_TTL_SECONDS,
     store: {

@@ -28,6 +28,7 @@ import { serialiseImage, type LayerDescription } from "./manifest.ts";
 import type { ImageDerivation, NixRunner } from "./nix-runner.ts";
 import type { StoreHold } from "./nix-store-limit.ts";
 import { NixBuildProgress } from "./nix-progress.ts";
+import { EarlyLayers, onlyDownloads } from "./early-layers.ts";
 import { rootFilesystem } from "./root-filesystem.ts";
 import type { PackageSource } from "./sources/package-source.ts";
 import { LAYER_FORMAT_VERSION, rootfsEntries, storePathEntries, type TarEntry } from "./tarball.ts";
@@ -48,6 +49,8 @@ export interface ImageBuilderOptions {
   storeHold?: StoreHold;
   /** Blocks of one layer compressed at once (BUILDER_COMPRESSION_THREADS); defaults to the machine's cores. */
   compressionThreads?: number;
+  /** Layers of fetched store paths written while Nix downloads the rest (early-layers.ts); on unless false. */
+  earlyLayers?: boolean;
 }
 
 /** Layer records looked up in the bucket at once. */
@@ -66,6 +69,9 @@ interface NewLayer {
   entries: () => Promise<TarEntry[]>;
   compression: LayerCompression;
 }
+
+/** A layer being written: spooled when it resolves; its upload, then its record, go on in `uploaded`. */
+type LayerWrite = Promise<{ record: LayerRecord; uploaded: Promise<void> }>;
 
 /** Where a build reports how far it is. */
 export interface BuildReporter {
@@ -111,7 +117,7 @@ export class ImageBuilder {
   private readonly parallelism: number;
   private readonly compressionThreads: number;
   /** Layers being written now, by record key: two jobs that need the same new layer at once write it once. */
-  private readonly layersInProgress = new Map<string, Promise<{ record: LayerRecord; uploaded: Promise<void> }>>();
+  private readonly layersInProgress = new Map<string, LayerWrite>();
 
   constructor(private readonly options: ImageBuilderOptions) {
     this.parallelism = options.parallelism ?? Math.max(1, os.availableParallelism());
@@ -155,7 +161,13 @@ export class ImageBuilder {
     started: number,
   ): Promise<Omit<UnpublishedImage, "release">> {
     const { store, source, nix, log, admission } = this.options;
-    if (admission.judgesPlans) admission.checkPlan(await nix.planBuild(derivation.drvPath), derivation.drvPath);
+    // Nix's plan (a dry run): admitted when the admission judges plans, and read for early layers, which are written
+    // only while Nix downloads and builds nothing but the image's own derivation (early-layers.ts).
+    const wantsPlan = admission.judgesPlans || this.options.earlyLayers !== false;
+    const plan = wantsPlan ? await nix.planBuild(derivation.drvPath) : null;
+    if (plan && admission.judgesPlans) admission.checkPlan(plan, derivation.drvPath);
+    const downloadsOnly =
+      this.options.earlyLayers !== false && plan !== null && onlyDownloads(plan, derivation.drvPath);
     const checked = performance.now();
     report.phase("building");
     const nixProgress = new NixBuildProgress();
@@ -167,12 +179,50 @@ export class ImageBuilder {
       // Every line: the job writes its record at most once a second whatever is reported.
       report.progress({ ...nixProgress.progress, log: [...logTail] });
     };
+    // Layers of single store paths, written while Nix goes on, by record key: the layer phase takes them from here.
+    const earlyWrites = new Map<string, LayerWrite>();
+    const imageBuilder = downloadsOnly ? await nix.derivationBuilder(derivation.drvPath) : null;
+    const early = !downloadsOnly
+      ? null
+      : new EarlyLayers({
+          storeLayers: this.options.layerBudget - 1,
+          imageDerivation: derivation.drvPath,
+          leaveOut: imageBuilder ? [imageBuilder] : [],
+          nix,
+          write: async (path) => {
+            const recordKey = await layerRecordKey(request.compression, path);
+            if (earlyWrites.has(recordKey) || (await this.storedLayer(recordKey))) return;
+            const writing = this.startLayerWrite(recordKey, {
+              entries: () => storePathEntries([path]),
+              compression: request.compression,
+            });
+            // Handled here so that a layer the image turns out not to have fails nothing; the layer phase awaits
+            // the ones it uses, and sees their failures.
+            writing.then(({ uploaded }) => uploaded.catch(() => undefined)).catch(() => undefined);
+            earlyWrites.set(recordKey, writing);
+            await writing;
+          },
+          onGiveUp: (reason) => log.info("early-layers-stopped", { imageKey: key, reason }),
+        });
     // The same limits on the plan the build announces, in case the caches changed since the dry run. With
     // NIX_MAX_JOBS=0 the plan allows one build, the image's metadata, which Nix builds only with a build slot.
-    const closure = await nix.buildClosure(derivation, onLogLine, {
-      maxJobs: admission.substituteOnly ? 1 : undefined,
-      check: (plan) => admission.checkPlan(plan, derivation.drvPath),
-    });
+    let closure;
+    try {
+      closure = await nix.buildClosure(
+        derivation,
+        onLogLine,
+        {
+          maxJobs: admission.substituteOnly ? 1 : undefined,
+          check: (announced) => {
+            admission.checkPlan(announced, derivation.drvPath);
+            early?.setPlan(announced);
+          },
+        },
+        early ? (finished) => early.finished(finished) : undefined,
+      );
+    } finally {
+      early?.stop();
+    }
     nixProgress.finish();
     report.progress(nixProgress.progress);
     admission.checkClosure(closure.graph);
@@ -203,19 +253,26 @@ export class ImageBuilder {
     const recordKeys = await Promise.all(jobs.map((job) => layerRecordKey(request.compression, job.id)));
     const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index] }));
     // Which layers the bucket has already (written by any builder): asked many at once and in the same order, each
-    // layer's writing starting as soon as its own answer is in. Most layers of most images are there.
-    const lookups = lookupsInOrder(indexed, LOOKUP_CONCURRENCY, (job) => this.storedLayer(job.recordKey), largestFirst);
+    // layer's writing starting as soon as its own answer is in. Most layers of most images are there; those written
+    // while Nix downloaded are not asked after.
+    const lookups = lookupsInOrder(
+      indexed,
+      LOOKUP_CONCURRENCY,
+      async (job) => (earlyWrites.has(job.recordKey) ? null : this.storedLayer(job.recordKey)),
+      largestFirst,
+    );
     const layerCount = { done: 0, total: jobs.length };
     const upload = { done: 0, total: 0 };
     const uploads: Promise<unknown>[] = [];
     report.progress({ layers: { ...layerCount }, upload: { ...upload } });
+    const earlyUsed = recordKeys.filter((recordKey) => earlyWrites.has(recordKey)).length;
     const layers = await mapWithLimit(
       indexed,
       this.parallelism,
       async (job) => {
         const write = { entries: job.entries, compression: request.compression };
-        const stored = await lookups.answer(job);
-        const layer = await this.layer(job.recordKey, stored, write, job.comment, (size, uploaded) => {
+        const known = (await lookups.answer(job)) ?? earlyWrites.get(job.recordKey);
+        const layer = await this.layer(job.recordKey, known, write, job.comment, (size, uploaded) => {
           upload.total += size;
           // Caught here and awaited below: an upload that fails fails the build, never the process.
           uploads.push(
@@ -263,6 +320,9 @@ export class ImageBuilder {
       revision: request.revision,
       storePaths: closure.graph.length,
       layers: layers.length,
+      // Layers written while Nix downloaded (early-layers.ts), and ones written so that the image turned out not to use.
+      earlyLayers: earlyUsed,
+      earlyLayersUnused: earlyWrites.size - earlyUsed,
       manifest: image.manifests.oci.digest,
       checkMs: Math.round(checked - started),
       nixMs: Math.round(built - checked),
@@ -310,29 +370,36 @@ export class ImageBuilder {
    */
   private async layer(
     recordKey: string,
-    known: LayerRecord | null,
+    known: LayerRecord | LayerWrite | null | undefined,
     write: NewLayer,
     comment: string,
     onUpload: (size: number, uploaded: Promise<void>) => void,
   ): Promise<LayerDescription> {
-    if (known) {
+    if (known && !(known instanceof Promise)) {
       this.counters.layersReused++;
       return { digest: known.digest, diffId: known.diffId, size: known.size, comment };
     }
+    // Written early, while Nix downloaded (early-layers.ts); if that failed, written again here, where a failure counts.
+    const early = known ? await known.catch(() => null) : null;
+    const { record: fresh, uploaded } = early ?? (await this.startLayerWrite(recordKey, write));
+    onUpload(fresh.size, uploaded);
+    return { ...fresh, comment };
+  }
+
+  /** Starts writing a layer, or joins the write of the same layer another job started. */
+  private startLayerWrite(recordKey: string, write: NewLayer): LayerWrite {
     let writing = this.layersInProgress.get(recordKey);
     if (writing) {
       this.counters.layersReused++;
-    } else {
-      writing = this.writeNewLayer(recordKey, write);
-      this.layersInProgress.set(recordKey, writing);
-      writing.then(
-        ({ uploaded }) => uploaded.finally(() => this.layersInProgress.delete(recordKey)).catch(() => undefined),
-        () => this.layersInProgress.delete(recordKey),
-      );
+      return writing;
     }
-    const { record: fresh, uploaded } = await writing;
-    onUpload(fresh.size, uploaded);
-    return { ...fresh, comment };
+    writing = this.writeNewLayer(recordKey, write);
+    this.layersInProgress.set(recordKey, writing);
+    writing.then(
+      ({ uploaded }) => uploaded.finally(() => this.layersInProgress.delete(recordKey)).catch(() => undefined),
+      () => this.layersInProgress.delete(recordKey),
+    );
+    return writing;
   }
 
   /** The layer's record, if the layer is in the bucket. */

@@ -316,6 +316,7 @@ async function main(): Promise<void> {
     admission,
     layerBudget: config.layerBudget,
     compressionThreads: config.compressionThreads,
+    earlyLayers: config.earlyLayers,
     popularity,
     storeHold: storeLimit,
   });

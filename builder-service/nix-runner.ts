@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NixSystem } from "../common/image-name.ts";
 import { parseImageClosure, type ImageClosure } from "./closure.ts";
+import { derivationBuilder, derivationOutputs, NixJsonLogDecoder, type NixFinished } from "./nix-log.ts";
 import { NixBuildPlanReader, type BuildPlan } from "./nix-progress.ts";
 import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
 
@@ -135,12 +136,17 @@ export interface BuildGuard {
 const STDERR_TAIL_BYTES = 16 * 1024;
 const LOG_TAIL_LINES = 25;
 
+/**
+ * Runs a Nix command within the time limit. `decode` turns each line Nix prints on stderr into the lines it stands
+ * for (nix-log.ts's JSON log): those are what onLogLine hears and what the result's stderrTail holds.
+ */
 function run(
   command: string,
   args: string[],
   options: NixRunnerOptions,
   onLogLine?: (line: string) => void,
   signal?: AbortSignal,
+  decode?: (line: string) => string[],
 ): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
@@ -153,12 +159,17 @@ function run(
     let timedOut = false;
     let partialLine = "";
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    const take = (raw: string) => {
+      const lines = decode ? decode(raw) : [raw];
+      if (decode && lines.length > 0) stderr = (stderr + lines.join("\n") + "\n").slice(-STDERR_TAIL_BYTES);
+      if (onLogLine) for (const line of lines) onLogLine(line);
+    };
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
-      stderr = (stderr + chunk).slice(-STDERR_TAIL_BYTES);
-      if (!onLogLine) return;
+      if (!decode) stderr = (stderr + chunk).slice(-STDERR_TAIL_BYTES);
+      if (!onLogLine && !decode) return;
       const lines = (partialLine + chunk).split("\n");
       partialLine = lines.pop() ?? "";
-      for (const line of lines) onLogLine(line);
+      for (const line of lines) take(line);
     });
     // The whole process group: nix-build's builders are its children.
     const kill = () => {
@@ -185,7 +196,7 @@ function run(
     child.on("close", (code) => {
       clearTimeout(timer);
       signal?.removeEventListener("abort", kill);
-      if (onLogLine && partialLine) onLogLine(partialLine);
+      if (partialLine) take(partialLine);
       resolve({ stdout, stderrTail: stderr, code, timedOut });
     });
   });
@@ -401,6 +412,34 @@ export class NixRunner {
     }
   }
 
+  /**
+   * The closure of the paths builds and downloads have just made (the outputs of a derivation, or a fetched path),
+   * leaving out those that are not valid store paths (a build that failed may leave a partial output behind). One
+   * Nix command when all are valid, as they nearly always are: each costs about 50 ms of CPU beside the build.
+   */
+  async validClosure(finished: readonly NixFinished[]): Promise<string[]> {
+    const paths = new Set<string>();
+    for (const item of finished) {
+      if (item.kind === "fetched") paths.add(item.path);
+      else for (const output of derivationOutputs(await readFile(item.derivation, "utf8"))) paths.add(output);
+    }
+    if (paths.size === 0) return [];
+    const closure = await run("nix-store", ["--query", "--requisites", ...paths], this.options);
+    if (closure.code === 0) return closure.stdout.split("\n").filter(Boolean);
+    const checked = await run("nix-store", ["--check-validity", "--print-invalid", ...paths], this.options);
+    if (checked.code !== 0) return [];
+    const invalid = new Set(checked.stdout.split("\n").filter(Boolean));
+    const valid = [...paths].filter((path) => !invalid.has(path));
+    if (valid.length === 0) return [];
+    const validClosure = await run("nix-store", ["--query", "--requisites", ...valid], this.options);
+    return validClosure.code === 0 ? validClosure.stdout.split("\n").filter(Boolean) : [];
+  }
+
+  /** The store path of the derivation's builder (the package set's busybox for the image's), if it has one. */
+  async derivationBuilder(drvPath: string): Promise<string | null> {
+    return derivationBuilder(await readFile(drvPath, "utf8"));
+  }
+
   /** What building the derivation takes, as Nix plans it (a dry run: nothing is fetched or built). */
   async planBuild(drvPath: string): Promise<BuildPlan> {
     const reader = new NixBuildPlanReader();
@@ -413,22 +452,27 @@ export class NixRunner {
 
   /**
    * Builds the image's derivation and returns its closure and metadata; Nix's log lines go to
-   * onLogLine. With a guard, the build stops as soon as Nix announces a plan the guard refuses.
+   * onLogLine. With a guard, the build stops as soon as Nix announces a plan the guard refuses. With onFinished,
+   * Nix writes its JSON log (nix-log.ts), turned back into the same lines, and onFinished hears of each of its
+   * builds and downloads as it ends; without, Nix's text log is read as it is.
    */
   async buildClosure(
     derivation: Pick<ImageDerivation, "drvPath" | "outLink">,
     onLogLine?: (line: string) => void,
     guard?: BuildGuard,
+    onFinished?: (finished: NixFinished) => void,
   ): Promise<ImageClosure> {
     const { drvPath, outLink } = derivation;
     const reader = new NixBuildPlanReader();
     const stop = new AbortController();
     let refused: unknown = null;
     const maxJobs = guard?.maxJobs === undefined ? [] : ["--max-jobs", String(guard.maxJobs)];
+    const log = onFinished ? new NixJsonLogDecoder(onFinished) : null;
+    const logFormat = log ? ["--log-format", "internal-json"] : [];
     const result = await run(
       "nix-build",
       // Rooted: a collection of the store (nix-store-limit.ts) between the build and the upload would take the closure.
-      ["--out-link", outLink, ...maxJobs, drvPath],
+      [...logFormat, "--out-link", outLink, ...maxJobs, drvPath],
       this.options,
       (line) => {
         onLogLine?.(line);
@@ -442,6 +486,7 @@ export class NixRunner {
         }
       },
       stop.signal,
+      log ? (line) => log.decode(line) : undefined,
     );
     if (refused !== null)
       throw refused instanceof Error ? refused : new Error("the build was refused", { cause: refused });

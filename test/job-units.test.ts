@@ -1,5 +1,5 @@
 // The parts of build jobs that need no stack: reading Nix's progress from its log, and which builder a job goes to.
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { imageKeyOfRecentJob, recentJobKey } from "../common/bucket-layout.ts";
 import { sha256Hex } from "../common/digest.ts";
 import { assertBuilderWritable } from "../builder-service/blob-store.ts";
@@ -10,7 +10,14 @@ import { editDistance, suggestions } from "../builder-service/package-index.ts";
 import { attributeRefusal, DEFAULT_ATTRIBUTE_POLICY, type AttributePolicy } from "../common/attribute-policy.ts";
 import { AdmissionError, BuildAdmission, BuildSlots, describeBytes } from "../builder-service/admission.ts";
 import { ConfigError, loadConfig } from "../builder-service/config.ts";
-import { NixBuildPlanReader } from "../builder-service/nix-progress.ts";
+import { NixBuildPlanReader, type BuildPlan } from "../builder-service/nix-progress.ts";
+import { EarlyLayers, onlyDownloads } from "../builder-service/early-layers.ts";
+import {
+  derivationBuilder,
+  derivationOutputs,
+  NixJsonLogDecoder,
+  type NixFinished,
+} from "../builder-service/nix-log.ts";
 
 describe("Nix build progress", () => {
   it("counts derivations and fetched paths as nix-build announces and runs them", () => {
@@ -44,6 +51,157 @@ describe("Nix build progress", () => {
       derivations: { done: 0, total: 1 },
       fetched: { done: 0, total: 1, downloadBytes: Math.round(0.02 * 1024 * 1024) },
     });
+  });
+});
+
+describe("Nix's JSON log", () => {
+  // Lines as Nix 2.8's nix-build --log-format internal-json printed them (ids shortened), a build and a download.
+  const DRV = "/nix/store/7savrdzv5gs9kkjs1n6ajizkxwcmqmd3-jq-1.6-2.1+deb12u1.drv";
+  const FETCHED = "/nix/store/lrqgdv7c74a5pc8vcy905ky7nk7xvy6g-jq-1.6-2.1+deb12u1";
+  const log = [
+    '@nix {"action":"start","id":1,"level":6,"text":"querying info about missing paths","type":0}',
+    '@nix {"action":"stop","id":1}',
+    '@nix {"action":"msg","level":3,"msg":"these 2 derivations will be built:"}',
+    `@nix {"action":"msg","level":3,"msg":"  ${DRV}"}`,
+    '@nix {"action":"msg","level":5,"msg":"a detail printed only with -vv"}',
+    '@nix {"action":"start","id":2,"level":0,"text":"","type":104}',
+    `@nix {"action":"start","fields":["${DRV}","",1,1],"id":3,"level":3,"text":"building '${DRV}'","type":105}`,
+    '@nix {"action":"result","fields":[0,1,0,0],"id":2,"type":105}',
+    '@nix {"action":"result","fields":["build-package.sh: jq 1.6-2.1+deb12u1: 1 ELF files patched"],"id":4,"type":101}',
+    '@nix {"action":"stop","id":3}',
+    `@nix {"action":"start","fields":["${FETCHED}","file:///tmp/cache"],"id":5,"level":0,"text":"","type":108}`,
+    `@nix {"action":"start","fields":["${FETCHED}","file:///tmp/cache","local"],"id":6,"level":3,"text":"copying path '${FETCHED}' from 'file:///tmp/cache'","type":100}`,
+    '@nix {"action":"stop","id":6}',
+    '@nix {"action":"stop","id":5}',
+    '@nix {"action":"msg","level":0,"msg":"\\u001b[31;1merror:\\u001b[0m builder for \'\\u001b[35;1m/nix/store/x.drv\\u001b[0m\' failed\\n       last 1 log lines:"}',
+    "warning: a line Nix printed as text",
+    "@nix {not json",
+    '@nix {"action":"stop","id":99}',
+    '@nix {"action":"stop","id":2}',
+  ];
+
+  it("gives back the lines the human-readable log has, and each build and download as it ends", () => {
+    const finished: { after: number; item: NixFinished }[] = [];
+    let at = 0;
+    const decoder = new NixJsonLogDecoder((item) => finished.push({ after: at, item }));
+    const text: string[] = [];
+    for (const [index, line] of log.entries()) {
+      at = index;
+      text.push(...decoder.decode(line));
+    }
+    expect(text).toEqual([
+      "these 2 derivations will be built:",
+      `  ${DRV}`,
+      `building '${DRV}'...`,
+      "build-package.sh: jq 1.6-2.1+deb12u1: 1 ELF files patched",
+      `copying path '${FETCHED}' from 'file:///tmp/cache'...`,
+      "error: builder for '/nix/store/x.drv' failed",
+      "       last 1 log lines:",
+      "warning: a line Nix printed as text",
+      "@nix {not json",
+    ]);
+    // At the stop events of the build (line 9) and of the substitution (line 13), not of the copy within it.
+    expect(finished).toEqual([
+      { after: 9, item: { kind: "built", derivation: DRV } },
+      { after: 13, item: { kind: "fetched", path: FETCHED } },
+    ]);
+  });
+
+  it("feeds the progress and the plan the same lines as before", () => {
+    const decoder = new NixJsonLogDecoder(() => undefined);
+    const progress = new NixBuildProgress();
+    const plan = new NixBuildPlanReader();
+    for (const line of log.flatMap((raw) => decoder.decode(raw))) {
+      progress.line(line);
+      plan.line(line);
+    }
+    expect(plan.plan.build).toEqual([DRV]);
+    expect(progress.progress.derivations).toEqual({ done: 0, total: 2 });
+    expect(progress.progress.fetched?.done).toBe(1);
+  });
+
+  it("reads a derivation's outputs from its file", () => {
+    const out = "/nix/store/lrqgdv7c74a5pc8vcy905ky7nk7xvy6g-jq-1.6-2.1+deb12u1";
+    const doc = "/nix/store/0rqgdv7c74a5pc8vcy905ky7nk7xvy6g-jq-1.6-2.1+deb12u1-doc";
+    expect(
+      derivationOutputs(
+        `Derive([("doc","${doc}","",""),("out","${out}","","")],[("/nix/store/c2pp5ifaxb37jp7k7x171r5sqb6kdhfv-libc6.drv",["out"])],[],"x86_64-linux","/bin/sh",[],[])`,
+      ),
+    ).toEqual([doc, out]);
+    // A fixed-output derivation names its hash beside the path.
+    expect(derivationOutputs(`Derive([("out","${out}","sha256","0a1b")],[],[],"x","/bin/sh",[],[])`)).toEqual([out]);
+    expect(derivationOutputs("not a derivation")).toEqual([]);
+  });
+
+  it("reads a derivation's builder from its file, as the store path it is in", () => {
+    const busybox = "/nix/store/dh8vac6156q4fxfxfvf5x1fxa17j9xsn-busybox-static";
+    const text =
+      `Derive([("out","/nix/store/1d1by9j8671a6h508z1q0bvlpbsgwsiv-image-metadata","","")],` +
+      `[("/nix/store/2g6hykwjm01yg8jw10zyjfm7rs7v28n5-busybox-static.drv",["out"]),` +
+      `("/nix/store/fdhsrqq1fygl38bk093dvcn1z9xxycmd-cacert-1.0.drv",["out","doc"])],` +
+      `["/nix/store/4w9acjk9lhpj86iwvgdvla04lai8f4k6-build.sh"],"x86_64-linux","${busybox}/bin/busybox",` +
+      `["sh","-ec","echo \\"$0\\""],[("builder","${busybox}/bin/busybox")])`;
+    expect(derivationBuilder(text)).toBe(busybox);
+    // A builder outside the store (a fetcher's "builtin:fetchurl") has no path to leave out.
+    expect(
+      derivationBuilder(`Derive([("out","/nix/store/x","","")],[],[],"x86_64-linux","builtin:fetchurl",[],[])`),
+    ).toBe(null);
+    expect(derivationBuilder("not a derivation")).toBe(null);
+  });
+});
+
+describe("early layers' choice of store paths", () => {
+  const IMAGE_DRV = "/nix/store/1d1by9j8671a6h508z1q0bvlpbsgwsiv-image-metadata.drv";
+  const BUSYBOX = "/nix/store/dh8vac6156q4fxfxfvf5x1fxa17j9xsn-busybox-1.35.0";
+  const CURL = "/nix/store/x55dic9z4lq0n7h26zc6mp5flcy8jpp0-curl-7.88.1";
+  const LIBC = "/nix/store/0rqgdv7c74a5pc8vcy905ky7nk7xvy6g-libc6-2.36";
+  const plan = (build: string[], paths: number): BuildPlan => ({
+    build,
+    fetch: { paths, downloadBytes: 0, unpackedBytes: 0 },
+  });
+
+  it("are written only where Nix's plan downloads and builds nothing but the image's derivation", () => {
+    expect(onlyDownloads(plan([IMAGE_DRV], 3), IMAGE_DRV)).toBe(true);
+    expect(onlyDownloads(plan([], 3), IMAGE_DRV)).toBe(true);
+    expect(onlyDownloads(plan([IMAGE_DRV, "/nix/store/2g6hykwjm01yg8jw10zyjfm7rs7v28n5-curl.drv"], 3), IMAGE_DRV)).toBe(
+      false,
+    );
+    expect(onlyDownloads(plan([IMAGE_DRV], 0), IMAGE_DRV)).toBe(false);
+  });
+
+  it("are the closures of fetched paths, without the image derivation's builder, until Nix builds more than planned", async () => {
+    // Nix's answers stand in for the store: the closure of curl once it is fetched.
+    const asked: NixFinished[][] = [];
+    const written: string[] = [];
+    const reasons: string[] = [];
+    const early = new EarlyLayers({
+      storeLayers: 99,
+      imageDerivation: IMAGE_DRV,
+      leaveOut: [BUSYBOX],
+      nix: {
+        validClosure: async (finished) => {
+          asked.push([...finished]);
+          return [CURL, LIBC, BUSYBOX];
+        },
+      },
+      write: async (path) => void written.push(path),
+      onGiveUp: (reason) => reasons.push(reason),
+    });
+    early.setPlan(plan([IMAGE_DRV], 3));
+    early.finished({ kind: "built", derivation: IMAGE_DRV });
+    early.finished({ kind: "fetched", path: BUSYBOX });
+    early.finished({ kind: "fetched", path: CURL });
+    await vi.waitFor(() => expect(written).toHaveLength(2));
+    expect(asked).toEqual([[{ kind: "fetched", path: CURL }]]);
+    expect(written).toEqual([LIBC, CURL]);
+    expect([...early.written].sort()).toEqual([LIBC, CURL].sort());
+    // The binary cache lost a path since the dry run: Nix announces a build, and nothing more is written early.
+    early.setPlan(plan([IMAGE_DRV, "/nix/store/2g6hykwjm01yg8jw10zyjfm7rs7v28n5-jq.drv"], 3));
+    expect(reasons).toEqual(["Nix builds 1 derivation(s) the dry run meant to download"]);
+    early.finished({ kind: "fetched", path: "/nix/store/lrqgdv7c74a5pc8vcy905ky7nk7xvy6g-jq-1.6" });
+    early.stop();
+    expect(asked).toHaveLength(1);
+    expect(written).toHaveLength(2);
   });
 });
 

@@ -139,15 +139,16 @@ describe(`the builder under Nix >= ${MIN_NIX_VERSION}`, () => {
       // Every check and build of the running builder went through the wrappers.
       const calls = (await readFile(trace, "utf8")).split("\n");
       expect(calls.some((line) => line.startsWith("nix-instantiate "))).toBe(true);
-      // The image's derivation is evaluated once, then planned and built from its .drv, its output rooted (an
-      // indirect root in the builder's data folder) until the image is published.
+      // The image's derivation is evaluated once, then planned and built from its .drv (with Nix's JSON log, which
+      // says when each download is done, when the plan only downloads), its output rooted (an indirect root in the
+      // builder's data folder) until the image is published.
       expect(
         calls.some((line) => line.startsWith("nix-instantiate ") && line.includes("build-image.nix -A image")),
       ).toBe(true);
       expect(calls.some((line) => line.startsWith("nix-store --realise --dry-run /nix/store/"))).toBe(true);
       expect(
         calls.some((line) =>
-          /^nix-build --out-link \/\S+\/gcroots\/image-drv-\w+\/image \/nix\/store\/[0-9a-z]{32}-image-metadata\.drv$/.test(
+          /^nix-build (?:--log-format internal-json )?--out-link \/\S+\/gcroots\/image-drv-\w+\/image \/nix\/store\/[0-9a-z]{32}-image-metadata\.drv$/.test(
             line,
           ),
         ),
