@@ -28,7 +28,7 @@ const RUNS = 5;
 const SECRET = "benchmark-secret-0123456789abcdef";
 
 /** The builder's `build` log line (builder-service/image-builder.ts writes it). */
-interface BuildLogLine {
+export interface BuildLogLine {
   manifest: string;
   layers: number;
   earlyLayers: number;
@@ -36,7 +36,13 @@ interface BuildLogLine {
   checkMs: number;
   nixMs: number;
   layersMs: number;
+  layersCpuMs: number;
   totalMs: number;
+}
+
+/** The `build` log lines among a builder's log lines, in order. */
+export function buildLogLines(logLines: readonly string[]): BuildLogLine[] {
+  return logLines.filter((line) => line.includes('"event":"build"')).map((line) => JSON.parse(line) as BuildLogLine);
 }
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
@@ -81,9 +87,7 @@ export async function fetchedBuildFigures(scratch: string, basePath: string): Pr
     const servedBefore = cache.bytesServed;
     try {
       await build(builder.url, SECRET, IMAGE, (await resolveLatest(builder.url, SECRET)).revision);
-      const logged = builder.logLines
-        .filter((line) => line.includes('"event":"build"'))
-        .map((line) => JSON.parse(line) as BuildLogLine)[0];
+      const [logged] = buildLogLines(builder.logLines);
       if (!logged) throw new Error("the builder logged no build");
       // Why early layers stopped before Nix was done, if they did (builder-service/early-layers.ts).
       const stopped = builder.logLines

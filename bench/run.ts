@@ -23,7 +23,7 @@ import {
   startStack,
   type Stack,
 } from "../scripts/local-stack.ts";
-import { fetchedBuildFigures } from "./fetched-build.ts";
+import { buildLogLines, fetchedBuildFigures } from "./fetched-build.ts";
 import { layerWriting, timeTarInto } from "./layer-writing.ts";
 import { cpuOfProcessesNamed } from "./proc-cpu.ts";
 import { nixeryLayers } from "./nixery-layering.ts";
@@ -245,6 +245,16 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
       seconds(bucketCpuMs),
       "on the same cores as the builder; R2 costs the builder only the sending",
     );
+    // The builder's own CPU from the end of Nix to the last upload (its build log line), against what the cores had.
+    const coldLog = buildLogLines(builder.logLines).find((logged) => logged.manifest === cold.image?.oci);
+    const cores = os.availableParallelism();
+    if (coldLog) {
+      line(
+        "  CPU the builder used in layering and uploading",
+        seconds(coldLog.layersCpuMs),
+        `all its threads, in ${seconds(coldLog.layersMs)} on ${cores} cores (${seconds(cores * coldLog.layersMs)} of CPU time)`,
+      );
+    }
     const layeringMs = phaseTimes(cold).phases.layering ?? 0;
     line(
       "layer phase (tar, hash, compress, spool)",
@@ -256,7 +266,6 @@ async function buildFigures(scratch: string, basePath: string, floorPath: string
     const throughput = (ms: number) => `${(closureBytes / MiB / (ms / 1000)).toFixed(1)} MiB/s`;
     // The layer phase above also pays for the local bucket: its S3 endpoint (workerd) takes each upload on the
     // same cores. The layer writing alone, with one thread a layer and with one a core:
-    const cores = os.availableParallelism();
     const oneThread = (await layerWriting(closure.graph, popularity, 1)).ms;
     const allThreads = (await layerWriting(closure.graph, popularity, cores)).ms;
     line(

@@ -227,6 +227,7 @@ export class ImageBuilder {
     report.progress(nixProgress.progress);
     admission.checkClosure(closure.graph);
     const built = performance.now();
+    const builtCpu = process.cpuUsage();
 
     report.phase("layering");
     const rootfs = await rootFilesystem(closure);
@@ -296,6 +297,7 @@ export class ImageBuilder {
     const failed = (await Promise.all(uploads)).find((outcome) => outcome !== null);
     if (failed) throw failed instanceof Error ? failed : new Error("a layer upload failed", { cause: failed });
     const layered = performance.now();
+    const layersCpu = process.cpuUsage(builtCpu);
 
     const image = await serialiseImage({
       system: request.system,
@@ -327,6 +329,8 @@ export class ImageBuilder {
       checkMs: Math.round(checked - started),
       nixMs: Math.round(built - checked),
       layersMs: Math.round(layered - built),
+      // The builder's CPU over layersMs, all its threads (compression included): how busy the layer phase kept it.
+      layersCpuMs: Math.round((layersCpu.user + layersCpu.system) / 1000),
       totalMs: Math.round(performance.now() - started),
     });
     const ensureStored = async (): Promise<string[]> => {
