@@ -28,7 +28,7 @@ export interface EarlyLayersOptions {
   imageDerivation: string;
   /** Store paths fetched for the image's derivation alone (its builder), never the image's. */
   leaveOut: readonly string[];
-  nix: { validClosure(finished: readonly NixFinished[]): Promise<string[]> };
+  nix: { validClosure(fetched: readonly string[]): Promise<string[]> };
   /** Writes the layer of one store path (or finds it in the bucket); called for one path at a time. */
   write(path: string): Promise<void>;
   /** Why early layering stopped, for the build's log. */
@@ -41,7 +41,8 @@ export function onlyDownloads(plan: BuildPlan, imageDerivation: string): boolean
 }
 
 export class EarlyLayers {
-  private readonly queued: NixFinished[] = [];
+  /** Fetched paths not yet checked. */
+  private readonly queued: string[] = [];
   private readonly known = new Set<string>();
   private readonly toWrite: string[] = [];
   private checking: Promise<void> | null = null;
@@ -64,7 +65,7 @@ export class EarlyLayers {
   /** A build or download has ended. */
   finished(finished: NixFinished): void {
     if (this.stopped || finished.kind !== "fetched" || this.options.leaveOut.includes(finished.path)) return;
-    this.queued.push(finished);
+    this.queued.push(finished.path);
     this.checking ??= this.check().finally(() => (this.checking = null));
   }
 

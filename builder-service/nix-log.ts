@@ -82,19 +82,6 @@ export class NixJsonLogDecoder {
 }
 
 /**
- * The output paths a derivation file (.drv, Nix's ATerm format) names, in its order. Its text begins with them:
- * `Derive([("out","/nix/store/...","",""),("doc","/nix/store/...","",""),...` (with a hash algorithm and hash
- * instead of the empty strings for fixed-output derivations).
- */
-export function derivationOutputs(text: string): string[] {
-  const list = /^Derive\(\[((?:\("[^"\\]*","[^"\\]*","[^"\\]*","[^"\\]*"\),?)*)\]/.exec(text);
-  if (!list) return [];
-  return [...list[1].matchAll(/\("[^"\\]*","([^"\\]*)","[^"\\]*","[^"\\]*"\)/g)]
-    .map((match) => match[1])
-    .filter((path) => STORE_PATH.test(path));
-}
-
-/**
  * The store path of a derivation's builder (`/nix/store/...-busybox` for `/nix/store/...-busybox/bin/busybox`), or
  * null when it is not in the store. The builder follows the outputs, input derivations, input sources and system.
  */

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NixSystem } from "../common/image-name.ts";
 import { parseImageClosure, type ImageClosure } from "./closure.ts";
-import { derivationBuilder, derivationOutputs, NixJsonLogDecoder, type NixFinished } from "./nix-log.ts";
+import { derivationBuilder, NixJsonLogDecoder, type NixFinished } from "./nix-log.ts";
 import { NixBuildPlanReader, type BuildPlan } from "./nix-progress.ts";
 import { MISSING_BUILD_USERS_GROUP, missingBuildUsersGroupMessage } from "./nix-settings.ts";
 
@@ -413,16 +413,12 @@ export class NixRunner {
   }
 
   /**
-   * The closure of the paths builds and downloads have just made (the outputs of a derivation, or a fetched path),
-   * leaving out those that are not valid store paths (a build that failed may leave a partial output behind). One
-   * Nix command when all are valid, as they nearly always are: each costs about 50 ms of CPU beside the build.
+   * The closure of store paths Nix has just fetched, leaving out those that are not valid (a download that failed
+   * may leave nothing behind). One Nix command when all are valid, as they nearly always are: each costs about 50 ms
+   * of CPU beside the build.
    */
-  async validClosure(finished: readonly NixFinished[]): Promise<string[]> {
-    const paths = new Set<string>();
-    for (const item of finished) {
-      if (item.kind === "fetched") paths.add(item.path);
-      else for (const output of derivationOutputs(await readFile(item.derivation, "utf8"))) paths.add(output);
-    }
+  async validClosure(fetched: readonly string[]): Promise<string[]> {
+    const paths = new Set(fetched);
     if (paths.size === 0) return [];
     const closure = await run("nix-store", ["--query", "--requisites", ...paths], this.options);
     if (closure.code === 0) return closure.stdout.split("\n").filter(Boolean);
