@@ -179,8 +179,10 @@ export class ImageBuilder {
       // Every line: the job writes its record at most once a second whatever is reported.
       report.progress({ ...nixProgress.progress, log: [...logTail] });
     };
-    // Layers of single store paths, written while Nix goes on, by record key: the layer phase takes them from here.
+    // Layers of single store paths, written while Nix goes on, or found in the bucket meanwhile, by record key: the
+    // layer phase takes them from here.
     const earlyWrites = new Map<string, LayerWrite>();
+    const earlyFound = new Map<string, LayerRecord>();
     const imageBuilder = downloadsOnly ? await nix.derivationBuilder(derivation.drvPath) : null;
     const early = !downloadsOnly
       ? null
@@ -191,7 +193,12 @@ export class ImageBuilder {
           nix,
           write: async (path) => {
             const recordKey = await layerRecordKey(request.compression, path);
-            if (earlyWrites.has(recordKey) || (await this.storedLayer(recordKey))) return;
+            if (earlyWrites.has(recordKey) || earlyFound.has(recordKey)) return;
+            const stored = await this.storedLayer(recordKey);
+            if (stored) {
+              earlyFound.set(recordKey, stored);
+              return;
+            }
             const writing = this.startLayerWrite(recordKey, {
               entries: () => storePathEntries([path]),
               compression: request.compression,
@@ -255,11 +262,12 @@ export class ImageBuilder {
     const indexed = jobs.map((job, index) => ({ ...job, recordKey: recordKeys[index] }));
     // Which layers the bucket has already (written by any builder): asked many at once and in the same order, each
     // layer's writing starting as soon as its own answer is in. Most layers of most images are there; those written
-    // while Nix downloaded are not asked after.
+    // or found while Nix downloaded are not asked after again.
     const lookups = lookupsInOrder(
       indexed,
       LOOKUP_CONCURRENCY,
-      async (job) => (earlyWrites.has(job.recordKey) ? null : this.storedLayer(job.recordKey)),
+      async (job) =>
+        earlyFound.get(job.recordKey) ?? (earlyWrites.has(job.recordKey) ? null : this.storedLayer(job.recordKey)),
       largestFirst,
     );
     const layerCount = { done: 0, total: jobs.length };
