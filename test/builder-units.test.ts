@@ -69,7 +69,8 @@ function folderStore(dir: string): { stage(): Promise<StagedBlob>; commits: { di
           commits.push({ digest, size });
         },
         async abort() {
-          sink.destroy();
+          // Once the file is closed: one still being opened would be created after the rm.
+          if (!sink.closed) await new Promise<void>((resolve) => sink.once("close", () => resolve()).destroy());
           await rm(path, { force: true });
         },
       };

@@ -64,9 +64,14 @@ export class Spool extends Writable {
     this.file.end((error?: Error | null) => callback(error));
   }
 
+  /**
+   * Done once the file is closed: a file still being opened is created when the open completes, so a caller that
+   * removes it on "close" (an aborted layer) must not remove it sooner, or the open would leave it behind.
+   */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    if (this.file.closed) return callback(error);
+    this.file.once("close", () => callback(error));
     this.file.destroy();
-    callback(error);
   }
 
   private closePart(): void {

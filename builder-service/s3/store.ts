@@ -135,7 +135,8 @@ export class S3BlobStore implements BlobStore {
         }
       },
       abort: async () => {
-        spool.destroy();
+        // After the spool's file is closed: one still being opened would be created after the rm.
+        if (!spool.closed) await new Promise<void>((resolve) => spool.once("close", () => resolve()).destroy());
         await rm(path, { force: true });
       },
     };
