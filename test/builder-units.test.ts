@@ -35,6 +35,7 @@ import { nixConfig, probeNix, readNixSettings } from "../builder-service/nix-set
 import { thrownMessage } from "../builder-service/nix-runner.ts";
 import { ChannelSource } from "../builder-service/sources/channel.ts";
 import { GitRepoSource } from "../builder-service/sources/git-repo.ts";
+import { LocalPathSource } from "../builder-service/sources/local-path.ts";
 import { CommandTimeoutError, runPipeline } from "../builder-service/time-limited-command.ts";
 import type { Logger } from "../builder-service/log.ts";
 import { referenceTarStream } from "./support/reference-tar.ts";
@@ -87,6 +88,37 @@ function node(name: string, references: string[] = [], narSize = 1000): StorePat
     closureSize: narSize,
   };
 }
+
+describe("a package set in a local folder", () => {
+  it("gives an edited folder a new revision, and takes an unchanged one's copy again without copying it", async () => {
+    const folder = join(scratch, "local-set");
+    await mkdir(join(folder, "lib"), { recursive: true });
+    await writeFile(join(folder, "default.nix"), "{ ... }: { }\n");
+    await writeFile(join(folder, "lib", "tool.sh"), "echo one\n");
+    const source = new LocalPathSource(folder, 60);
+    const revision = async () => (await source.resolve("latest"))?.revision;
+    const first = await revision();
+    expect(first).toMatch(/^[0-9a-z]{32}$/);
+    // Without Nix on the PATH: an unchanged folder is not copied again, so nothing needs it.
+    const path = process.env.PATH;
+    process.env.PATH = join(scratch, "no-commands-here");
+    try {
+      expect(await revision()).toBe(first);
+      expect(await source.nixSource(first!)).toEqual({ kind: "path", path: expect.stringContaining(first!) });
+    } finally {
+      process.env.PATH = path;
+    }
+    // The same size, other bytes; then the executable bit; then a new file in a subfolder.
+    await writeFile(join(folder, "lib", "tool.sh"), "echo two\n");
+    const edited = await revision();
+    expect(edited).not.toBe(first);
+    await chmod(join(folder, "lib", "tool.sh"), 0o755);
+    const executable = await revision();
+    expect(new Set([first, edited, executable]).size).toBe(3);
+    await writeFile(join(folder, "lib", "more.nix"), "{ }\n");
+    expect(await revision()).not.toBe(executable);
+  });
+});
 
 describe("layering", () => {
   const graph = [node("glibc"), node("bash", ["glibc"]), node("hello", ["glibc", "bash"]), node("zlib", ["glibc"])];
