@@ -18,7 +18,9 @@ const CLIENT_WENT_AWAY = /disconnected: ::write\(.*\): (Broken pipe|Connection r
 
 /** Passes workerd's output on to this process's; `onLine`, when given, also gets each line (the worker's log). */
 export function forwardWorkerdOutput(stdout: Readable, stderr: Readable, onLine?: (line: string) => void): void {
-  stdout.pipe(process.stdout);
+  // Not pipe(): each pipe into process.stdout adds listeners to it until workerd's output ends, and a benchmark that
+  // starts ten local buckets one after another went past Node's warning threshold.
+  stdout.on("data", (chunk: Buffer) => process.stdout.write(chunk));
   if (onLine) createInterface({ input: stdout, crlfDelay: Infinity }).on("line", onLine);
   let skipStack = false;
   createInterface({ input: stderr, crlfDelay: Infinity }).on("line", (line) => {
