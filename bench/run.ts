@@ -188,16 +188,16 @@ async function coldBuildsAlone(
   }
 }
 
-/**
- * The least any builder must do: build the closure with Nix, then one tar | gzip of it (one core). Also tar | pigz
- * of the same closure (every core), the floor of the layer phase alone.
- */
 interface FloorTimes {
   nixMs: number;
   tarMs: number;
   pigzMs: number;
 }
 
+/**
+ * The least any builder must do: build the closure with Nix, then one tar | gzip of it (one core). Also tar | pigz
+ * of the same closure (every core), the floor of the layer phase alone.
+ */
 async function floorBuild(pkgsPath: string, packages: string[]): Promise<FloorTimes> {
   const nix = await time(() => imageClosure(pkgsPath, packages));
   const tarMs = await timeTarInto(nix.value.graph, "gzip -6");
@@ -351,9 +351,10 @@ async function buildFigures(
     const ratios: number[] = [];
     const layerRatios: number[] = [];
     for (const [index, { floor: roundFloor, build: later }] of alone.rounds.entries()) {
-      const ms = phaseTimes(later.record).total;
+      const times = phaseTimes(later.record);
+      const ms = times.total;
       const roundFloorMs = roundFloor.nixMs + roundFloor.tarMs;
-      const layering = phaseTimes(later.record).phases.layering ?? 0;
+      const layering = times.phases.layering ?? 0;
       ratios.push(ms / roundFloorMs);
       layerRatios.push(layering / roundFloor.pigzMs);
       line(
@@ -365,7 +366,7 @@ async function buildFigures(
       line(
         "  by phase",
         "",
-        `${describeJob(phaseTimes(later.record))}${builderCpu(later)}; layer phase ${(layering / roundFloor.pigzMs).toFixed(2)}x tar | pigz -6 (${seconds(roundFloor.pigzMs)})`,
+        `${describeJob(times)}${builderCpu(later)}; layer phase ${(layering / roundFloor.pigzMs).toFixed(2)}x tar | pigz -6 (${seconds(roundFloor.pigzMs)})`,
       );
     }
     line(

@@ -117,9 +117,7 @@ export class EarlyLayers {
 
   private giveUp(reason: string): void {
     if (this.stopped) return;
-    this.stopped = true;
-    this.queued.length = 0;
-    this.toWrite.length = 0;
+    this.stop();
     this.options.onGiveUp?.(reason);
   }
 }
