@@ -1,7 +1,7 @@
 // A front for an HTTP server under test (the local S3 endpoint, in the tests that inject S3 faults): each request
 // goes to `handle`, which answers it itself or forwards it untouched, Host included, so SigV4 signatures still hold.
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { listenLocally } from "./local-server.ts";
 
 export interface HttpFront {
   /** http://127.0.0.1:PORT */
@@ -38,13 +38,5 @@ export async function startHttpFront(
     };
     handle(incoming, response, forward);
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return listenLocally(server);
 }

@@ -2,7 +2,7 @@
 // to the origin and, when the origin's response headers take longer than the limit, cuts the request and answers
 // 524 "A timeout occurred", as Cloudflare does after 100 s. Bodies pass through as they come.
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { listenLocally } from "./local-server.ts";
 
 export interface OriginTimeoutProxy {
   url: string;
@@ -44,18 +44,13 @@ export async function startOriginTimeoutProxy(origin: string, limitMs: number): 
     });
     request.pipe(upstream);
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
+  const { url, close } = await listenLocally(server);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url,
     get cut() {
       return cut;
     },
     forwarded,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
+    close,
   };
 }

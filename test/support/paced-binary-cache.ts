@@ -6,9 +6,9 @@ import { execFile } from "node:child_process";
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { join, normalize } from "node:path";
 import { promisify } from "node:util";
+import { listenLocally } from "./local-server.ts";
 
 const execFileAsync = promisify(execFile);
 
@@ -67,18 +67,13 @@ export async function startPacedBinaryCache(dir: string, bytesPerSecond: number)
       response.end();
     })().catch(() => response.destroy());
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
+  const { url, close } = await listenLocally(server);
   return {
-    url: `http://127.0.0.1:${port}`,
+    url,
     get bytesServed() {
       return bytesServed;
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
+    close,
   };
 }
 
